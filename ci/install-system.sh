@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# System packages cpldask needs, from Debian: CPL, esorex and the MUSE recipes; gdb for
+# python-cpl's crash backtraces; SLURM + munge for the HPC tests; Chromium for the
+# dashboard check. Idempotent: skips apt when everything is there already.
+set -euo pipefail
+packages=(libcpl-dev esorex cpl-plugin-muse gdb gcc pkg-config slurm-wlm munge chromium)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "system packages: all present"
+  exit 0
+fi
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+echo "system packages: installing ${missing[*]}"
+$SUDO apt-get update -q
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"

@@ -1,0 +1,322 @@
+"""Worker side: run one recipe call in its own process and install its products.
+
+:func:`run_recipe` is the function every cpldask task executes. It
+
+1. resolves the inputs (file paths, or products of upstream calls in the graph),
+2. waits for a slot when the client set a limit (a ``distributed.Semaphore``),
+3. runs the recipe in a fresh ``python -m cpldask._runner`` process group in a
+   private call directory, killing the group on cancel, time-out or exit,
+4. moves the products into ``output_dir`` only once the recipe has succeeded,
+   without ever overwriting a product of a call that ran at the same time,
+5. returns a small :class:`~cpldask._spec.RunRecord` — paths, not pixels.
+
+Only :mod:`cpldask._spec`, :mod:`cpldask.errors` and :mod:`cpldask._runner` are used
+from cpldask: nothing here imports the client side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+from astropy.io import fits
+
+from . import errors
+from ._spec import CallSpec, FileInput, Product, ProductRef, RunRecord
+
+#: how often a waiting worker thread looks for a cancel or a time-out (seconds)
+POLL = 0.2
+#: call directories in .cpldask-tmp younger than this are never taken for stale
+STALE_AFTER = 60.0
+#: primary-header keywords copied into the RunRecord (small, useful in tables)
+HEADER_KEYS = ("ESO PRO CATG", "ESO PRO REC1 ID", "DATAMD5", "NAXIS1", "NAXIS2")
+TMP = ".cpldask-tmp"
+LOCK = ".cpldask.lock"
+
+
+def run_recipe(spec: CallSpec, *deps) -> RunRecord:
+    """Run the call ``spec``; ``deps`` are the upstream outcomes it references."""
+    frames = _resolve(spec, deps)
+    with _slot(spec):
+        return _run(spec, frames)
+
+
+def _resolve(spec: CallSpec, deps) -> list[tuple[str, list[str]]]:
+    """(tag, [paths]) for every input frame, checked to be readable here."""
+    out = []
+    for tag, item in spec.frames:
+        if isinstance(item, FileInput):
+            paths = [item.path]
+        else:
+            paths = _dep_paths(deps[item.dep], item.tag, tag, spec.recipe)
+        for path in paths:
+            if not os.access(path, os.R_OK):
+                raise errors.InputError(
+                    f"{spec.recipe}: input {tag} {path!r} is missing or unreadable on "
+                    f"worker {socket.gethostname()}")
+        out.append((tag, paths))
+    return out
+
+
+def _dep_paths(value, want: str | None, tag: str, recipe: str) -> list[str]:
+    if isinstance(value, RunRecord):
+        paths = value.paths(want) or (value.paths() if len(value.tags) == 1 else [])
+        if not paths:
+            raise errors.InputError(
+                f"{recipe}: the {value.recipe} result given for {tag} has no product "
+                f"tagged {want!r}; it has {value.tags}. Pass one product, e.g. "
+                f"result.{value.tags[0] if value.tags else 'TAG'}")
+        return paths
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    return [str(value)]
+
+
+@contextlib.contextmanager
+def _slot(spec: CallSpec):
+    """Hold one lease of the client's slot semaphore while the recipe runs."""
+    if spec.slots is None:
+        yield
+        return
+    from distributed import Semaphore
+
+    name, leases = spec.slots
+    sem = Semaphore(max_leases=leases, name=name)
+    while not sem.acquire(timeout=POLL * 5):
+        if _cancelled():
+            raise _Cancelled()
+    try:
+        yield
+    finally:
+        sem.release()
+
+
+class _Cancelled(Exception):
+    """The task was cancelled by the client while it waited or ran."""
+
+
+def _cancelled() -> bool:
+    """True when the scheduler has told this worker to forget the running task."""
+    try:
+        from distributed.worker import get_worker, thread_state
+
+        ts = get_worker().state.tasks.get(thread_state.key)
+    except (ImportError, ValueError, AttributeError):
+        return False  # not on a distributed worker (e.g. dask's threaded scheduler)
+    return ts is None or ts.state in ("cancelled", "released", "forgotten")
+
+
+def _run(spec: CallSpec, frames) -> RunRecord:
+    base = pathlib.Path(spec.output_dir) / TMP if spec.output_dir else pathlib.Path(spec.work_dir)
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(f"{spec.recipe}: cannot create {base}: {err.strerror}; "
+                      f"choose a writable output_dir or cpldask.work-dir") from err
+    _prune(base, spec.work_max_age if not spec.output_dir else None)
+    call_dir = pathlib.Path(tempfile.mkdtemp(prefix=f"{spec.recipe}-", dir=base))
+    lock = _hold(call_dir)
+    try:
+        start = time.time()
+        report = _spawn(spec, frames, call_dir)
+        if report["kind"] != "ok":
+            raise errors.from_report(report)
+        products = _collect(spec, report, call_dir)
+        if spec.output_dir:
+            products = _install(products, pathlib.Path(spec.output_dir), start)
+        return RunRecord(
+            recipe=spec.recipe, key=_task_key(), products=products,
+            input_len=spec.input_len, log=report["log"],
+            stat={**report["stat"], "wall_time": report["end"] - report["start"],
+                  "max_rss": report["max_rss"]},
+            host=socket.gethostname(), worker=_worker_address(),
+            start=report["start"], end=report["end"], call_dir=str(call_dir),
+            output_dir=spec.output_dir, params=spec.params)
+    finally:
+        lock.close()
+        if spec.output_dir:
+            shutil.rmtree(call_dir, ignore_errors=True)
+
+
+def _spawn(spec: CallSpec, frames, call_dir: pathlib.Path) -> dict:
+    """Run the recipe process for this call and return its report."""
+    raw, calib = [], {}
+    for tag, paths in frames:  # python-cpl takes raw frames as data, the rest as calib
+        if tag in spec.raw_tags:
+            raw.append((tag, paths))
+        else:
+            calib.setdefault(tag, []).extend(paths)
+    job = {"recipe": spec.recipe, "version": spec.version,
+           "recipe_path": list(spec.recipe_path), "params": [list(p) for p in spec.params],
+           "raw": raw, "calib": calib, "tag": raw[0][0] if raw else None,
+           "call_dir": str(call_dir), "memory_limit": spec.memory_limit}
+    job_file = call_dir / ".cpldask-job.json"
+    job_file.write_text(json.dumps(job))
+    env = dict(os.environ)
+    if spec.omp_threads:
+        env["OMP_NUM_THREADS"] = str(spec.omp_threads)
+    env.update(dict(spec.env))  # the call's own env wins, OMP_NUM_THREADS included
+    if not spec.backtrace:
+        env["PATH"] = f"{_no_gdb_dir(call_dir.parent)}:{env.get('PATH', '')}"
+    with open(call_dir / ".cpldask-runner.log", "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cpldask._runner", str(job_file)],
+            stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
+            cwd=call_dir, env=env, start_new_session=True)
+    try:
+        _wait(proc, spec)
+    finally:
+        _kill_group(proc)
+    report_file = call_dir / "report.json"
+    if not report_file.exists():
+        tail = (call_dir / ".cpldask-runner.log").read_text(errors="replace")[-2000:]
+        if proc.returncode < 0:
+            raise errors.crash(-proc.returncode, lines=[tail]) from None
+        raise RuntimeError(f"{spec.recipe}: the recipe process ended with status "
+                           f"{proc.returncode} without a report:\n{tail}")
+    return json.loads(report_file.read_text())
+
+
+def _wait(proc: subprocess.Popen, spec: CallSpec) -> None:
+    deadline = time.monotonic() + spec.timeout if spec.timeout else None
+    while True:
+        try:
+            proc.wait(timeout=POLL)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+        if deadline is not None and time.monotonic() > deadline:
+            _kill_group(proc)
+            raise errors.RecipeTimeout(spec.recipe, spec.timeout)
+        if _cancelled():
+            _kill_group(proc)
+            raise _Cancelled()
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """Kill the runner, the recipe it forked and anything they started (gdb)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(OSError):
+        proc.stdin.close()
+    proc.wait()
+
+
+def _no_gdb_dir(base: pathlib.Path) -> pathlib.Path:
+    """A directory whose ``gdb`` fails at once: python-cpl then skips the backtrace."""
+    d = base / ".cpldask-nogdb"
+    gdb = d / "gdb"
+    if not gdb.exists():
+        d.mkdir(exist_ok=True)
+        tmp = d / f"gdb.{os.getpid()}"
+        tmp.write_text("#!/bin/sh\nexit 1\n")
+        tmp.chmod(0o755)
+        os.replace(tmp, gdb)
+    return d
+
+
+def _collect(spec: CallSpec, report: dict, call_dir: pathlib.Path) -> list[Product]:
+    products = []
+    for tag, name in report["products"]:
+        path = call_dir / name
+        if not path.exists():
+            continue
+        products.append(Product(tag, str(path), path.stat().st_size, _header(path)))
+    if spec.expect and not products:
+        raise errors.NoProductsError(spec.recipe, spec.expect, errors.loglist(report["log"]))
+    return products
+
+
+def _header(path: pathlib.Path) -> dict:
+    try:
+        header = fits.getheader(path)
+    except OSError:
+        return {}
+    keep = {k: header[k] for k in HEADER_KEYS if k in header}
+    keep.update({k: v for k, v in header.items() if k.startswith("ESO QC")})
+    return keep
+
+
+def _install(products: list[Product], output_dir: pathlib.Path, start: float) -> list[Product]:
+    """Move finished products into ``output_dir``.
+
+    A product replaces a file of the same name only if that file was installed before
+    this call started (python-cpl's documented overwrite by a later call). A file
+    installed while this call ran belongs to a concurrent call: this product then gets
+    a numbered name instead, so every result keeps pointing at its own bytes. The
+    directory lock makes the check and the rename one step for all writers.
+    """
+    installed = []
+    with open(output_dir / LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for p in products:
+            src = pathlib.Path(p.path)
+            dest = output_dir / src.name
+            n = 0
+            while dest.exists() and dest.stat().st_mtime >= start:
+                n += 1
+                dest = output_dir / f"{src.stem}-{n}{src.suffix}"
+            os.replace(src, dest)
+            now = time.time()
+            os.utime(dest, (now, now))  # the install time tells later calls who came first
+            installed.append(Product(p.tag, str(dest), p.size, p.header))
+    return installed
+
+
+def _hold(call_dir: pathlib.Path):
+    """Lock a call directory for the life of the call (see :func:`_prune`)."""
+    f = open(call_dir / ".cpldask-lock", "w")
+    fcntl.flock(f, fcntl.LOCK_EX)
+    return f
+
+
+def _prune(base: pathlib.Path, max_age: float | None) -> None:
+    """Remove call directories left by interrupted runs (their lock is free) and,
+    in the work directory, finished ones older than ``max_age``."""
+    now = time.time()
+    for d in base.iterdir() if base.is_dir() else ():
+        if not d.is_dir() or d.name.startswith(".") or "-" not in d.name:
+            continue
+        try:
+            age = now - d.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        if age < STALE_AFTER:
+            continue
+        lock_file = d / ".cpldask-lock"
+        try:
+            with open(lock_file, "a") as f:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                unfinished = not (d / "report.json").exists()
+                if unfinished or (max_age is not None and age > max_age):
+                    shutil.rmtree(d, ignore_errors=True)
+        except (BlockingIOError, FileNotFoundError, NotADirectoryError):
+            continue  # a live call holds it, or it vanished meanwhile
+
+
+def _task_key() -> str:
+    try:
+        from distributed.worker import thread_state
+
+        return str(thread_state.key)
+    except (ImportError, AttributeError):
+        return ""
+
+
+def _worker_address() -> str | None:
+    try:
+        from distributed.worker import get_worker
+
+        return get_worker().address
+    except (ImportError, ValueError):
+        return None

@@ -1,0 +1,124 @@
+"""What travels between client and worker: the call (``CallSpec``) and its outcome
+(``RunRecord``).
+
+Both are small, picklable and hold no pixel data: products travel as file paths plus a
+few header values. Imported on both sides; depends on nothing from the client.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class FileInput:
+    """An input frame given as a file path (absolute, checked on the client)."""
+
+    path: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ProductRef:
+    """An input frame taken from the outcome of another call in the graph.
+
+    ``dep`` indexes the dependencies passed next to the spec; ``tag`` selects the
+    products of that tag (None: the upstream call's products whatever their tag).
+    """
+
+    dep: int
+    tag: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class CallSpec:
+    """Everything a worker needs to run one recipe call; also the basis of its task key."""
+
+    recipe: str
+    version: int
+    recipe_path: tuple[str, ...]
+    params: tuple[tuple[str, Any], ...]  # (fullname, value) of non-default parameters
+    frames: tuple[tuple[str, FileInput | ProductRef], ...]  # (tag, input) in call order
+    raw_tags: tuple[str, ...]  # which of the frames' tags are raw input (the rest: calib)
+    env: tuple[tuple[str, str], ...]
+    output_dir: str | None
+    work_dir: str
+    expect: tuple[str, ...]  # product tags the recipe declares for the raw tag
+    input_len: int  # python-cpl's rule for lists of products: -1 or len(raw list)
+    timeout: float | None = None
+    memory_limit: int | None = None
+    backtrace: bool = True
+    omp_threads: int | None = None
+    work_max_age: float | None = None
+    # runtime-only: how the slot limit is enforced; not part of the task's identity
+    slots: tuple[str, int] | None = dataclasses.field(default=None, compare=False)
+
+    def identity(self) -> tuple:
+        """The fields that decide what a call computes (the basis of its task key)."""
+        return (self.recipe, self.version, self.params, self.frames, self.raw_tags,
+                self.env, self.output_dir, self.input_len)
+
+
+@dataclasses.dataclass(frozen=True)
+class Product:
+    """One product file of a finished call."""
+
+    tag: str
+    path: str
+    size: int
+    header: dict  # a few primary-header values: PRO CATG, QC keywords, DATAMD5
+
+
+@dataclasses.dataclass
+class RunRecord:
+    """The outcome of a successful call: product paths, statistics and the log.
+
+    On a worker, an attribute named after a product tag gives that product's path (a
+    list where a tag has several frames, python-cpl's rule), so that
+    ``recipe.delayed(...).MASTER_BIAS`` is a usable input of another call.
+    """
+
+    recipe: str
+    key: str
+    products: list[Product]
+    input_len: int
+    log: list  # (logger name, level, function, message, created)
+    stat: dict  # return_code, user_time, sys_time, wall_time, max_rss
+    host: str
+    worker: str | None
+    start: float
+    end: float
+    call_dir: str
+    output_dir: str | None
+    params: tuple = ()
+
+    @property
+    def tags(self) -> list[str]:
+        return list(dict.fromkeys(p.tag for p in self.products))
+
+    def paths(self, tag: str | None = None) -> list[str]:
+        """Paths of the products with ``tag`` (all products if None)."""
+        return [p.path for p in self.products if tag is None or p.tag == tag]
+
+    def shaped(self, tag: str, value_of=lambda p: p.path):
+        """python-cpl's shape for ``tag``: one value, or a list where the tag has
+        several frames or the raw input was a list of one."""
+        values = [value_of(p) for p in self.products if p.tag == tag]
+        if not values:
+            raise KeyError(tag)
+        return values if (len(values) > 1 or self.input_len == 1) else values[0]
+
+    def __getattr__(self, name: str):
+        # only product tags (upper case by ESO convention) are looked up here; anything
+        # else, notably dataclass internals during unpickling, is a plain miss
+        products = self.__dict__.get("products")
+        if products is None or name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return self.shaped(name)
+        except KeyError:
+            raise AttributeError(f"{self.recipe} has no product {name!r}; "
+                                 f"products: {self.tags}") from None
+
+    def __getitem__(self, tag: str):
+        return self.shaped(tag)

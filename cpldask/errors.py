@@ -1,0 +1,121 @@
+"""Exceptions raised by cpldask.
+
+``CplError`` and ``RecipeCrash`` are python-cpl's own classes, so code written for
+python-cpl catches the same types. The others are cpldask's additions. This module is
+imported on workers too: it rebuilds the exceptions from the plain report of a recipe
+process (:mod:`cpldask._runner`).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal as _signal
+
+import cpl
+from cpl import CplError
+from cpl.logger import LogList
+
+__all__ = ["CplError", "RecipeCrash", "RecipeTimeout", "NoProductsError", "InputError"]
+
+
+class RecipeCrash(cpl.RecipeCrash):
+    """python-cpl's ``RecipeCrash`` (a subclass, so ``except cpl.RecipeCrash`` works).
+
+    It adds what python-cpl's class lacks for travelling between processes: it pickles
+    (python-cpl's rebuilds from ``str(self)``) and carries the recipe's ``log``.
+    ``signal`` is the signal that killed the recipe process.
+    """
+
+    def __init__(self, lines, log=None):
+        super().__init__(list(lines))
+        self.log = log if log is not None else LogList()
+
+    def __reduce__(self):
+        return (type(self), (self.lines, self.log))
+
+
+class RecipeTimeout(TimeoutError):
+    """A recipe ran longer than its ``timeout``; its process was killed.
+
+    Attributes
+    ----------
+    recipe : str
+        Name of the recipe.
+    timeout : float
+        The limit in seconds.
+    log : cpl.logger.LogList
+        What the recipe logged until it was killed.
+    """
+
+    def __init__(self, recipe: str, timeout: float, log=None):
+        super().__init__(
+            f"{recipe} ran longer than its time limit of {timeout:g} s and was killed; "
+            f"raise it with timeout=... on the call or the 'cpldask.timeout' config key"
+        )
+        self.recipe, self.timeout, self.log = recipe, timeout, log or LogList()
+
+    def __reduce__(self):
+        return (type(self), (self.recipe, self.timeout, self.log))
+
+
+class NoProductsError(RuntimeError):
+    """A recipe reported success but wrote none of the products it declares."""
+
+    def __init__(self, recipe: str, expected, log=None):
+        super().__init__(
+            f"{recipe} reported success but wrote none of its declared products "
+            f"{sorted(expected)}; see the recipe log (exception.log) for why"
+        )
+        self.recipe, self.expected, self.log = recipe, list(expected), log or LogList()
+
+    def __reduce__(self):
+        return (type(self), (self.recipe, self.expected, self.log))
+
+
+class InputError(ValueError):
+    """An input of a call is unusable: missing, unreadable or of the wrong tag.
+
+    Raised on the client before any work is submitted (and on the worker for inputs
+    that only exist there, e.g. products of an upstream call).
+    """
+
+
+def loglist(entries) -> LogList:
+    """Turn the runner's plain log entries into python-cpl's ``LogList`` of records."""
+    out = LogList()
+    for name, levelno, func, msg, created in entries or ():
+        rec = logging.LogRecord(name, levelno, None, None, msg, None, None, func)
+        rec.created = created
+        out.append(rec)
+    return out
+
+
+def from_report(report: dict) -> Exception:
+    """Rebuild the exception a recipe process reported (see :mod:`cpldask._runner`)."""
+    log = loglist(report.get("log"))
+    kind = report["kind"]
+    if kind == "CplError":
+        err = CplError(report["retval"], [tuple(e) for e in report["errors"]] or None)
+        err.log = log
+        return err
+    if kind == "RecipeCrash":
+        return _crash(report.get("backtrace") or [], report.get("signal"), log)
+    return RuntimeError(f"{report.get('recipe')}: {report.get('message')}")
+
+
+def _crash(lines, sig, log) -> RecipeCrash:
+    if not any(line.startswith("Received signal:") for line in lines) and sig is not None:
+        lines = [f"Received signal: {int(sig)}\n", *lines]
+    return RecipeCrash(lines, log)
+
+
+def crash(sig: int | None, log=None, lines=()) -> RecipeCrash:
+    """A ``RecipeCrash`` for a recipe process that died by signal ``sig``."""
+    return _crash(list(lines), sig, loglist(log) if not isinstance(log, LogList) else log)
+
+
+def signal_name(sig: int | None) -> str:
+    try:
+        return _signal.Signals(sig).name
+    except (TypeError, ValueError):
+        return str(sig)

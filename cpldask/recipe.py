@@ -1,0 +1,501 @@
+"""Client side: :class:`Recipe`, python-cpl's interface with calls that run on Dask.
+
+The recipe library is loaded here, in the client, with python-cpl — for its
+parameters, tags and documentation, and to validate a call before anything is
+submitted. Running it is the worker's job (:mod:`cpldask._execute`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import pathlib
+import threading
+from typing import Any, ClassVar
+
+import cpl
+import dask
+from astropy.io import fits
+from cpl.frames import FrameList
+from cpl.param import ParameterList
+from dask.base import tokenize
+from dask.delayed import Delayed
+
+from . import _cluster, _config, errors
+from ._execute import run_recipe
+from ._spec import CallSpec, FileInput, ProductRef
+from .result import Result
+
+__all__ = ["Recipe"]
+
+_load_lock = threading.Lock()  # python-cpl keeps its search path in a class attribute
+
+
+class UnknownName(KeyError):
+    """An unknown parameter or frame tag; the message lists the valid names."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _unknown(what: str, key, recipe: str, names) -> UnknownName:
+    names = sorted(set(names))
+    close = difflib.get_close_matches(str(key), names, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return UnknownName(f"{recipe} has no {what} {key!r}.{hint} Valid: {', '.join(names)}")
+
+
+class _Params(ParameterList):
+    """python-cpl's typed parameter list, with errors that name the valid choices."""
+
+    def __getitem__(self, key):
+        try:
+            return super().__getitem__(key)
+        except KeyError:
+            raise _unknown("parameter", key, self._recipe.__name__,
+                           [p.name for p in self._pars]) from None
+
+    def __setitem__(self, key, value):
+        par = self[key]
+        if isinstance(par, cpl.Parameter) and value is not None:
+            _check_type(par, value, self._recipe.__name__)
+        try:
+            super().__setitem__(key, value)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{self._recipe.__name__}: {value!r} is not a valid value "
+                             f"for parameter {key!r}: {err}") from err
+
+    def _aslist(self, par):
+        # python-cpl copies into its own class here; keep ours for the messages
+        parlist = _Params(self._recipe, self)
+        if par is not None:
+            parlist._set_items(par.items())
+        return [(p.fullname, p.value) for p in parlist if p.value is not None]
+
+
+def _check_type(par, value, recipe: str) -> None:
+    """Refuse what python-cpl would silently convert (1.5 → 1 for an int)."""
+    kind = par.type
+    ok = (kind is bool and isinstance(value, (bool, str))
+          or kind is int and isinstance(value, int) and not isinstance(value, bool)
+          or kind is float and isinstance(value, (int, float)) and not isinstance(value, bool)
+          or kind is str and isinstance(value, str))
+    if not ok:
+        raise TypeError(f"{recipe}: parameter {par.name!r} takes a {kind.__name__}, "
+                        f"not {value!r} ({type(value).__name__})")
+
+
+class _Calib(FrameList):
+    """python-cpl's calibration frame list, with errors that name the valid tags."""
+
+    def __getitem__(self, key):
+        try:
+            return super().__getitem__(key)
+        except KeyError:
+            raise _unknown("calibration tag", key, self._recipe.__name__, self._dict) from None
+
+    def __setitem__(self, key, value):
+        if self._cpl_dict is not None and key not in self._cpl_dict:
+            raise _unknown("calibration tag", key, self._recipe.__name__, self._cpl_dict)
+        super().__setitem__(key, value)
+
+    def _aslist(self, frames):
+        flist = _Calib(self._recipe, self)
+        if frames is not None:
+            flist._set_items(frames.items())
+        return [(f.tag, f.frames, f.min) for f in flist]
+
+
+class Recipe:
+    """A CPL recipe whose calls run as tasks on a Dask cluster.
+
+    The interface is python-cpl's :class:`cpl.Recipe`: ``param``, ``calib``, ``tag``,
+    ``env``, ``output_dir``, ``threaded``, calling the recipe with raw frames. The
+    difference is where the recipe runs: in a Dask worker process, on the
+    :class:`distributed.Client` in use, or on an embedded
+    :class:`~distributed.LocalCluster` started on first use.
+
+    Parameters
+    ----------
+    name : str
+        Recipe name, e.g. ``'muse_bias'``; see :meth:`Recipe.list`.
+    version : int or str, optional
+        Required version (number or string); the newest on the path otherwise.
+    threaded : bool
+        Run calls in the background: a call returns a pending :class:`Result` at once.
+
+    Examples
+    --------
+    >>> import cpldask as cpl
+    >>> muse_bias = cpl.Recipe('muse_bias')
+    >>> muse_bias.param.nifu = 1
+    >>> res = muse_bias(['bias1.fits', 'bias2.fits', 'bias3.fits'])
+    >>> res.MASTER_BIAS.writeto('master_bias.fits')
+    """
+
+    path: ClassVar[list[str] | str | None] = None
+    """Recipe search path (directories searched recursively for ``*.so``). None: the
+    ``cpldask.recipe-path`` config key (default: Debian's plugin directory)."""
+
+    def __init__(self, name: str, version: int | str | None = None, threaded: bool = False):
+        search = self.search_path()
+        with _load_lock:
+            cpl.Recipe.path = search
+            filename = cpl.Recipe.get_recipefilename(name, version)
+            if not filename:
+                known = [n for n, _ in cpl.Recipe.list()]
+                close = difflib.get_close_matches(name, known, n=3)
+                hint = f" Did you mean {', '.join(close)}?" if close else ""
+                raise OSError(
+                    f"Recipe {name!r}{f' version {version!r}' if version else ''} not "
+                    f"found in {':'.join(search) or '(empty path)'}.{hint} Set "
+                    f"cpldask.Recipe.path, the 'cpldask.recipe-path' config key or "
+                    f"DASK_CPLDASK__RECIPE_PATH to the directory of its library.")
+            self._cpl = cpl.Recipe(name, filename=filename)
+        self.__name__ = name
+        self.__file__ = filename
+        self._search = tuple(search)
+        self.__doc__ = self._cpl.__doc__  # python-cpl's text: parameters, tags, products
+        self._param = _Params(self._cpl)
+        self._calib = _Calib(self._cpl)
+        self._tag = self.tags[0] if self.tags else None
+        self.env: dict[str, str] = {}
+        """Environment of the recipe process (``OMP_NUM_THREADS`` works here)."""
+        self.output_dir: str | None = None
+        """Directory for the products; None: a work directory, products as HDULists."""
+        self.temp_dir: str | None = None
+        """Work directory for calls without ``output_dir``; None: ``cpldask.work-dir``."""
+        self.threaded = threaded
+        self.timeout: float | str | None = None
+        """Wall-time limit of one call (seconds or ``"2 hours"``); None: config."""
+        self.memory_limit: int | str | None = None
+        """Address-space limit of the recipe process (bytes or ``"8 GiB"``)."""
+
+    # -- python-cpl's descriptive attributes ----------------------------------------
+    @classmethod
+    def search_path(cls) -> list[str]:
+        """The directories searched for recipes, in order."""
+        return _config.split_path(cls.path) if cls.path is not None else _config.recipe_path()
+
+    @property
+    def name(self) -> str:
+        return self.__name__
+
+    @property
+    def version(self) -> tuple[int, str]:
+        """``(number, string)``, e.g. ``(20807, '2.8.7')``."""
+        return self._cpl.version
+
+    @property
+    def __version__(self) -> str:
+        return self._cpl.__version__
+
+    @property
+    def __author__(self) -> str:
+        return self._cpl.__author__
+
+    @property
+    def __email__(self) -> str:
+        return self._cpl.__email__
+
+    @property
+    def __copyright__(self) -> str:
+        return self._cpl.__copyright__
+
+    @property
+    def description(self) -> tuple[str, str]:
+        """``(synopsis, description)``."""
+        return self._cpl.description
+
+    @property
+    def cpl_version(self) -> str:
+        return self._cpl.cpl_version
+
+    @property
+    def tags(self) -> list[str] | None:
+        """Tags the recipe accepts for raw frames."""
+        return self._cpl.tags
+
+    @property
+    def tag(self) -> str | None:
+        """Default tag of raw frames in a call."""
+        return self._tag
+
+    @tag.setter
+    def tag(self, value: str) -> None:
+        self._check_tag(value)
+        self._tag = value
+
+    @property
+    def output(self) -> dict[str, list[str]]:
+        """Product tags by raw tag, e.g. ``{'BIAS': ['MASTER_BIAS']}``."""
+        return self._cpl.output
+
+    @property
+    def param(self) -> _Params:
+        """The recipe parameters (typed; range and enum checked on assignment)."""
+        return self._param
+
+    @param.setter
+    def param(self, source) -> None:
+        if isinstance(source, str) or hasattr(source, "read"):
+            from cpl.esorex import load_rc
+
+            source = load_rc(source)
+        self._param = _Params(self._cpl, source)
+
+    @param.deleter
+    def param(self) -> None:
+        self._param = _Params(self._cpl)
+
+    @property
+    def calib(self) -> _Calib:
+        """Calibration frames by tag: paths, HDULists or results of other calls."""
+        return self._calib
+
+    @calib.setter
+    def calib(self, source) -> None:
+        if isinstance(source, str) or hasattr(source, "read"):
+            from cpl.esorex import load_sof
+
+            source = load_sof(source)
+        self._calib = _Calib(self._cpl, source)
+
+    @calib.deleter
+    def calib(self) -> None:
+        self._calib = _Calib(self._cpl)
+
+    def __repr__(self) -> str:
+        return f"Recipe({self.__name__!r}, version={self.version[0]!r})"
+
+    # -- calls ------------------------------------------------------------------------
+    def __call__(self, *data, raw=None, tag: str | None = None, param: dict | None = None,
+                 calib: dict | None = None, env: dict | None = None,
+                 output_dir: str | os.PathLike | None = None, threaded: bool | None = None,
+                 timeout: float | str | None = None,
+                 memory_limit: int | str | None = None) -> Result:
+        """Run the recipe on raw frames; see python-cpl's ``Recipe.__call__``.
+
+        Parameters
+        ----------
+        *data : path, HDUList, Result, Delayed, list of these, or dict {tag: frames}
+            Raw input frames (tagged ``tag``), or a dict of frames by tag.
+        raw : same as data, optional
+            More raw input frames.
+        tag : str, optional
+            Tag of the raw frames; default :attr:`tag`.
+        param, calib, env : dict, optional
+            Override parameters, calibration frames and environment for this call.
+        output_dir : path, optional
+            Write the products there (a result then gives paths, not HDULists).
+        threaded : bool, optional
+            Return at once with a pending result; default :attr:`threaded`.
+        timeout, memory_limit : optional
+            Kill the recipe after this wall time; limit its address space.
+
+        Returns
+        -------
+        Result
+            Finished (``threaded=False``) or pending (``threaded=True``).
+
+        Raises
+        ------
+        ValueError, KeyError, TypeError, InputError, OSError
+            Bad input, found before anything is submitted.
+        cpl.CplError, cpl.RecipeCrash, RecipeTimeout
+            On the call (or, in the background, when a product is read).
+        """
+        delayed, output = self._build(data, raw=raw, tag=tag, param=param, calib=calib,
+                                      env=env, output_dir=output_dir, timeout=timeout,
+                                      memory_limit=memory_limit)
+        client = _cluster.get_client()
+        res = Result(client.compute(delayed), self.__name__, output=output)
+        if not (self.threaded if threaded is None else threaded):
+            res.result()
+        return res
+
+    def delayed(self, *data, raw=None, tag: str | None = None, param: dict | None = None,
+                calib: dict | None = None, env: dict | None = None,
+                output_dir: str | os.PathLike | None = None,
+                timeout: float | str | None = None,
+                memory_limit: int | str | None = None) -> Delayed:
+        """The call as a :func:`dask.delayed` node, to build graphs of recipes.
+
+        Computing it gives the worker's :class:`~cpldask.RunRecord`, whose attributes
+        are product paths; ``node.MASTER_BIAS`` is itself usable as an input.
+
+        Examples
+        --------
+        >>> bias = muse_bias.delayed(bias_files, param={'nifu': 1})
+        >>> dark = muse_dark.delayed(dark_files, calib={'MASTER_BIAS': bias})
+        >>> (record,) = dask.compute(dark)
+        >>> record.MASTER_DARK
+        '/tmp/cpldask-user/muse_dark-.../MASTER_DARK.fits'
+        """
+        _cluster.get_client()  # so that dask.compute runs the graph on the cluster
+        node, _ = self._build(data, raw=raw, tag=tag, param=param, calib=calib, env=env,
+                              output_dir=output_dir, timeout=timeout,
+                              memory_limit=memory_limit)
+        return node
+
+    def _build(self, data, *, raw, tag, param, calib, env, output_dir, timeout,
+               memory_limit) -> tuple[Delayed, str | None]:
+        """Validate a call on the client and turn it into a delayed task."""
+        tag = tag if tag is not None else self._tag
+        self._check_tag(tag)
+        raw_frames = self._raw(data, raw, tag)
+        if not raw_frames:
+            raise ValueError(f"{self.__name__}: no raw frames given; call it with the "
+                             f"input files, e.g. {self.__name__}(['a.fits', 'b.fits'])")
+        first = raw_frames[0][1]
+        input_len = len(first) if isinstance(first, list) else -1
+        params = tuple(self._param._aslist(param))
+        calib_frames = []
+        for ctag, frames, minimum in self._calib._aslist(calib):
+            if frames is None or (isinstance(frames, list) and not frames):
+                if (minimum or 0) > 0 and ctag not in dict(raw_frames):
+                    raise ValueError(f"{self.__name__} needs calibration {ctag} "
+                                     f"(at least {minimum}); give calib={{'{ctag}': ...}}")
+                continue
+            calib_frames.append((ctag, frames))
+        out = os.fspath(output_dir if output_dir is not None else self.output_dir or "") or None
+        if out is not None:
+            out = str(pathlib.Path(out).expanduser().absolute())
+            _check_output_dir(out, self.__name__)
+        work_dir = str(pathlib.Path(self.temp_dir).absolute()) if self.temp_dir \
+            else str(_config.work_dir())
+        deps: list = []
+        frames = []
+        for ftag, value in raw_frames + calib_frames:
+            for item in value if isinstance(value, list) else [value]:
+                frames.append((ftag, self._input(item, ftag, deps, work_dir)))
+        client = _cluster.get_client()
+        slots, omp = _cluster.slots_for_call(client)
+        run_env = {**self.env, **(env or {})}
+        spec = CallSpec(
+            recipe=self.__name__, version=self.version[0], recipe_path=self._search,
+            params=params, frames=tuple(frames), raw_tags=tuple(t for t, _ in raw_frames),
+            env=tuple(sorted((str(k), str(v)) for k, v in run_env.items())),
+            output_dir=out, work_dir=work_dir,
+            expect=tuple(self.output.get(tag, ()) if self.tags else ()),
+            input_len=input_len,
+            timeout=_config.seconds(_config.get("timeout", timeout if timeout is not None else self.timeout)),
+            memory_limit=_config.nbytes(_config.get("memory-limit", memory_limit if memory_limit is not None else self.memory_limit)),
+            backtrace=bool(_config.get("backtrace")), omp_threads=omp,
+            work_max_age=_config.seconds(_config.get("work-dir-max-age")),
+            slots=slots)
+        stamps = [_stamp(item.path) for _, item in frames if isinstance(item, FileInput)]
+        key = f"{self.__name__}-{tokenize(spec.identity(), stamps, [_dep_key(d) for d in deps])}"
+        node = dask.delayed(run_recipe, pure=True)(spec, *deps, dask_key_name=key)
+        return node, out
+
+    def _raw(self, data, raw, tag) -> list[tuple[str, Any]]:
+        """python-cpl's grouping of raw inputs into (tag, frames)."""
+        items = list(data) + ([raw] if raw is not None else [])
+        groups: dict[str, Any] = {}
+        for item in items:
+            if isinstance(item, dict):
+                for t in item:
+                    self._check_tag(t)
+                groups.update(item)
+            elif tag is None:
+                raise ValueError(f"{self.__name__} declares no raw tags; give tag=...")
+            elif tag not in groups:
+                groups[tag] = list(item) if _is_list(item) else item
+            elif isinstance(groups[tag], list):
+                groups[tag].extend(item if _is_list(item) else [item])
+            else:
+                groups[tag] = [groups[tag], *(item if _is_list(item) else [item])]
+        return [(t, v) for t, v in groups.items() if v is not None and v != []]
+
+    def _input(self, item, tag: str, deps: list, work_dir: str):
+        """One input frame as the worker will see it."""
+        if isinstance(item, Result):
+            deps.append(item.future)
+            return ProductRef(len(deps) - 1, tag)
+        if isinstance(item, Delayed) or _is_future(item):
+            deps.append(item)
+            return ProductRef(len(deps) - 1, tag)
+        if isinstance(item, fits.HDUList):
+            return FileInput(_save_hdulist(item, work_dir))
+        if not isinstance(item, (str, os.PathLike)):
+            raise TypeError(f"{self.__name__}: input {tag} must be a file path, an "
+                            f"HDUList or a result, not {type(item).__name__}")
+        path = os.path.abspath(os.path.expanduser(os.fspath(item)))
+        if not os.path.isfile(path):
+            raise errors.InputError(f"{self.__name__}: input {tag} file {path!r} does "
+                                    f"not exist")
+        if not os.access(path, os.R_OK):
+            raise errors.InputError(f"{self.__name__}: input {tag} file {path!r} is not "
+                                    f"readable; check its permissions")
+        return FileInput(path)
+
+    def _check_tag(self, tag) -> None:
+        if self.tags is not None and tag not in self.tags:
+            raise _unknown("raw tag", tag, self.__name__, self.tags)
+
+    # -- class-wide ------------------------------------------------------------------
+    @staticmethod
+    def list() -> list[tuple[str, list[str]]]:
+        """Recipes on the search path: ``[(name, [version strings]), ...]``."""
+        with _load_lock:
+            cpl.Recipe.path = Recipe.search_path()
+            return sorted(cpl.Recipe.list())
+
+    @staticmethod
+    def set_maxthreads(n: int) -> None:
+        """Run at most ``n`` recipes at once, for calls started afterwards.
+
+        On the embedded cluster the default is one recipe per core; on a cluster you
+        brought, one per worker thread. See :mod:`cpldask._cluster` for how.
+        """
+        _cluster.set_maxthreads(n)
+
+
+def _is_list(item) -> bool:
+    return isinstance(item, (list, tuple)) and not isinstance(item, fits.HDUList)
+
+
+def _is_future(item) -> bool:
+    from distributed import Future
+
+    return isinstance(item, Future)
+
+
+def _dep_key(dep) -> str:
+    return dep.key if hasattr(dep, "key") else tokenize(dep)
+
+
+def _stamp(path: str) -> tuple:
+    """What identifies an input file's content cheaply: a change re-runs the call."""
+    st = os.stat(path)
+    return (path, st.st_size, st.st_mtime_ns)
+
+
+def _save_hdulist(hdulist: fits.HDUList, work_dir: str) -> str:
+    """Write an in-memory input where the workers can read it (python-cpl does the same
+    in its temporary directory)."""
+    d = pathlib.Path(work_dir) / "inputs"
+    d.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.md5()
+    for hdu in hdulist:
+        digest.update(hdu.header.tostring().encode())
+        if hdu.data is not None:
+            digest.update(memoryview(hdu.data.tobytes()))
+    path = d / f"{digest.hexdigest()}.fits"
+    if not path.exists():
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        hdulist.writeto(tmp, overwrite=True)
+        os.replace(tmp, path)
+    return str(path)
+
+
+def _check_output_dir(path: str, recipe: str) -> None:
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        raise OSError(f"{recipe}: cannot create output_dir {path!r}: {err.strerror}") from err
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise PermissionError(f"{recipe}: output_dir {path!r} is not writable; choose "
+                              f"another output_dir")

@@ -1,0 +1,237 @@
+"""Client side: :class:`Result`, the frame-like handle of one recipe call.
+
+It is what python-cpl's background ``Threaded`` result is — attribute access to the
+products that waits for the recipe and raises the recipe's exception — on top of a
+:class:`distributed.Future`, whose shape it follows (``status``, ``done()``,
+``result()``, ``exception()``, ``cancel()``, ``add_done_callback``, ``await``).
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+
+from typing import Any, Callable
+
+import distributed
+from astropy.io import fits
+
+from . import errors
+from ._spec import RunRecord
+
+__all__ = ["Result"]
+
+
+class Result:
+    """The products of a recipe call, available once the recipe has run.
+
+    Reading a product (``res.MASTER_BIAS``, ``res['MASTER_BIAS']``, ``'TAG' in res``,
+    ``len(res)``, iteration) waits for the recipe and raises its exception if it
+    failed (:class:`cpl.CplError`, :class:`cpl.RecipeCrash`, ...). Products follow
+    python-cpl's rules: an :class:`astropy.io.fits.HDUList` (opened lazily from the
+    product file) when the call had no ``output_dir``, the file path when it had
+    one, and a list of those where a tag has several frames.
+
+    Examples
+    --------
+    >>> import cpldask as cpl
+    >>> bias = cpl.Recipe('muse_bias', threaded=True)
+    >>> res = bias(['b1.fits', 'b2.fits', 'b3.fits'], param={'nifu': 1})
+    >>> res.status                        # returns at once
+    'pending'
+    >>> res.MASTER_BIAS[1].data.shape     # waits for the recipe
+    (4112, 4096)
+    """
+
+    def __init__(self, future: distributed.Future, recipe: str, *, output: str | None):
+        self.future = future
+        self.recipe = recipe
+        self._path_products = output is not None
+        self._record: RunRecord | None = None
+        self._opened: dict[str, Any] = {}
+        future.add_done_callback(_replay_log_when_done(recipe))
+
+    # -- the Future interface -------------------------------------------------------
+    @property
+    def key(self) -> str:
+        """The Dask task key (``<recipe>-<token>``)."""
+        return self.future.key
+
+    @property
+    def status(self) -> str:
+        """``'pending'``, ``'finished'``, ``'error'``, ``'cancelled'`` or ``'lost'``."""
+        return self.future.status
+
+    def done(self) -> bool:
+        """True once the recipe has finished, failed or was cancelled."""
+        return self.future.done()
+
+    def result(self, timeout: float | None = None) -> "Result":
+        """Wait for the recipe and return this result; raise the recipe's exception."""
+        self._get(timeout)
+        return self
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """Wait for the recipe and return its exception, or None."""
+        return self.future.exception(timeout)
+
+    def cancel(self) -> None:
+        """Cancel the call; a running recipe process is killed within a second."""
+        self.future.cancel()
+
+    def cancelled(self) -> bool:
+        return self.future.cancelled()
+
+    def add_done_callback(self, fn: Callable[["Result"], None]) -> None:
+        """Call ``fn(self)`` when the recipe has finished (from another thread)."""
+        self.future.add_done_callback(lambda _future: fn(self))
+
+    def __await__(self):
+        return self._await().__await__()
+
+    async def _await(self) -> "Result":
+        # Future.__await__ works on an asynchronous client only; polling its event
+        # from here keeps ``await res`` usable from Jupyter with the ordinary client
+        import asyncio
+
+        while not self.done():
+            await asyncio.sleep(0.05)
+        return self.result()
+
+    # -- python-cpl's thread interface (the seed) -------------------------------------
+    def join(self, timeout: float | None = None) -> None:
+        """Wait until the recipe has ended (without raising its exception)."""
+        try:
+            distributed.wait(self.future, timeout=timeout)
+        except distributed.TimeoutError:
+            pass
+
+    def is_alive(self) -> bool:
+        """True while the recipe is queued or running."""
+        return not self.done()
+
+    # -- products ---------------------------------------------------------------------
+    def _get(self, timeout=None) -> RunRecord:
+        if self._record is None:
+            try:
+                self._record = self.future.result(timeout=timeout)
+            except distributed.client.FutureCancelledError as err:
+                raise distributed.client.FutureCancelledError(
+                    self.key, f"{self.recipe} was cancelled") from err
+        return self._record
+
+    @property
+    def record(self) -> RunRecord:
+        """The worker's plain account of the run (paths, statistics, log)."""
+        return self._get()
+
+    @property
+    def tags(self) -> set[str]:
+        """Tags of the products (waits)."""
+        return set(self._get().tags)
+
+    def _value(self, tag: str):
+        rec = self._get()
+        if tag not in self._opened:
+            opener = (lambda p: p.path) if self._path_products else _open
+            self._opened[tag] = rec.shaped(tag, opener)
+        return self._opened[tag]
+
+    def __getitem__(self, tag: str):
+        return self._value(tag)
+
+    def __getattr__(self, tag: str):
+        if tag.startswith("_"):
+            raise AttributeError(tag)
+        try:
+            return self._value(tag)
+        except KeyError:
+            raise AttributeError(f"{self.recipe} produced no {tag!r}; its products are "
+                                 f"{sorted(self.tags)}") from None
+
+    def __contains__(self, tag: str) -> bool:
+        return tag in self._get().tags
+
+    def __len__(self) -> int:
+        return len(self._get().tags)
+
+    def __iter__(self):
+        return iter([(tag, self._value(tag)) for tag in self._get().tags])
+
+    def __dir__(self):
+        extra = self._record.tags if self._record is not None else []
+        return [*super().__dir__(), *extra]
+
+    @property
+    def log(self):
+        """The recipe's log as python-cpl's ``LogList`` (``.info``, ``.warning``...)."""
+        return errors.loglist(self._get().log)
+
+    @property
+    def stat(self) -> dict:
+        """Run statistics: return_code, user_time, sys_time, wall_time, max_rss."""
+        return dict(self._get().stat)
+
+    @property
+    def paths(self) -> dict[str, list[str]]:
+        """Product file paths by tag, whatever the ``output_dir`` rule."""
+        rec = self._get()
+        return {tag: rec.paths(tag) for tag in rec.tags}
+
+    # -- display ------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        extra = ""
+        if self.status == "finished":
+            rec = self._get()
+            extra = f" products={rec.tags} {rec.end - rec.start:.1f}s"
+        return f"<Result {self.recipe} status={self.status}{extra} key={self.key!r}>"
+
+    def _repr_html_(self) -> str:
+        rows = [("recipe", self.recipe), ("status", self.status), ("key", self.key)]
+        if self.status == "finished":
+            rec = self._get()
+            rows.append(("duration", f"{rec.end - rec.start:.1f} s on {rec.host}"))
+            rows += [(p.tag, p.path) for p in rec.products]
+            rows += [(name.rsplit(".", 1)[-1], repr(v)) for name, v in rec.params]
+        elif self.status == "error":
+            err = self.future.exception()
+            rows.append(("error", f"{type(err).__name__}: {err}"))
+            log = getattr(err, "log", None) or []
+            rows += [("log", getattr(r, "msg", r)) for r in list(log)[-5:]]
+        cells = "".join(f"<tr><th style='text-align:left'>{html.escape(str(a))}</th>"
+                        f"<td style='text-align:left'>{html.escape(str(b))}</td></tr>"
+                        for a, b in rows)
+        return f"<table>{cells}</table>"
+
+
+def _open(product) -> fits.HDUList:
+    """Open a product lazily: headers and pixels are read when first touched."""
+    return fits.open(product.path, memmap=True)
+
+
+def _replay_log_when_done(recipe: str):
+    """A done-callback that hands the recipe's log to ``logging`` under ``cpl.<recipe>``,
+    as python-cpl does while its recipe runs."""
+
+    def callback(future: distributed.Future) -> None:
+        if future.status == "finished":
+            entries = future.result().log
+        elif future.status == "error":
+            entries = [(r.name, r.levelno, r.funcName, r.msg, r.created)
+                       for r in getattr(future.exception(), "log", None) or ()]
+        else:
+            return
+        for name, levelno, func, msg, created in entries:
+            logger = logging.getLogger(f"cpl.{recipe}.{func}")
+            if logger.isEnabledFor(levelno):
+                rec = logger.makeRecord(logger.name, levelno, func, 0, msg, None, None, func)
+                rec.created = created
+                logger.handle(rec)
+
+    return callback
+
+
+def is_result(obj) -> bool:
+    return isinstance(obj, Result)
+
+
