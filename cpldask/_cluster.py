@@ -29,7 +29,7 @@ from . import _config
 
 _lock = threading.RLock()
 _embedded: dict = {}  # "cluster", "client" of the embedded LocalCluster
-_limit: dict = {}  # "name", "n": the semaphore in force; empty: no explicit limit
+_limits: dict = {}  # scheduler address -> (semaphore name, n) in force there
 
 
 def get_client() -> distributed.Client:
@@ -90,7 +90,7 @@ def set_maxthreads(n: int) -> None:
     with _lock:
         client = get_client()
         _ensure_threads(client, n)
-        _limit.update(name=f"cpldask-slots-{uuid.uuid4().hex[:8]}", n=n)
+        _limits[client.scheduler.address] = (f"cpldask-slots-{uuid.uuid4().hex[:8]}", n)
 
 
 def _ensure_threads(client: distributed.Client, n: int) -> None:
@@ -108,22 +108,22 @@ def _ensure_threads(client: distributed.Client, n: int) -> None:
 
 
 def slots_for_call(client: distributed.Client) -> tuple[tuple[str, int] | None, int | None]:
-    """The semaphore (name, leases) a call made now must hold, and its OpenMP threads."""
-    if _limit:
-        n = _limit["n"]
-        return (_limit["name"], n), _omp_threads(n)
-    if client is _embedded.get("client"):
-        return None, _omp_threads(_embedded["slots"])
-    return None, None
+    """The semaphore (name, leases) a call made now must hold, and its OpenMP threads.
 
-
-def _omp_threads(slots: int) -> int | None:
+    OpenMP threads are set where cpldask knows the cores: on the embedded cluster,
+    cores // slots, so that slots x threads stays within the machine. Elsewhere the
+    ``cpldask.omp-num-threads`` key (or the call's env) decides.
+    """
+    limit = _limits.get(client.scheduler.address)
+    embedded = client is _embedded.get("client")
     setting = _config.get("omp-num-threads")
     if setting not in (None, "auto"):
-        return int(setting)
-    if _embedded.get("cluster") is None:
-        return None
-    return max(1, _cores() // max(1, slots))
+        omp = int(setting)
+    elif embedded:
+        omp = max(1, _cores() // (limit[1] if limit else _embedded["slots"]))
+    else:
+        omp = None
+    return limit, omp
 
 
 def dashboard_link() -> str | None:

@@ -144,6 +144,8 @@ class Kind:
         Whether telescope keywords (pointing, airmass, ...) are written.
     illumination : callable or None
         Model of the light falling on the detector, see `Illumination`.
+    header : callable or None
+        ``options -> dict`` of extra primary keywords (e.g. lamp states).
     """
 
     tag: str
@@ -153,6 +155,7 @@ class Kind:
     exptime: float = 0.0
     on_sky: bool = False
     illumination: Illumination | None = None
+    header: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
 
 
 #: Registry of frame kinds known to `write_raw`; filled below the models.
@@ -164,7 +167,451 @@ def _register(kind: Kind) -> Kind:
     return kind
 
 
-_register(Kind("BIAS", "CALIB", "BIAS", "IMAGE"))
+# --------------------------------------------------------------------------
+# Optical model: slices on the CCD, wavelength along y, position on the sky.
+# --------------------------------------------------------------------------
+#: Wavelength of trimmed row y = 1 [Angstrom] and the dispersion [A/pixel].
+#: 1.25 A/pix is the pipeline's assumed sampling (kMuseSpectralSamplingA); the
+#: arc-line pattern matching only searches within a few per cent of it.
+LAMBDA0, DISPERSION = 4500.0, 1.25
+#: Slice layout on the CCD: first left edge, pitch and width [pixels].  The
+#: tracing expects slice widths of 72.2-82.2 pixels (kMuseSliceLo/HiLikelyWidth).
+SLICE_X0, SLICE_PITCH, SLICE_WIDTH = 100.0, 82.0, 78.0
+#: Edge softness (logistic scale) [pixels]: real slice edges are not sharp.
+SLICE_EDGE = 0.7
+#: Nominal slice length on the sky in geometry-table pixels (0.2 arcsec), which
+#: the pipeline uses to convert CCD x to sky x (kMuseSliceNominalWidth).
+SKY_SLICE_WIDTH = 75.0
+#: CCD slice number (1..48) -> sky slice number, copied from the pipeline's
+#: kMuseGeoSliceSky (muse_instrument.h): it is how real data are wired.
+SLICE_SKY = (
+    9, 8, 1, 10, 7, 2, 11, 6, 3, 12, 5, 4,
+    21, 20, 13, 22, 19, 14, 23, 18, 15, 24, 17, 16,
+    33, 32, 25, 34, 31, 26, 35, 30, 27, 36, 29, 28,
+    45, 44, 37, 46, 43, 38, 47, 42, 39, 48, 41, 40,
+)
+
+
+def wavelength(y: np.ndarray | float) -> np.ndarray | float:
+    """Wavelength [A] at 1-based trimmed row ``y`` (same in every slice)."""
+    return LAMBDA0 + DISPERSION * (np.asarray(y) - 1.0)
+
+
+def row_of(lam: np.ndarray | float) -> np.ndarray | float:
+    """1-based trimmed row where wavelength ``lam`` [A] falls."""
+    return 1.0 + (np.asarray(lam) - LAMBDA0) / DISPERSION
+
+
+def slice_edges(ifu: int, y: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+    """Left and right edges (1-based trimmed x, half-light points) of all slices.
+
+    Slices are slightly tilted (1.5 pixels over the CCD height) and shifted by
+    a pixel or two per IFU, so the trace polynomials have something to fit and
+    IFUs are not identical.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        Arrays of shape ``(48,) + np.shape(y)``.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    shift = (ifu % 5) * 0.6 + 1.5 * (y / NY - 0.5)
+    left = SLICE_X0 + SLICE_PITCH * np.arange(N_SLICES).reshape((-1,) + (1,) * y.ndim) + shift
+    return left, left + SLICE_WIDTH
+
+
+def sky_slice_position(ifu: int, sky_slice: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
+    """Field position (x, y) [0.2" pixels] of a slice centre, as in GEOMETRY_TABLE.
+
+    The field is 300 x 288 pixels: four slicer stacks of 75 pixels side by side
+    in x, and per IFU 12 slices of one pixel height in y, IFU 1 at the top.
+    """
+    s = np.asarray(sky_slice) - 1
+    x = (s // 12 - 1.5) * SKY_SLICE_WIDTH
+    y = 143.5 - 12.0 * (ifu - 1) - (s % 12)
+    return x.astype(np.float64), np.asarray(y, dtype=np.float64)
+
+
+@dataclasses.dataclass(frozen=True)
+class CcdMaps:
+    """Per-pixel maps of one IFU's trimmed CCD, computed once and reused.
+
+    Attributes
+    ----------
+    profile : numpy.ndarray
+        Fraction of each pixel inside a slice (0..1, soft edges), float32.
+    field_x, field_y : numpy.ndarray
+        Field position [0.2" pixels] the pipeline will assign to the pixel
+        (NaN outside slices), float32.  Computed exactly like
+        ``muse_pixtable_create``: x = slice_x + (xcentre - i) / width * 75.
+    """
+
+    profile: np.ndarray
+    field_x: np.ndarray
+    field_y: np.ndarray
+
+
+_MAPS_CACHE: dict[int, CcdMaps] = {}
+
+
+def ccd_maps(ifu: int) -> CcdMaps:
+    """Slice profile and field coordinates of every pixel of one IFU.
+
+    Cached per IFU (about 200 MB each) because every illuminated frame type
+    needs them; the cache holds at most two IFUs to bound memory on workers.
+    """
+    if ifu in _MAPS_CACHE:
+        return _MAPS_CACHE[ifu]
+    y = np.arange(1, NY + 1, dtype=np.float64)
+    left, right = slice_edges(ifu, y)                 # (48, NY)
+    xs = np.arange(1, NX + 1, dtype=np.float32)
+    profile = np.zeros((NY, NX), np.float32)
+    fx = np.full((NY, NX), np.nan, np.float32)
+    fy = np.full((NY, NX), np.nan, np.float32)
+    for k in range(N_SLICES):
+        lo = int(np.floor(left[k].min())) - 8
+        hi = int(np.ceil(right[k].max())) + 8
+        x = xs[lo - 1:hi][None, :]
+        l = left[k][:, None].astype(np.float32)
+        r = right[k][:, None].astype(np.float32)
+        # Product of two logistic edges: half light at the nominal edge.
+        prof = 1.0 / ((1.0 + np.exp((l - x) / SLICE_EDGE)) * (1.0 + np.exp((x - r) / SLICE_EDGE)))
+        profile[:, lo - 1:hi] += prof.astype(np.float32)
+        sx, sy = sky_slice_position(ifu, SLICE_SKY[k])
+        inside = prof > 0.5
+        # Sky x runs opposite to CCD x within a slice (pipeline convention).
+        dx = ((l + r) / 2 - x) / (r - l) * SKY_SLICE_WIDTH + np.float32(sx)
+        fx[:, lo - 1:hi] = np.where(inside, dx, fx[:, lo - 1:hi])
+        fy[:, lo - 1:hi] = np.where(inside, np.float32(sy), fy[:, lo - 1:hi])
+    for a in (profile, fx, fy):
+        a.setflags(write=False)
+    maps = CcdMaps(profile, fx, fy)
+    if len(_MAPS_CACHE) >= 2:
+        _MAPS_CACHE.pop(next(iter(_MAPS_CACHE)))
+    _MAPS_CACHE[ifu] = maps
+    return maps
+
+
+def _prnu(ifu: int, seed: int) -> np.ndarray:
+    """Fixed pixel-to-pixel sensitivity (1 % rms) of one CCD, so flat-fielding
+    has something real to correct and all exposures share it."""
+    rng = np.random.default_rng([seed, 0x50524E55, ifu])
+    p = rng.standard_normal((NY, NX), dtype=np.float32)
+    p *= np.float32(0.01)
+    p += np.float32(1.0)
+    return p
+
+
+def _spectrum_rows(shape: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Evaluate a continuum shape at each row's wavelength, as a column vector."""
+    lam = wavelength(np.arange(1, NY + 1, dtype=np.float64))
+    return shape(lam).astype(np.float32)[:, None]
+
+
+def _line_rows(lambdas: Sequence[float], fluxes: Sequence[float],
+               sigma: float = 1.0) -> np.ndarray:
+    """1-D emission-line spectrum along y (e- per pixel), column vector.
+
+    Each line is a Gaussian of ``sigma`` pixels (FWHM 2.35 px, i.e. about
+    2.9 A, close to MUSE's LSF) integrated over the pixel by 5-fold
+    supersampling; ``fluxes`` are the integrated line fluxes.
+    """
+    spec = np.zeros(NY, np.float64)
+    sub = (np.arange(5) - 2) / 5.0
+    for lam, flux in zip(lambdas, fluxes):
+        yc = row_of(lam)
+        if not (-10 < yc < NY + 10):
+            continue
+        lo, hi = max(int(yc) - 8, 1), min(int(yc) + 9, NY)
+        y = np.arange(lo, hi + 1, dtype=np.float64)
+        g = np.exp(-0.5 * ((y[:, None] + sub[None, :] - yc) / sigma) ** 2).mean(axis=1)
+        spec[lo - 1:hi] += flux * g / (sigma * np.sqrt(2 * np.pi))
+    return spec.astype(np.float32)[:, None]
+
+
+def _lamp_continuum(lam: np.ndarray) -> np.ndarray:
+    """Smooth halogen-lamp-like shape, peaking in the red, never below 40 %."""
+    return 0.4 + 0.6 * np.exp(-0.5 * ((lam - 7500.0) / 2000.0) ** 2)
+
+
+def _solar_continuum(lam: np.ndarray) -> np.ndarray:
+    """Twilight (scattered sunlight) shape: bright in the blue, falling to red."""
+    return (lam / 5000.0) ** -2.0
+
+
+def _illum_lamp_flat(ifu: int, rng: np.random.Generator, opt: Mapping[str, Any]) -> np.ndarray:
+    """Continuum lamp through every slice (FLAT, ILLUMFLAT, LINGAIN_LAMP_ON)."""
+    level = float(opt.get("level", 20000.0))
+    maps = ccd_maps(ifu)
+    img = maps.profile * _spectrum_rows(_lamp_continuum)
+    img *= np.float32(level)
+    img *= _prnu(ifu, int(opt.get("seed", 0)))
+    return img
+
+
+# --------------------------------------------------------------------------
+# Arc lamps.
+# --------------------------------------------------------------------------
+#: Laboratory air wavelengths [A] of arc lines in the MUSE range, per lamp.
+#: Ion names follow the pipeline's LINE_CATALOG ("HgI"/"CdI" -> lamp HgCd).
+_ARC_LINES: dict[str, tuple[tuple[float, str], ...]] = {
+    "HgCd": (
+        (4678.149, "CdI"), (4799.912, "CdI"), (4916.068, "HgI"),
+        (5085.822, "CdI"), (5460.735, "HgI"), (5769.598, "HgI"),
+        (5790.663, "HgI"), (6438.470, "CdI"), (6907.461, "HgI"),
+        (7081.880, "HgI"), (7346.373, "CdI"), (7728.820, "HgI"),
+        (8014.786, "HgI"), (8521.120, "HgI"), (9122.967, "HgI"),
+    ),
+    "Ne": tuple((lam, "NeI") for lam in (
+        4837.314, 5037.751, 5330.778, 5400.562, 5852.488, 5881.895, 5944.834,
+        5975.534, 6029.997, 6074.338, 6096.163, 6143.063, 6163.594, 6217.281,
+        6266.495, 6304.789, 6334.428, 6382.992, 6402.248, 6506.528, 6532.882,
+        6598.953, 6678.276, 6717.043, 6929.467, 7032.413, 7173.938, 7245.167,
+        7438.898, 7488.871, 7535.774, 8082.458, 8136.406, 8300.326, 8377.607,
+        8418.427, 8495.360, 8591.259, 8634.647, 8654.383, 8780.622, 8853.867,
+        9148.672, 9201.759, 9300.853)),
+    "Xe": tuple((lam, "XeI") for lam in (
+        4624.276, 4671.226, 4734.152, 4807.019, 4843.294, 4923.152, 5028.280,
+        6318.062, 6469.705, 6498.717, 6595.561, 6668.920, 6728.008, 6827.315,
+        6882.155, 6925.530, 7119.598, 7386.003, 7584.680, 7642.025, 7802.651,
+        7887.393, 7967.342, 8061.339, 8206.336, 8231.634, 8266.520, 8280.116,
+        8346.822, 8409.189, 8576.012, 8648.540, 8739.370, 8819.410, 8862.316,
+        8908.730, 8930.830, 8952.250, 9045.446, 9162.652)),
+}
+#: Calibration-unit lamp numbering of real MUSE headers: lamps 1/2 are the
+#: continuum lamps, 3 Ne, 4 Xe, 5 HgCd (muse_utils_header_get_lamp_names).
+_LAMP_NUMBER = {"Ne": 3, "Xe": 4, "HgCd": 5, "continuum": 1}
+
+
+def _line_flux(lam: float) -> float:
+    """Deterministic 'random' integrated line flux [e-] between 5e3 and 8e4.
+
+    Derived from the wavelength alone so the frames and LINE_CATALOG agree
+    without sharing state.
+    """
+    u = (np.sin(lam * 12.9898) * 43758.5453) % 1.0
+    return float(5000.0 * 16.0 ** u)
+
+
+def arc_lines(lamp: str) -> list[tuple[float, str, float]]:
+    """Lines (lambda, ion, flux) of one lamp as put into the ARC frames.
+
+    Lines closer than 8 A to a brighter line of the same lamp are dropped:
+    on the detector they blend (FWHM ~3 A), and a blend identified as one of
+    its components would bias the wavelength solution.
+    """
+    lines = [(lam, ion, _line_flux(lam)) for lam, ion in _ARC_LINES[lamp]]
+    keep = []
+    for lam, ion, flux in lines:
+        if any(abs(lam - l2) < 8.0 and f2 > flux for l2, _, f2 in lines if l2 != lam):
+            continue
+        keep.append((lam, ion, flux))
+    return keep
+
+
+def lamp_keywords(on: Iterable[str]) -> dict[str, Any]:
+    """``ESO INS LAMPi/SHUTi`` keywords with the named lamps on.
+
+    Without these keywords ``muse_wavecal`` cannot tell which lines to expect
+    and hangs in its pattern matching.
+    """
+    on_numbers = {_LAMP_NUMBER[name] for name in on}
+    kw: dict[str, Any] = {"ESO INS LAMPNUM": 6}
+    for i in range(1, 7):
+        kw[f"ESO INS LAMP{i} NAME"] = f"CU-LAMP{i}"
+        kw[f"ESO INS LAMP{i} ST"] = i in on_numbers
+        kw[f"ESO INS SHUT{i} NAME"] = f"CU-SHUT{i}"
+        kw[f"ESO INS SHUT{i} ST"] = i in on_numbers
+    return kw
+
+
+def _illum_arc(ifu: int, rng: np.random.Generator, opt: Mapping[str, Any]) -> np.ndarray:
+    """Emission lines of one lamp through every slice (ARC)."""
+    lines = arc_lines(opt["lamp"])
+    spec = _line_rows([l[0] for l in lines], [l[2] for l in lines])
+    img = ccd_maps(ifu).profile * spec
+    img *= _prnu(ifu, int(opt.get("seed", 0)))
+    return img
+
+
+# --------------------------------------------------------------------------
+# On-sky light: twilight, night sky, and a star at a known field position.
+# --------------------------------------------------------------------------
+#: Paranal, as in real MUSE headers (ESO TEL GEOLAT/GEOLON/GEOELEV).
+SITE_LAT, SITE_LON, SITE_ELEV = -24.627, -70.4045, 2648.0
+#: Gaussian PSF FWHM of the synthetic star [0.2" field pixels] (0.8").
+STAR_FWHM = 4.0
+#: Field x of the star [0.2" pixels]: inside a slicer stack (stack centres are
+#: at -112.5, -37.5, 37.5, 112.5), away from the stack borders.
+STAR_FIELD_X = 30.0
+
+#: Night-sky emission lines (air wavelengths [A]) and their integrated flux
+#: [e- per CCD pixel column in the default 600 s OBJECT]; ``group`` follows
+#: SKY_LINES: one group per species/band.
+_SKY_LINES: tuple[tuple[str, int, float, float], ...] = (
+    ("OI", 0, 5577.338, 6000.0),
+    ("NaI", 1, 5889.950, 800.0), ("NaI", 1, 5895.924, 600.0),
+    ("OI", 2, 6300.304, 2500.0), ("OI", 2, 6363.776, 800.0),
+    ("OH", 3, 6863.955, 1200.0), ("OH", 3, 6923.220, 900.0),
+    ("OH", 4, 7316.282, 1500.0), ("OH", 4, 7340.885, 1300.0),
+    ("OH", 5, 7750.640, 1800.0), ("OH", 5, 7794.112, 1700.0),
+    ("OH", 5, 7821.503, 1200.0), ("OH", 5, 7913.708, 1600.0),
+    ("OH", 5, 7993.332, 2000.0),
+    ("OH", 6, 8344.602, 3000.0), ("OH", 6, 8399.170, 2500.0),
+    ("OH", 6, 8430.174, 2400.0),
+    ("OH", 7, 8761.314, 2000.0), ("OH", 7, 8767.912, 1800.0),
+    ("OH", 7, 8885.850, 3500.0), ("OH", 7, 8919.533, 1500.0),
+    ("OH", 7, 8958.103, 2800.0),
+)
+
+
+def star_position(ifus: Iterable[int]) -> tuple[float, float]:
+    """Field position (x, y) [0.2" pixels] of the synthetic star.
+
+    The star is put at `STAR_FIELD_X` and, in y, at the middle of the field
+    covered by ``ifus`` (IFU k covers y = 144 - 12 k ... 156 - 12 k), so that
+    it lies on the reconstructed field whatever IFUs are simulated.  With
+    ``ifus=(1, 2)`` this is the border of IFUs 1 and 2, so the star is split
+    between two CCDs and its position in IMAGE_FOV tests that the IFUs are
+    put together correctly.
+
+    Examples
+    --------
+    >>> star_position((1, 2))
+    (30.0, 132.0)
+    """
+    ifus = tuple(ifus)
+    top = 144.0 - 12.0 * (min(ifus) - 1)
+    bottom = 144.0 - 12.0 * max(ifus)
+    return STAR_FIELD_X, (top + bottom) / 2.0
+
+
+def _star_spectrum(lam: np.ndarray) -> np.ndarray:
+    """Shape of the star's spectrum (relative, e- per pixel): a warm star."""
+    return (lam / 6000.0) ** -1.0
+
+
+def _field_gradient(maps: CcdMaps) -> np.ndarray:
+    """Smooth +-3 % illumination gradient over the field, for sky light.
+
+    The lamp flats do not have it, so the twilight correction has something
+    to measure.
+    """
+    g = 1.0 + np.float32(0.03 / 150.0) * np.nan_to_num(maps.field_x)
+    return g.astype(np.float32)
+
+
+def _illum_sky(ifu: int, rng: np.random.Generator, opt: Mapping[str, Any]) -> np.ndarray:
+    """Night sky (continuum + lines) and optionally a star (OBJECT, STD)."""
+    maps = ccd_maps(ifu)
+    scale = float(opt.get("exptime", 600.0)) / 600.0
+    lines = _line_rows([l[2] for l in _SKY_LINES], [l[3] * scale for l in _SKY_LINES])
+    sky = _spectrum_rows(lambda lam: 40.0 * scale * (lam / 6000.0) ** 0) + lines
+    img = maps.profile * sky
+    img *= _field_gradient(maps)
+    star_flux = float(opt.get("star_flux", 0.0))
+    if star_flux > 0:
+        sx, sy = opt["star_xy"]
+        sigma = STAR_FWHM / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+        # Flux per CCD pixel: PSF surface brightness at the field position the
+        # pipeline will assign, times the pixel's field area (75/78 x 1).
+        r2 = (maps.field_x - np.float32(sx)) ** 2 + (maps.field_y - np.float32(sy)) ** 2
+        psf = np.exp(-0.5 * np.nan_to_num(r2, nan=1e9) / np.float32(sigma ** 2))
+        psf *= np.float32(SKY_SLICE_WIDTH / SLICE_WIDTH / (2 * np.pi * sigma ** 2))
+        psf *= maps.profile
+        img += psf * (np.float32(star_flux * scale) * _spectrum_rows(_star_spectrum))
+    img *= _prnu(ifu, int(opt.get("seed", 0)))
+    return img
+
+
+def _illum_twilight(ifu: int, rng: np.random.Generator, opt: Mapping[str, Any]) -> np.ndarray:
+    """Twilight sky: bright solar-like continuum with a field gradient (SKYFLAT)."""
+    maps = ccd_maps(ifu)
+    level = float(opt.get("level", 15000.0))
+    img = maps.profile * _spectrum_rows(_solar_continuum)
+    img *= np.float32(level)
+    img *= _field_gradient(maps)
+    img *= _prnu(ifu, int(opt.get("seed", 0)))
+    return img
+
+
+def _sidereal_deg(mjd: float) -> float:
+    """Local sidereal time at Paranal [deg] (IAU 1982 GMST, ample here).
+
+    Computed directly so that no IERS table has to be downloaded.
+    """
+    gmst = 280.46061837 + 360.98564736629 * (mjd - 51544.5)
+    return (gmst + SITE_LON) % 360.0
+
+
+def _telescope_keywords(opt: Mapping[str, Any]) -> dict[str, Any]:
+    """Pointing and ambient keywords of an on-sky exposure.
+
+    The telescope points at the zenith in the middle of the exposure (RA = LST,
+    DEC = latitude): airmass 1 makes the differential atmospheric refraction
+    vanish, so the star appears at the same place at all wavelengths and its
+    expected position in IMAGE_FOV does not depend on the DAR model.
+    """
+    mjd, texp = float(opt["mjd"]), float(opt["exptime"])
+    lst = _sidereal_deg(mjd + texp / 2.0 / 86400.0)
+    lst_start = _sidereal_deg(mjd)
+    return {
+        "RA": round(lst, 6), "DEC": SITE_LAT, "EQUINOX": 2000.0, "RADESYS": "FK5",
+        "LST": round(lst_start / 15.0 * 3600.0, 3),
+        "ESO TEL AIRM START": 1.0, "ESO TEL AIRM END": 1.0,
+        "ESO TEL ALT": 90.0, "ESO TEL AZ": 0.0,
+        "ESO TEL PARANG START": 0.0, "ESO TEL PARANG END": 0.0,
+        "ESO TEL GEOLAT": SITE_LAT, "ESO TEL GEOLON": SITE_LON,
+        "ESO TEL GEOELEV": SITE_ELEV,
+        "ESO TEL FOCU SCALE": 1.705,
+        "ESO TEL AMBI PRES START": 744.0, "ESO TEL AMBI PRES END": 744.0,
+        "ESO TEL AMBI TEMP": 12.0, "ESO TEL AMBI RHUM": 15.0,
+        "ESO TEL AMBI FWHM START": 0.8, "ESO TEL AMBI FWHM END": 0.8,
+        "ESO TEL IA FWHM": 0.8, "ESO TEL IA FWHMLIN": 0.8,
+        "ESO INS DROT MODE": "SKY", "ESO INS DROT POSANG": 0.0,
+        "ESO INS DROT START": 0.0, "ESO INS DROT END": 0.0,
+        "ESO OBS TARG NAME": str(opt.get("target", "SYNTHETIC")),
+    }
+
+
+def _on_sky(tpl: str, lamps: Sequence[str] = ()) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+    """Header builder for on-sky kinds: template ID, lamps, telescope."""
+    def build(opt: Mapping[str, Any]) -> dict[str, Any]:
+        return {"ESO TPL ID": tpl, **lamp_keywords(lamps), **_telescope_keywords(opt)}
+    return build
+
+
+def _calib(tpl: str, lamps: Sequence[str] = ()) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+    """Header builder for calibration-unit kinds: template ID and lamps."""
+    def build(opt: Mapping[str, Any]) -> dict[str, Any]:
+        return {"ESO TPL ID": tpl, **lamp_keywords(lamps)}
+    return build
+
+
+_register(Kind("BIAS", "CALIB", "BIAS", "IMAGE",
+               header=_calib("MUSE_wfm_cal_bias")))
+_register(Kind("DARK", "CALIB", "DARK", "IMAGE", exptime=1800.0,
+               header=_calib("MUSE_wfm_cal_dark")))
+_register(Kind("FLAT", "CALIB", "FLAT,LAMP", "IMAGE", exptime=10.0,
+               illumination=_illum_lamp_flat,
+               header=_calib("MUSE_wfm_cal_specflat", ["continuum"])))
+_register(Kind("ARC", "CALIB", "WAVE", "IMAGE", exptime=20.0,
+               illumination=_illum_arc,
+               header=lambda opt: _calib("MUSE_wfm_cal_arc", [opt["lamp"]])(opt)))
+# The attached/illumination flat is a lamp flat taken at night; basic
+# processing recognises it by its tag (ILLUM) and checks this template ID.
+_register(Kind("ILLUMFLAT", "CALIB", "FLAT,LAMP,ILLUM", "IFU", exptime=5.0,
+               illumination=_illum_lamp_flat,
+               header=_on_sky("MUSE_wfm_cal_illum", ["continuum"])))
+_register(Kind("SKYFLAT", "CALIB", "FLAT,SKY", "IFU", exptime=30.0,
+               illumination=_illum_twilight,
+               header=_on_sky("MUSE_wfm_cal_skyflat")))
+_register(Kind("OBJECT", "SCIENCE", "OBJECT", "IFU", exptime=600.0,
+               illumination=_illum_sky,
+               header=_on_sky("MUSE_wfm-noao_obs_genericoffset")))
+_register(Kind("STD", "CALIB", "STD", "IFU", exptime=60.0,
+               illumination=_illum_sky,
+               header=_on_sky("MUSE_wfm-noao_cal_specphot")))
 
 
 # --------------------------------------------------------------------------
@@ -352,17 +799,20 @@ def write_raw(path: str | pathlib.Path, kind: str, *, ifus: Iterable[int] = (1,)
     if not ifus or any(not 1 <= i <= 24 for i in ifus):
         raise ValueError(f"IFU numbers must be in 1..24, got {ifus}")
     texp = k.exptime if exptime is None else float(exptime)
-    opts = dict(options or {})
+    # Everything a model may depend on, so that models stay pure functions.
+    opts = {**(options or {}), "exptime": texp, "seed": seed, "index": index,
+            "mjd": mjd}
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
 
+    extra = dict(k.header(opts)) if k.header else {}
+    extra.update(header or {})
     primary = fits.PrimaryHDU(header=_primary_header(k, mjd=mjd, exptime=texp,
-                                                     index=index, extra=header))
+                                                     index=index, extra=extra))
     hdus: list[fits.hdu.base.ExtensionHDU] = []
     for ifu in ifus:
         rng = _rng(seed, kind, ifu, index)
-        light = k.illumination(ifu, rng, {**opts, "exptime": texp, "seed": seed,
-                                          "index": index}) if k.illumination else None
+        light = k.illumination(ifu, rng, opts) if k.illumination else None
         data = _detector_image(light, rng, dark_rate=dark_rate, exptime=texp,
                                hot=_hot_pixels(ifu, seed) if texp > 0 else None)
         ext_hdr = _extension_header(ifu)
@@ -440,3 +890,164 @@ def write_bias(directory: str | pathlib.Path, n: int = 3, *,
     """
     return _write_set(directory, "BIAS", n, ifus=ifus, seed=seed,
                       compress=compress, mjd=mjd)
+
+
+# --------------------------------------------------------------------------
+# Static calibration tables.
+# --------------------------------------------------------------------------
+def _write_table(path: str | pathlib.Path, columns: Sequence[fits.Column], *,
+                 primary: Mapping[str, Any] | None = None,
+                 table: Mapping[str, Any] | None = None,
+                 extname: str | None = None) -> pathlib.Path:
+    """Write a FITS binary table (primary header + one table extension)."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    phdr = fits.Header()
+    _hierarch(phdr, {"ORIGIN": "cpldask.synthetic", "INSTRUME": "MUSE", **(primary or {})})
+    tab = fits.BinTableHDU.from_columns(list(columns), name=extname)
+    _hierarch(tab.header, dict(table or {}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+        fits.HDUList([fits.PrimaryHDU(header=phdr), tab]).writeto(path, overwrite=True)
+    return path
+
+
+def write_line_catalog(path: str | pathlib.Path) -> pathlib.Path:
+    """Write the LINE_CATALOG matching the synthetic ARC frames.
+
+    Columns ``lambda`` [A], ``flux`` (the integrated flux in e- put into the
+    frames), ``ion`` and ``quality``; ``VERSION = 3`` in both headers, as
+    ``muse_wave_lines_check`` requires.  Quality 5 (FWHM reference) marks
+    lines with no neighbour of any lamp within 15 A, all others get 3 (fully
+    used); ``muse_lsf`` and ``muse_wavecal`` skip quality <= 1.
+
+    Examples
+    --------
+    >>> write_line_catalog("/tmp/LINE_CATALOG.fits")  # doctest: +SKIP
+    """
+    rows = sorted(line for lamp in _ARC_LINES for line in arc_lines(lamp))
+    lam = np.array([r[0] for r in rows])
+    quality = np.array([5 if np.sum(np.abs(lam - l) < 15.0) == 1 else 3 for l in lam],
+                       dtype=np.int32)
+    cols = [
+        fits.Column("lambda", "E", unit="Angstrom", array=lam.astype(np.float32)),
+        fits.Column("flux", "E", array=np.array([r[2] for r in rows], np.float32)),
+        fits.Column("ion", "8A", array=np.array([r[1] for r in rows])),
+        fits.Column("quality", "J", array=quality),
+    ]
+    return _write_table(path, cols, primary={"VERSION": 3}, table={"VERSION": 3})
+
+
+def write_geometry_table(path: str | pathlib.Path) -> pathlib.Path:
+    """Write the GEOMETRY_TABLE matching the synthetic slice layout.
+
+    One row per IFU x slice (24 x 48), sorted by ``SubField`` and
+    ``SliceSky`` like the pipeline's own (``muse_geo_finalize``).  Positions
+    come from `sky_slice_position`; angles are 0 and widths the nominal 75
+    pixels, so the pipeline maps a CCD pixel exactly to the field position
+    stored in `ccd_maps`.  (``muse_geometry`` would need >= 50 pinhole-mask
+    exposures, which is why the table is made directly.)
+
+    Examples
+    --------
+    >>> write_geometry_table("/tmp/GEOMETRY_TABLE.fits")  # doctest: +SKIP
+    """
+    sky_to_ccd = {sky: ccd + 1 for ccd, sky in enumerate(SLICE_SKY)}
+    ifu = np.repeat(np.arange(1, 25), N_SLICES).astype(np.int32)
+    sky = np.tile(np.arange(1, N_SLICES + 1), 24).astype(np.int32)
+    ccd = np.array([sky_to_ccd[s] for s in sky], dtype=np.int32)
+    x, y = sky_slice_position(ifu, sky)
+    # The optical stack number of a CCD slice (muse_geo.c: 1-12 -> 4, ...).
+    stack = (4 - (ccd - 1) // 12).astype(np.int32)
+    zeros = np.zeros(ifu.size)
+    cols = [
+        fits.Column("SubField", "J", array=ifu),
+        fits.Column("SliceCCD", "J", array=ccd),
+        fits.Column("SliceSky", "J", array=sky),
+        fits.Column("x", "D", unit="pix", array=x),
+        fits.Column("y", "D", unit="pix", array=np.broadcast_to(y, x.shape)),
+        fits.Column("angle", "D", unit="deg", array=zeros),
+        fits.Column("width", "D", unit="pix", array=zeros + SKY_SLICE_WIDTH),
+        fits.Column("xerr", "D", unit="pix", array=zeros + 0.01),
+        fits.Column("yerr", "D", unit="pix", array=zeros + 0.01),
+        fits.Column("angleerr", "D", unit="deg", array=zeros + 0.001),
+        fits.Column("widtherr", "D", unit="pix", array=zeros + 0.01),
+        fits.Column("stack", "J", array=stack),
+    ]
+    return _write_table(path, cols, primary={"ESO PRO CATG": "GEOMETRY_TABLE"})
+
+
+def write_sky_lines(path: str | pathlib.Path) -> pathlib.Path:
+    """Write SKY_LINES (extension ``LINES``) with the lines put into OBJECT/STD.
+
+    Fluxes are given in the pipeline's unit 1e-20 erg/(s cm^2 arcsec^2),
+    scaled from the e- of the frames by a rough MUSE-like conversion; the sky
+    model only uses them as starting values.
+    """
+    names = [l[0] for l in _SKY_LINES]
+    cols = [
+        fits.Column("name", "8A", array=np.array(names)),
+        fits.Column("group", "J", array=np.array([l[1] for l in _SKY_LINES], np.int32)),
+        fits.Column("lambda", "D", unit="Angstrom", array=np.array([l[2] for l in _SKY_LINES])),
+        fits.Column("flux", "D", unit="10**(-20)*erg/(s cm^2 arcsec^2)",
+                    array=np.array([l[3] * 50.0 for l in _SKY_LINES])),
+        fits.Column("dq", "J", array=np.zeros(len(_SKY_LINES), np.int32)),
+    ]
+    return _write_table(path, cols, extname="LINES")
+
+
+def write_extinct_table(path: str | pathlib.Path) -> pathlib.Path:
+    """Write EXTINCT_TABLE: a smooth Paranal-like extinction curve.
+
+    Rayleigh (lambda^-4) plus aerosol (lambda^-1.3) terms give about
+    0.25 mag/airmass at 4500 A and 0.03 at 9500 A.
+    """
+    lam = np.arange(4000.0, 10001.0, 25.0)
+    ext = 0.16 * (lam / 4500.0) ** -4 + 0.06 * (lam / 4500.0) ** -1.3
+    cols = [
+        fits.Column("lambda", "D", unit="Angstrom", array=lam),
+        fits.Column("extinction", "D", unit="mag/airmass", array=ext),
+    ]
+    return _write_table(path, cols)
+
+
+#: Photon-to-electron factor used to give the STD star a physical flux: e- per
+#: (erg/s/cm^2/A) per second per A for the VLT (48.5 m^2) at ~25 % throughput,
+#: at 6000 A.  Only its order of magnitude matters.
+_STD_ELECTRONS_PER_FLAM = 4.85e5 * 0.25 / 3.31e-12
+#: Reference flux of the STD star at 6000 A [erg/s/cm^2/A].
+STD_FLAM_6000 = 1.0e-13
+
+
+def std_flux(lam: np.ndarray) -> np.ndarray:
+    """Flux of the synthetic standard star [erg/s/cm^2/A] at ``lam`` [A].
+
+    Its shape, converted to photons (x lambda), is that of the star put into
+    the STD frames, so a response derived from them is smooth.
+    """
+    lam = np.asarray(lam, dtype=np.float64)
+    return STD_FLAM_6000 * _star_spectrum(lam) * (6000.0 / lam)
+
+
+def write_std_flux_table(path: str | pathlib.Path, *, ra: float, dec: float,
+                         name: str = "SYNTH_STD") -> pathlib.Path:
+    """Write STD_FLUX_TABLE with one extension for the synthetic standard.
+
+    ``muse_standard`` picks the extension whose ``RA``/``DEC`` header is
+    nearest to the exposure's pointing (it must be within 60"), so pass the
+    pointing of the STD frames (see `pointing`).
+    """
+    lam = np.arange(4000.0, 10001.0, 10.0)
+    flux = std_flux(lam)
+    cols = [
+        fits.Column("lambda", "D", unit="Angstrom", array=lam),
+        fits.Column("flux", "D", unit="erg/s/cm**2/Angstrom", array=flux),
+        fits.Column("fluxerr", "D", unit="erg/s/cm**2/Angstrom", array=flux * 0.01),
+    ]
+    return _write_table(path, cols, extname=name, table={"RA": ra, "DEC": dec})
+
+
+def pointing(mjd: float, exptime: float) -> tuple[float, float]:
+    """(RA, DEC) [deg] written into an on-sky frame starting at ``mjd``."""
+    kw = _telescope_keywords({"mjd": mjd, "exptime": exptime})
+    return kw["RA"], kw["DEC"]

@@ -1,0 +1,55 @@
+"""Small helpers shared by tests (no fixtures here)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from astropy.io import fits
+
+
+def intervals(results) -> list[tuple[float, float]]:
+    """(start, end) of each test-recipe run, read from its product headers (written
+    by the recipe process itself)."""
+    out = []
+    for res in results:
+        path = res.paths["PRODUCT"][0]
+        h = fits.getheader(path)
+        out.append((h["ESO QC ECHO TSTART"], h["ESO QC ECHO TEND"]))
+    return out
+
+
+def max_overlap(spans) -> int:
+    """Largest number of intervals open at one instant."""
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    best = cur = 0
+    for _, step in events:
+        cur += step
+        best = max(best, cur)
+    return best
+
+
+def recipe_pids(name: str) -> set[int]:
+    """PIDs of processes named ``name`` (python-cpl names the recipe child so)."""
+    pids = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as f:
+                    if f.read().strip() == name[:15]:
+                        pids.add(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
+def wait_until(condition, timeout: float, what: str):
+    """Wait for a condition of another process (a recipe starting, a process
+    ending) that no future or event of ours can signal; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

@@ -1,0 +1,219 @@
+"""The core: real muse_bias through cpldask equals python-cpl; products; bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+import cpl as pycpl
+import cpldask
+from cpldask import errors
+
+
+@pytest.fixture(scope="session")
+def direct_master_bias(bias_files, tmp_path_factory):
+    """MASTER_BIAS of a direct python-cpl run (the reference)."""
+    pycpl.Recipe.path = ["/usr/lib/x86_64-linux-gnu/cpl/plugins"]
+    r = pycpl.Recipe("muse_bias")
+    r.param.nifu = 1
+    r.temp_dir = str(tmp_path_factory.mktemp("direct"))
+    return r(bias_files).MASTER_BIAS
+
+
+@pytest.mark.slow
+def test_master_bias_equals_python_cpl(bias_result, direct_master_bias):
+    ours = bias_result.MASTER_BIAS
+    assert isinstance(ours, fits.HDUList)
+    for ext in ("DATA", "DQ", "STAT"):
+        assert ours[ext].data.shape == (4112, 4096)
+        np.testing.assert_array_equal(ours[ext].data, direct_master_bias[ext].data)
+    assert abs(np.median(ours["DATA"].data)) < 1  # overscan-subtracted bias
+
+
+def test_recipe_ran_in_a_worker_process(bias_result, client):
+    rec = bias_result.record
+    assert rec.worker in client.scheduler_info()["workers"]
+    assert bias_result.key.startswith("muse_bias-")
+    assert bias_result.stat["return_code"] == 0 and bias_result.stat["wall_time"] > 1
+    assert bias_result.log.info  # the recipe's own messages came back
+
+
+def test_python_cpl_result_access(bias_result):
+    assert bias_result.tags == {"MASTER_BIAS"}
+    assert "MASTER_BIAS" in bias_result and "MASTER_DARK" not in bias_result
+    assert len(bias_result) == 1
+    assert [tag for tag, _ in bias_result] == ["MASTER_BIAS"]
+    assert bias_result["MASTER_BIAS"] is bias_result.MASTER_BIAS
+    with pytest.raises(AttributeError, match="MASTER_BIAS"):
+        bias_result.MASTER_FLAT
+
+
+def test_products_open_lazily(bias_files):
+    r = cpldask.Recipe("muse_bias")
+    res = r(bias_files, param={"nifu": 1})
+    assert res._opened == {}  # nothing read before the first access
+    hdul = res.MASTER_BIAS
+    assert hdul._file.memmap  # pixels are mapped from the product file, not copied
+    assert res.paths["MASTER_BIAS"][0] == hdul.filename()
+
+
+def test_output_dir_gives_paths(test_recipe, any_fits, tmp_path):
+    res = test_recipe(any_fits, output_dir=tmp_path, param={"nproducts": 1})
+    assert isinstance(res.PRODUCT, str) and res.PRODUCT.startswith(str(tmp_path))
+    assert os.path.exists(res.PRODUCT)
+    # no private call directory is left in output_dir
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == \
+        [os.path.basename(res.PRODUCT)]
+
+
+def test_list_rule_for_several_frames(test_recipe, any_fits, tmp_path):
+    res = test_recipe(any_fits, output_dir=tmp_path, param={"nproducts": 3})
+    assert isinstance(res.PRODUCT, list) and len(res.PRODUCT) == 3
+    one = test_recipe([any_fits], output_dir=tmp_path / "one", param={"nproducts": 1})
+    assert isinstance(one.PRODUCT, list)  # python-cpl: a list of one in, a list out
+
+
+def test_two_concurrent_calls_share_output_dir(test_recipe, any_fits, tmp_path):
+    a = test_recipe(any_fits, output_dir=tmp_path, threaded=True,
+                    param={"value": 1.0, "sleep": 1.0})
+    b = test_recipe(any_fits, output_dir=tmp_path, threaded=True,
+                    param={"value": 2.0, "sleep": 1.0})
+    pa, pb = a.PRODUCT, b.PRODUCT
+    assert pa != pb
+    assert fits.getheader(pa)["ESO QC ECHO VALUE"] == 1.0
+    assert fits.getheader(pb)["ESO QC ECHO VALUE"] == 2.0
+
+
+def test_later_call_replaces_earlier_product(test_recipe, any_fits, tmp_path):
+    first = test_recipe(any_fits, output_dir=tmp_path, param={"value": 1.0})
+    second = test_recipe(any_fits, output_dir=tmp_path, param={"value": 2.0})
+    assert first.PRODUCT == second.PRODUCT  # python-cpl: a later call overwrites
+    assert fits.getheader(second.PRODUCT)["ESO QC ECHO VALUE"] == 2.0
+
+
+# -- bad input is refused on the client, before anything is submitted ----------------
+
+@pytest.fixture
+def no_submit(monkeypatch):
+    """Fail the test if a bad call reaches the cluster."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("work was submitted for a bad call")
+    client = cpldask.get_client()
+    monkeypatch.setattr(client, "compute", refuse)
+
+
+def test_missing_input_file(no_submit, tmp_path):
+    r = cpldask.Recipe("muse_bias")
+    with pytest.raises(errors.InputError, match="does not exist"):
+        r([str(tmp_path / "nope.fits")])
+
+
+def test_unreadable_input_file(no_submit, any_fits, monkeypatch):
+    # the suite may run as root, who can read anything: let os.access say no
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, m: False if p == any_fits else real(p, m))
+    with pytest.raises(errors.InputError, match="not readable"):
+        cpldask.Recipe("muse_bias")([any_fits])
+
+
+def test_no_raw_frames(no_submit):
+    with pytest.raises(ValueError, match="no raw frames"):
+        cpldask.Recipe("muse_bias")([])
+
+
+def test_unknown_recipe_names_the_path():
+    with pytest.raises(OSError) as info:
+        cpldask.Recipe("muse_biass")
+    msg = str(info.value)
+    assert "/usr/lib/x86_64-linux-gnu/cpl/plugins" in msg and "muse_bias" in msg
+
+
+def test_unknown_parameter_lists_valid_names(no_submit, bias_files):
+    r = cpldask.Recipe("muse_bias")
+    with pytest.raises(KeyError, match="nifu") as info:
+        r.param.nifuu = 1
+    assert "Did you mean nifu" in str(info.value)
+    with pytest.raises(KeyError, match="combine"):
+        r(bias_files, param={"combin": "median"})
+
+
+def test_wrong_type_range_enum(no_submit, bias_files):
+    r = cpldask.Recipe("muse_bias")
+    with pytest.raises(TypeError, match="nifu.*int"):
+        r.param.nifu = 1.5
+    with pytest.raises(ValueError, match="range"):
+        r.param.nifu = 25
+    with pytest.raises(ValueError, match="combine"):
+        r.param.combine = "mean"
+    with pytest.raises(ValueError, match="range"):
+        r(bias_files, param={"nifu": -2})
+    r.param.nifu = 3
+    del r.param.nifu
+    assert r.param.nifu.value is None  # reset to default
+
+
+def test_unknown_calib_tag_and_missing_calib(no_submit, bias_files):
+    dark = cpldask.Recipe("muse_dark")
+    with pytest.raises(KeyError, match="MASTER_BIAS"):
+        dark.calib.MASTER_BAIS = bias_files[0]
+    with pytest.raises(ValueError, match="needs calibration MASTER_BIAS"):
+        dark(bias_files)
+
+
+def test_unknown_raw_tag(no_submit, bias_files):
+    with pytest.raises(KeyError, match="BIAS"):
+        cpldask.Recipe("muse_bias")(bias_files, tag="BAIS")
+
+
+def test_unwritable_output_dir(no_submit, bias_files, tmp_path):
+    target = tmp_path / "file"
+    target.write_text("not a directory")
+    with pytest.raises(OSError, match="output_dir"):
+        cpldask.Recipe("muse_bias")(bias_files, output_dir=target / "sub")
+
+
+# -- the recipe search path ---------------------------------------------------------
+
+def _search_path_in_subprocess(env_extra: dict, cwd) -> str:
+    code = "import cpldask; print(':'.join(cpldask.Recipe.search_path()))"
+    env = {**os.environ, **env_extra}
+    return subprocess.run([sys.executable, "-c", code], env=env, cwd=cwd, text=True,
+                          capture_output=True, check=True).stdout.strip()
+
+
+def test_default_search_path_is_debian(tmp_path):
+    assert _search_path_in_subprocess({}, tmp_path) == "/usr/lib/x86_64-linux-gnu/cpl/plugins"
+
+
+def test_search_path_from_environment(tmp_path):
+    got = _search_path_in_subprocess({"DASK_CPLDASK__RECIPE_PATH": "/a:/b"}, tmp_path)
+    assert got == "/a:/b"
+
+
+def test_search_path_from_dask_config(monkeypatch):
+    import dask
+
+    monkeypatch.setattr(cpldask.Recipe, "path", None)
+    with dask.config.set({"cpldask.recipe-path": ["/x", "/y"]}):
+        assert cpldask.Recipe.search_path() == ["/x", "/y"]
+
+
+def test_current_directory_is_not_searched(testrecipe_dir, monkeypatch):
+    monkeypatch.setattr(cpldask.Recipe, "path", None)
+    monkeypatch.chdir(testrecipe_dir)
+    with pytest.raises(OSError, match="not found"):
+        cpldask.Recipe("cpldask_test")
+    monkeypatch.setattr(cpldask.Recipe, "path", ".")  # unless asked for
+    assert cpldask.Recipe("cpldask_test").name == "cpldask_test"
+
+
+def test_workers_use_the_clients_path(testrecipe_dir, any_fits, tmp_path, monkeypatch):
+    # the test recipe is on no path the workers were configured with
+    monkeypatch.setattr(cpldask.Recipe, "path", [str(testrecipe_dir)])
+    res = cpldask.Recipe("cpldask_test")(any_fits, output_dir=tmp_path)
+    assert os.path.exists(res.PRODUCT)

@@ -1,0 +1,181 @@
+"""Issue 3: the seed's parallel execution, on Dask."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import time
+
+import dask
+import distributed
+import pytest
+from astropy.io import fits
+
+import cpldask as cpl
+from helpers import intervals, max_overlap, recipe_pids, wait_until
+
+
+@pytest.mark.slow
+def test_seed_three_ways_to_run_in_background(bias_files, tmp_path, monkeypatch):
+    # the seed's first example, verbatim but for nifu=1 (the frames hold one IFU)
+    monkeypatch.chdir(tmp_path)
+    # Create a threaded recipe
+    r1 = cpl.Recipe('muse_bias', threaded = True)
+    r1.param.nifu = 1
+    t0 = time.monotonic()
+    result1 = r1(bias_files)
+    # Prepare a recipe for background execution
+    r2 = cpl.Recipe('muse_bias')
+    r2.param.nifu = 1
+    r2.threaded = True
+    result2 = r2(bias_files, param={'ovscignore': 4})
+    # Execute a recipe in background
+    r3 = cpl.Recipe('muse_bias')
+    r3.param.nifu = 1
+    result3 = r3(bias_files, threaded = True, param={'ovscignore': 5})
+    assert time.monotonic() - t0 < 1.0  # all three returned at once
+    assert all(r.is_alive() for r in (result1, result2, result3))
+    for res in (result1, result2, result3):
+        assert res.MASTER_BIAS[1].data.shape == (4112, 4096)  # waits
+        assert not res.is_alive() and res.status == "finished"
+
+
+def test_seed_results_list_and_maxthreads(test_recipe, any_fits, tmp_path, monkeypatch):
+    # the seed's second example, with the test recipe standing in for muse_focus
+    monkeypatch.chdir(tmp_path)
+    cpl.Recipe.set_maxthreads(2)
+    try:
+        muse_focus = cpl.Recipe('cpldask_test', threaded = True)
+        muse_focus.param.sleep = 0.5
+        files = [any_fits] * 6
+        results = [ muse_focus(f, param={'value': float(i)}) for i, f in enumerate(files) ]
+        for i, res in enumerate(results):
+            res.PRODUCT.writeto('FOCUS_TABLE_%02i.fits' % (i+1))
+        assert [fits.getheader('FOCUS_TABLE_%02i.fits' % (i+1))['ESO QC ECHO VALUE']
+                for i in range(6)] == [float(i) for i in range(6)]
+        assert max_overlap(intervals(results)) == 2
+    finally:
+        cpl.Recipe.set_maxthreads(2)
+
+
+def test_failure_raised_on_access(test_recipe, any_fits):
+    res = test_recipe(any_fits, threaded=True, param={"fail": True})
+    with pytest.raises(cpl.CplError):
+        res.PRODUCT
+    with pytest.raises(cpl.CplError):
+        "PRODUCT" in res
+    assert res.status == "error"
+    assert isinstance(res.exception(), cpl.CplError)
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_maxthreads_limits_overlap_embedded(test_recipe, any_fits, n):
+    cpl.Recipe.set_maxthreads(n)
+    try:
+        results = [test_recipe(any_fits, threaded=True,
+                               param={"sleep": 1.5, "value": float(i)}) for i in range(6)]
+        distributed.wait([r.future for r in results])
+        assert max_overlap(intervals(results)) == n
+    finally:
+        cpl.Recipe.set_maxthreads(2)
+
+
+def test_maxthreads_on_a_cluster_the_user_brought(test_recipe, any_fits):
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=2, host="127.0.0.1",
+                                  dashboard_address=":0") as cluster, \
+            distributed.Client(cluster) as client:
+        assert cpl.get_client() is client
+        cpl.Recipe.set_maxthreads(3)
+        results = [test_recipe(any_fits, threaded=True,
+                               param={"sleep": 1.5, "value": float(i)}) for i in range(7)]
+        assert {r.record.worker for r in results} <= set(client.scheduler_info()["workers"])
+        assert max_overlap(intervals(results)) == 3
+        cpl.Recipe.set_maxthreads(1)
+        results = [test_recipe(any_fits, threaded=True,
+                               param={"sleep": 0.5, "value": float(i)}) for i in range(3)]
+        assert max_overlap(intervals(results)) == 1
+    assert cpl.get_client() is not client  # back to the embedded cluster
+
+
+def test_future_interface(test_recipe, any_fits):
+    res = test_recipe(any_fits, threaded=True, param={"sleep": 0.3})
+    assert isinstance(res.future, distributed.Future)
+    assert "cpldask_test" in repr(res) and res.key.startswith("cpldask_test-")
+    done = []
+    res.add_done_callback(done.append)
+    assert res.result(timeout=60) is res
+    assert res.done() and res.exception() is None and res.status == "finished"
+    res.join()
+    assert done == [res] or wait_until(lambda: done == [res], 5, "the callback")
+    html = res._repr_html_()
+    assert "cpldask_test" in html and "PRODUCT" in html and "finished" in html
+
+
+def test_join_with_timeout_does_not_raise(test_recipe, any_fits):
+    res = test_recipe(any_fits, threaded=True, param={"sleep": 30, "value": 7.0})
+    res.join(timeout=0.2)
+    assert res.is_alive()
+    res.cancel()
+
+
+def test_await(test_recipe, any_fits):
+    import asyncio
+
+    res = test_recipe(any_fits, threaded=True, param={"value": 3.0})
+
+    async def main():
+        return await res
+
+    assert asyncio.run(main()) is res and res.status == "finished"
+
+
+def test_cancel_kills_the_recipe_process(test_recipe, any_fits):
+    before = recipe_pids("cpldask_test")
+    res = test_recipe(any_fits, threaded=True, param={"sleep": 120, "value": 99.0})
+    started = wait_until(lambda: recipe_pids("cpldask_test") - before, 30, "the recipe")
+    t0 = time.monotonic()
+    res.cancel()
+    wait_until(lambda: not (recipe_pids("cpldask_test") & started), 5, "the recipe to end")
+    assert time.monotonic() - t0 < 3
+    assert res.cancelled()
+
+
+def test_identical_calls_share_a_task_key(test_recipe, any_fits, tmp_path):
+    a = test_recipe.delayed(any_fits, output_dir=tmp_path, param={"value": 5.0})
+    b = test_recipe.delayed(any_fits, output_dir=tmp_path, param={"value": 5.0})
+    c = test_recipe.delayed(any_fits, output_dir=tmp_path, param={"value": 6.0})
+    assert a.key == b.key != c.key
+    assert a.key.startswith("cpldask_test-")
+    ra, rb, rc = dask.compute(a, b, c)
+    assert ra.PRODUCT == rb.PRODUCT  # ran once
+
+
+def test_graph_of_results_resolved_on_workers(test_recipe, any_fits, tmp_path):
+    first = test_recipe(any_fits, threaded=True, param={"sleep": 1.0, "value": 1.0})
+    # a background result, a delayed one and one product of a delayed one as inputs,
+    # all wired before anything finished
+    second = test_recipe.delayed(first, param={"value": 2.0})
+    t0 = time.monotonic()
+    third = test_recipe(raw={"RAW": [second.PRODUCT, first]}, threaded=True,
+                        param={"value": 3.0})
+    assert time.monotonic() - t0 < 1.0 and first.is_alive()
+    assert fits.getheader(third.paths["PRODUCT"][0])["ESO QC ECHO VALUE"] == 3.0
+    rec = third.record
+    # only the small record travelled back: no pixels
+    assert len(pickle.dumps(rec)) < 50_000
+
+
+def test_recipe_log_reaches_python_logging(test_recipe, any_fits, caplog):
+    with caplog.at_level(logging.INFO, logger="cpl.cpldask_test"):
+        res = test_recipe(any_fits, param={"value": 4.0})
+        wait_until(lambda: any("OMP_NUM_THREADS" in r.getMessage() for r in caplog.records),
+                   10, "the replayed log")
+    assert any(r.name.startswith("cpl.cpldask_test") for r in caplog.records)
+    assert any("OMP_NUM_THREADS" in line for line in res.log.info)
+
+
+def test_omp_threads_set_before_the_recipe_loads(test_recipe, any_fits):
+    res = test_recipe(any_fits, env={"OMP_NUM_THREADS": "3"})
+    assert fits.getheader(res.paths["PRODUCT"][0])["ESO QC ECHO OMP"] == "3"
+    res = test_recipe(any_fits, param={"value": 8.0})  # default: cores // slots
+    assert fits.getheader(res.paths["PRODUCT"][0])["ESO QC ECHO OMP"] == "1"
