@@ -595,6 +595,13 @@ _register(Kind("DARK", "CALIB", "DARK", "IMAGE", exptime=1800.0,
 _register(Kind("FLAT", "CALIB", "FLAT,LAMP", "IMAGE", exptime=10.0,
                illumination=_illum_lamp_flat,
                header=_calib("MUSE_wfm_cal_specflat", ["continuum"])))
+# Linearity/gain series: lamp-off frames must say BIAS,DETCHECK (otherwise
+# muse_lingain segfaults); lamp-on frames come in equal-EXPTIME pairs.
+_register(Kind("LINGAIN_LAMP_OFF", "CALIB", "BIAS,DETCHECK", "IMAGE",
+               header=_calib("MUSE_wfm_cal_detlin")))
+_register(Kind("LINGAIN_LAMP_ON", "CALIB", "FLAT,LAMP,DETCHAR,LINEARITY", "IMAGE",
+               exptime=1.0, illumination=_illum_lamp_flat,
+               header=_calib("MUSE_wfm_cal_detlin", ["continuum"])))
 _register(Kind("ARC", "CALIB", "WAVE", "IMAGE", exptime=20.0,
                illumination=_illum_arc,
                header=lambda opt: _calib("MUSE_wfm_cal_arc", [opt["lamp"]])(opt)))
@@ -1051,3 +1058,200 @@ def pointing(mjd: float, exptime: float) -> tuple[float, float]:
     """(RA, DEC) [deg] written into an on-sky frame starting at ``mjd``."""
     kw = _telescope_keywords({"mjd": mjd, "exptime": exptime})
     return kw["RA"], kw["DEC"]
+
+
+# --------------------------------------------------------------------------
+# Public writers of frame sets and the whole cascade.
+# --------------------------------------------------------------------------
+#: Star flux in OBJECT frames: e- per CCD row (per 1.25 A), summed over the
+#: PSF, at 6000 A in 600 s (peak ~1000 e- per spaxel over a 40 e- sky).
+STAR_FLUX_OBJECT = 20000.0
+#: Same for the STD star, from its physical flux (`std_flux`) and a rough
+#: VLT/MUSE photon-to-electron conversion, per 600 s.
+STAR_FLUX_STD = STD_FLAM_6000 * _STD_ELECTRONS_PER_FLAM * DISPERSION * 600.0
+#: Lamp rate of the linearity series [e-/s at the continuum peak].
+LINGAIN_RATE = 1000.0
+#: Exposure times of the lamp-on pairs: levels from 1e3 to 5e4 e-.
+LINGAIN_EXPTIMES = (1.0, 5.0, 20.0, 50.0)
+
+
+def write_arcs(directory: str | pathlib.Path, *, lamps: Sequence[str] = ("HgCd", "Ne", "Xe"),
+               ifus: Iterable[int] = (1,), seed: int = 0, compress: bool = True,
+               mjd: float = 60000.0) -> list[pathlib.Path]:
+    """Write one ARC frame per lamp (``ARC_HgCd.fits`` ...), as MUSE takes them.
+
+    Examples
+    --------
+    >>> write_arcs("/tmp/arc", ifus=(1,))  # doctest: +SKIP
+    """
+    ifus = tuple(ifus)
+    return [write_raw(pathlib.Path(directory) / f"ARC_{lamp}.fits", "ARC", ifus=ifus,
+                      seed=seed, compress=compress, mjd=mjd + i * 120.0 / 86400.0,
+                      index=i, options={"lamp": lamp})
+            for i, lamp in enumerate(lamps)]
+
+
+def write_lingain(directory: str | pathlib.Path, *, ifus: Iterable[int] = (1,),
+                  seed: int = 0, compress: bool = True,
+                  mjd: float = 60000.0) -> dict[str, list[pathlib.Path]]:
+    """Write the linearity/gain series for ``muse_lingain``.
+
+    Two lamp-off frames and four pairs of lamp-on frames; both frames of a
+    pair have the same EXPTIME (the recipe differences them to get the photon
+    noise), pairs have rising exposure levels (`LINGAIN_EXPTIMES`).
+
+    Returns
+    -------
+    dict
+        ``{'LINGAIN_LAMP_OFF': [...2 files], 'LINGAIN_LAMP_ON': [...8 files]}``
+    """
+    ifus = tuple(ifus)
+    d = pathlib.Path(directory)
+    step = 120.0 / 86400.0
+    off = [write_raw(d / f"LINGAIN_LAMP_OFF_{i + 1:02d}.fits", "LINGAIN_LAMP_OFF",
+                     ifus=ifus, seed=seed, compress=compress, mjd=mjd + i * step, index=i)
+           for i in range(2)]
+    on = []
+    for p, texp in enumerate(LINGAIN_EXPTIMES):
+        for j in range(2):
+            i = 2 * p + j
+            on.append(write_raw(d / f"LINGAIN_LAMP_ON_{i + 1:02d}.fits", "LINGAIN_LAMP_ON",
+                                ifus=ifus, seed=seed, compress=compress,
+                                mjd=mjd + (2 + i) * step, index=i, exptime=texp,
+                                options={"level": LINGAIN_RATE * texp}))
+    return {"LINGAIN_LAMP_OFF": off, "LINGAIN_LAMP_ON": on}
+
+
+def write_object(path: str | pathlib.Path, *, ifus: Iterable[int] = (1,), seed: int = 0,
+                 compress: bool = True, mjd: float = 60000.5, exptime: float = 600.0,
+                 star_xy: tuple[float, float] | None = None,
+                 star_flux: float = STAR_FLUX_OBJECT, kind: str = "OBJECT") -> pathlib.Path:
+    """Write an OBJECT (or STD) exposure: night sky plus one star.
+
+    Parameters
+    ----------
+    star_xy : tuple of float, optional
+        Field position [0.2" pixels]; default `star_position` of ``ifus``.
+    star_flux : float
+        e- per CCD row at 6000 A in 600 s, summed over the PSF (scaled with
+        ``exptime``).  0 gives a sky-only frame.
+    kind : str
+        ``'OBJECT'`` or ``'STD'``.
+
+    Examples
+    --------
+    >>> write_object("/tmp/OBJECT.fits", ifus=(1, 2))  # doctest: +SKIP
+    """
+    ifus = tuple(ifus)
+    xy = star_position(ifus) if star_xy is None else tuple(star_xy)
+    return write_raw(path, kind, ifus=ifus, seed=seed, compress=compress, mjd=mjd,
+                     exptime=exptime, options={"star_flux": star_flux, "star_xy": xy,
+                                               "target": f"SYNTH_{kind}"})
+
+
+def star_pixel(header: Mapping[str, Any], ifus: Iterable[int]) -> tuple[float, float]:
+    """Expected 1-based (x, y) pixel of the star in an IMAGE_FOV/DATACUBE_FINAL.
+
+    Valid for ``muse_scipost`` with ``astrometry=False``: the output then has a
+    linear ``PIXEL`` WCS in field (GEOMETRY_TABLE) pixels, so the star's
+    field position `star_position` converts with CRPIX/CRVAL/CD.
+
+    Parameters
+    ----------
+    header : mapping
+        Header of the image extension (``IMAGE_FOV[1].header``).
+    ifus : iterable of int
+        The IFUs the frames were made for.
+
+    Examples
+    --------
+    >>> from astropy.io import fits                               # doctest: +SKIP
+    >>> h = fits.getheader("IMAGE_FOV.fits", 1)                     # doctest: +SKIP
+    >>> star_pixel(h, (1, 2))                                       # doctest: +SKIP
+    (181.0, 12.5)
+    """
+    x, y = star_position(ifus)
+    if str(header.get("CTYPE1", "PIXEL")).strip() != "PIXEL":
+        raise ValueError("IMAGE_FOV has a celestial WCS; run muse_scipost with astrometry=False")
+    px = header["CRPIX1"] + (x - header["CRVAL1"]) / header.get("CD1_1", 1.0)
+    py = header["CRPIX2"] + (y - header["CRVAL2"]) / header.get("CD2_2", 1.0)
+    return float(px), float(py)
+
+
+#: Start of each part of a synthetic night, in days after ``mjd``: evening
+#: calibrations, twilight, the illumination flat and the night's exposures.
+_SCHEDULE = {"BIAS": 0.00, "DARK": 0.01, "FLAT": 0.09, "LINGAIN": 0.10, "ARC": 0.12,
+             "SKYFLAT": 0.40, "ILLUMFLAT": 0.45, "STD": 0.47, "OBJECT": 0.50}
+
+
+def make_exposure(directory: str | pathlib.Path, *, ifus: Iterable[int] = (1, 2),
+                  seed: int = 0, compress: bool = True, mjd: float = 60000.0,
+                  n_bias: int = 3, n_dark: int = 3, n_flat: int = 3,
+                  n_skyflat: int = 3, lingain: bool = True,
+                  ) -> dict[str, list[pathlib.Path]]:
+    """Write a complete synthetic MUSE data set for the calibration cascade.
+
+    Raw frames (each with one extension per IFU): BIAS, DARK, FLAT,
+    LINGAIN_LAMP_OFF/ON, ARC (HgCd, Ne, Xe), ILLUMFLAT, SKYFLAT, OBJECT (with
+    a star at `star_position` of ``ifus``) and STD (the standard star at the
+    same place); static tables LINE_CATALOG, GEOMETRY_TABLE, SKY_LINES,
+    EXTINCT_TABLE and STD_FLUX_TABLE.  The recipes then run per IFU
+    (``nifu=k``): muse_bias -> muse_dark -> muse_flat -> muse_wavecal ->
+    muse_lsf -> muse_illum/muse_twilight -> muse_scibasic, and muse_scipost
+    over all pixel tables.
+
+    Parameters
+    ----------
+    directory : str or pathlib.Path
+        Output directory (subdirectories per tag are created).
+    ifus : iterable of int
+        IFUs to simulate.  With one IFU muse_standard fails (the cube is too
+        narrow for the flux integration); use two or more for the flux branch.
+    seed : int
+        Noise seed: same arguments, same bytes.
+    compress : bool
+        RICE tile compression of raw frames (about 4x smaller).
+    mjd : float
+        Start of the night; all frames get MJD-OBS/DATE-OBS from it.
+    n_bias, n_dark, n_flat, n_skyflat : int
+        Frames per set (the recipes want >= 3 for bias/dark).
+    lingain : bool
+        Also write the 10-frame LINGAIN series.
+
+    Returns
+    -------
+    dict
+        Tag -> list of files, e.g. ``out['BIAS']``, ``out['LINE_CATALOG']``.
+
+    Examples
+    --------
+    >>> files = make_exposure("/tmp/synth", ifus=(1, 2))   # doctest: +SKIP
+    >>> sorted(files)                                        # doctest: +SKIP
+    ['ARC', 'BIAS', 'DARK', 'EXTINCT_TABLE', 'FLAT', 'GEOMETRY_TABLE', ...]
+    """
+    ifus = tuple(ifus)
+    d = pathlib.Path(directory)
+    common = dict(ifus=ifus, seed=seed, compress=compress)
+    t = {k: mjd + v for k, v in _SCHEDULE.items()}
+    out: dict[str, list[pathlib.Path]] = {}
+    out["BIAS"] = _write_set(d / "bias", "BIAS", n_bias, mjd=t["BIAS"], **common)
+    out["DARK"] = _write_set(d / "dark", "DARK", n_dark, mjd=t["DARK"], **common)
+    out["FLAT"] = _write_set(d / "flat", "FLAT", n_flat, mjd=t["FLAT"], **common)
+    if lingain:
+        out.update(write_lingain(d / "lingain", mjd=t["LINGAIN"], **common))
+    out["ARC"] = write_arcs(d / "arc", mjd=t["ARC"], **common)
+    out["SKYFLAT"] = _write_set(d / "skyflat", "SKYFLAT", n_skyflat, mjd=t["SKYFLAT"], **common)
+    out["ILLUMFLAT"] = [write_raw(d / "illumflat" / "ILLUMFLAT_01.fits", "ILLUMFLAT",
+                                  mjd=t["ILLUMFLAT"], **common)]
+    std_exptime = KINDS["STD"].exptime
+    out["STD"] = [write_object(d / "std" / "STD_01.fits", mjd=t["STD"], exptime=std_exptime,
+                               star_flux=STAR_FLUX_STD, kind="STD", **common)]
+    out["OBJECT"] = [write_object(d / "object" / "OBJECT_01.fits", mjd=t["OBJECT"], **common)]
+    static = d / "static"
+    out["LINE_CATALOG"] = [write_line_catalog(static / "LINE_CATALOG.fits")]
+    out["GEOMETRY_TABLE"] = [write_geometry_table(static / "GEOMETRY_TABLE.fits")]
+    out["SKY_LINES"] = [write_sky_lines(static / "SKY_LINES.fits")]
+    out["EXTINCT_TABLE"] = [write_extinct_table(static / "EXTINCT_TABLE.fits")]
+    ra, dec = pointing(t["STD"], std_exptime)
+    out["STD_FLUX_TABLE"] = [write_std_flux_table(static / "STD_FLUX_TABLE.fits", ra=ra, dec=dec)]
+    return out

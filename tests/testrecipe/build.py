@@ -98,7 +98,9 @@ def build(outdir: pathlib.Path) -> pathlib.Path:
                                    dir=outdir)
     os.close(fd)
     tmp = pathlib.Path(tmpname)
-    cmd = [*cc, "-std=gnu11", "-O2", "-g", "-Wall", "-Wextra",
+    # -fopenmp: the recipe links the OpenMP runtime, like the MUSE recipes, so the
+    # tests can see which OMP_NUM_THREADS it was loaded with
+    cmd = [*cc, "-std=gnu11", "-O2", "-g", "-Wall", "-Wextra", "-fopenmp",
            "-shared", "-fPIC", *cflags, *extra_cflags,
            "-o", str(tmp), str(SOURCE), *extra_ldflags, *libs]
     try:

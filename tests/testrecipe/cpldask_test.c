@@ -17,6 +17,9 @@
  *                            filled with the product index
  *   value      (double)      echoed as ESO QC ECHO VALUE
  *   label      (string)      echoed as ESO QC ECHO LABEL
+ *   spin       (double, s)   busy-loop this long in an OpenMP parallel
+ *                            region: the CPU time then shows how many
+ *                            threads the OpenMP runtime really started
  *
  * Order of execution: TSTART, sleep, OMP log, alloc, fail, crash, noproducts,
  * TEND, products.  (alloc comes before fail/crash so that "alloc + kill"
@@ -49,6 +52,9 @@
 #include <unistd.h>
 
 #include <cpl.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define RECIPE_NAME     "cpldask_test"
 #define RECIPE_CONTEXT  "cpldask." RECIPE_NAME
@@ -168,6 +174,10 @@ static int cpldask_test_create(cpl_plugin *plugin)
                   "String echoed as ESO QC ECHO LABEL",
                   RECIPE_CONTEXT, "x"), "label");
     add_param(list, cpl_parameter_new_value(
+                  RECIPE_CONTEXT ".spin", CPL_TYPE_DOUBLE,
+                  "Seconds to busy-loop in an OpenMP parallel region",
+                  RECIPE_CONTEXT, 0.0), "spin");
+    add_param(list, cpl_parameter_new_value(
                   RECIPE_CONTEXT ".noproducts", CPL_TYPE_BOOL,
                   "Return success without writing any product",
                   RECIPE_CONTEXT, CPL_FALSE), "noproducts");
@@ -268,6 +278,8 @@ static int cpldask_test(cpl_frameset *frames, const cpl_parameterlist *pars)
         find_par(pars, RECIPE_CONTEXT ".label"));
     const int noproducts = cpl_parameter_get_bool(
         find_par(pars, RECIPE_CONTEXT ".noproducts"));
+    const double spin_s = cpl_parameter_get_double(
+        find_par(pars, RECIPE_CONTEXT ".spin"));
     if (cpl_error_get_code() != CPL_ERROR_NONE) {
         return (int)cpl_error_set_where(cpl_func);
     }
@@ -288,6 +300,26 @@ static int cpldask_test(cpl_frameset *frames, const cpl_parameterlist *pars)
     cpl_msg_info(cpl_func, "cpldask_test: pid=%ld sleep=%g alloc=%d MB "
                  "nproducts=%d crash=%s fail=%d noproducts=%d",
                  pid, sleep_s, alloc_mb, nproducts, crash, fail, noproducts);
+
+    /* 2b. burn CPU in every OpenMP thread, as a multi-threaded recipe does */
+    int nthreads = 1;
+    if (spin_s > 0) {
+#pragma omp parallel
+        {
+            volatile double x = 0;
+            const double until = wall_time() + spin_s;
+#pragma omp master
+#ifdef _OPENMP
+            nthreads = omp_get_num_threads();
+#else
+            nthreads = 1;
+#endif
+            while (wall_time() < until) {
+                for (int i = 0; i < 10000; i++) x += i;
+            }
+        }
+    }
+    cpl_msg_info(cpl_func, "cpldask_test: spun in %d OpenMP threads", nthreads);
 
     /* 3. allocate and touch memory */
     char *block = NULL;
@@ -389,6 +421,7 @@ static int cpldask_test(cpl_frameset *frames, const cpl_parameterlist *pars)
         cpl_propertylist_append_double(header, "ESO QC ECHO TEND", tend);
         cpl_propertylist_append_long(header, "ESO QC ECHO PID", pid);
         cpl_propertylist_append_string(header, "ESO QC ECHO OMP", omp);
+        cpl_propertylist_append_int(header, "ESO QC ECHO NTHREADS", nthreads);
         cpl_propertylist_set_comment(header, "ESO QC ECHO TSTART",
                                      "[s] exec start, since epoch");
         cpl_propertylist_set_comment(header, "ESO QC ECHO TEND",
