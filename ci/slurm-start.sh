@@ -18,6 +18,8 @@
 # Environment overrides:
 #   SLURM_START_TIMEOUT   seconds to wait for the node to become idle (60)
 #   SLURM_MEM_RESERVE_MB  MB subtracted from `slurmd -C` RealMemory (>=5%, min 256)
+#   SLURM_WAIT_SCHED      1 (default): also wait for the first scheduler cycle
+#                         (~3 s after slurmctld starts); 0: return once idle
 #
 # Stop with ci/slurm-stop.sh.
 set -euo pipefail
@@ -39,18 +41,23 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-pid_alive() {  # pid_alive PIDFILE
-    local pid
+# pid_alive PIDFILE NAME: the file names a live (non-zombie) process called
+# NAME (a stale file with a dead or recycled PID does not count).
+pid_alive() {
+    local pid stat
     [ -s "$1" ] || return 1
-    pid=$(cat "$1" 2>/dev/null) || return 1
-    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
+    pid=$(tr -dc 0-9 2>/dev/null <"$1")
+    [ -n "$pid" ] && [ -r "/proc/$pid/stat" ] || return 1
+    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ] || return 1
+    stat=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f1)
+    [ -n "$stat" ] && [ "$stat" != Z ]
 }
 
-node_state() { sinfo -h -o %t 2>/dev/null | head -n1 || true; }
+node_state() { timeout 5 sinfo -h -o %t 2>/dev/null | head -n1 || true; }
 
 # --- already running? -------------------------------------------------------
 if command -v sinfo >/dev/null 2>&1 &&
-   pid_alive "$MUNGE_PID" && pid_alive "$CTLD_PID" && pid_alive "$SLURMD_PID"; then
+   pid_alive "$MUNGE_PID" munged && pid_alive "$CTLD_PID" slurmctld && pid_alive "$SLURMD_PID" slurmd; then
     st=$(node_state)
     case "$st" in
         idle|mix|mixed|alloc|allocated|comp|completing)
@@ -71,7 +78,7 @@ pkgs_ok() {
 if ! pkgs_ok; then
     log "installing slurm-wlm + munge via apt-get"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq || apt-get update
+    apt-get update -qq || log "apt-get update failed; trying the install anyway"
     apt-get install -y --no-install-recommends slurm-wlm munge
 fi
 
@@ -150,6 +157,9 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 SchedulerType=sched/backfill
+# batch_sched_delay defaults to 3 s: every sbatch would wait up to 3 s for a
+# scheduling pass
+SchedulerParameters=batch_sched_delay=0
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 ReturnToService=2
@@ -174,7 +184,7 @@ fi
 rm -f "$NEWCONF"
 
 # --- start daemons ----------------------------------------------------------
-if pid_alive "$MUNGE_PID"; then
+if pid_alive "$MUNGE_PID" munged; then
     log "munged already running (pid $(cat "$MUNGE_PID"))"
 else
     rm -f "$MUNGE_PID" /var/run/munge/munge.socket.2 /var/run/munge/munge.socket.2.lock
@@ -192,13 +202,13 @@ fi
 
 # slurmctld: -c clears saved job/node state so every start is a clean slate;
 # -i ignores state-file errors.  Both daemons background themselves.
-if pid_alive "$CTLD_PID"; then
+if pid_alive "$CTLD_PID" slurmctld; then
     log "slurmctld already running (pid $(cat "$CTLD_PID"))"
 else
     rm -f "$CTLD_PID"
     /usr/sbin/slurmctld -c -i
 fi
-if pid_alive "$SLURMD_PID"; then
+if pid_alive "$SLURMD_PID" slurmd; then
     log "slurmd already running (pid $(cat "$SLURMD_PID"))"
 else
     rm -f "$SLURMD_PID"
@@ -227,4 +237,25 @@ while :; do
     esac
     sleep 0.2
 done
-log "SLURM up: node $NODE idle (CPUs=$CPUS RealMemory=$REALMEM) after $(elapsed) s"
+log "node $NODE idle (CPUs=$CPUS RealMemory=$REALMEM) after $(elapsed) s"
+
+# slurmctld runs its first main-scheduler cycle ~3 s after start; jobs
+# submitted before that sit in PD (Reason=None) until then.  Wait for it so
+# callers see jobs start immediately (sdiag "Total cycles" >= 1).
+if [ "${SLURM_WAIT_SCHED:-1}" = 1 ]; then
+    sched_cycles() {
+        timeout 5 sdiag 2>/dev/null |
+            awk '/Main schedule statistics/{m=1} m && /Total cycles:/{print $3; exit}'
+    }
+    while :; do
+        c=$(sched_cycles)
+        [ -z "$c" ] && break            # sdiag format unknown: don't wait
+        [ "$c" -ge 1 ] 2>/dev/null && break
+        if [ "$(date +%s)" -ge "$deadline" ]; then
+            log "warning: scheduler has not run a cycle yet; continuing"
+            break
+        fi
+        sleep 0.2
+    done
+fi
+log "SLURM up (scheduler active) after $(elapsed) s"

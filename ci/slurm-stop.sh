@@ -1,15 +1,31 @@
 #!/usr/bin/env bash
-# Stop the single-node SLURM started by ci/slurm-start.sh: slurmd, slurmctld,
-# munged, each by its PID file (SIGTERM, wait up to 10 s, then SIGKILL).
-# Exits 0 if nothing was running.
+# Stop the single-node SLURM started by ci/slurm-start.sh: slurmd, then
+# slurmctld and munged, each by its PID file (SIGTERM, wait up to 10 s, then
+# SIGKILL).  Jobs still queued are scancel'ed first.  Exits 0 if nothing runs.
 set -uo pipefail
+
+CTLD_PID=/var/run/slurmctld.pid
+SLURMD_PID=/var/run/slurmd.pid
+MUNGE_PID=/var/run/munge/munged.pid
 
 log() { echo "[slurm-stop] $*"; }
 
-# Cancel jobs still in the queue first, so their slurmstepd/job processes
-# don't outlive slurmd (proctrack/linuxproc has no cgroup to clean them up).
-if [ -s /var/run/slurmctld.pid ] && kill -0 "$(cat /var/run/slurmctld.pid)" 2>/dev/null &&
-   command -v squeue >/dev/null 2>&1; then
+# pid_of PIDFILE NAME: print the PID if it is a live (non-zombie) process
+# called NAME; a stale file (dead or recycled PID) prints nothing.
+pid_of() {
+    local pid stat
+    [ -s "$1" ] || return 1
+    pid=$(tr -dc 0-9 2>/dev/null <"$1")
+    [ -n "$pid" ] && [ -r "/proc/$pid/stat" ] || return 1
+    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ] || return 1
+    stat=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f1)
+    [ "$stat" != Z ] && [ -n "$stat" ] || return 1
+    echo "$pid"
+}
+
+# Cancel jobs first, so their slurmstepd/job processes don't outlive slurmd
+# (proctrack/linuxproc has no cgroup to clean them up).
+if pid_of "$CTLD_PID" slurmctld >/dev/null && command -v squeue >/dev/null 2>&1; then
     jobs=$(timeout 5 squeue -h -o %i 2>/dev/null || true)
     if [ -n "$jobs" ]; then
         log "cancelling jobs: $(echo $jobs)"
@@ -22,32 +38,41 @@ if [ -s /var/run/slurmctld.pid ] && kill -0 "$(cat /var/run/slurmctld.pid)" 2>/d
     fi
 fi
 
-stop_pidfile() {  # stop_pidfile NAME PIDFILE
-    local name=$1 pidfile=$2 pid
-    if [ ! -s "$pidfile" ]; then
-        return 0
-    fi
-    pid=$(cat "$pidfile" 2>/dev/null)
-    if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
-        rm -f "$pidfile"
-        return 0
-    fi
-    kill "$pid" 2>/dev/null || true
+# stop NAME:PIDFILE ...  -- SIGTERM all, wait up to 10 s, SIGKILL leftovers
+stop() {
+    local spec name file pid left
+    local -a names=() pids=() files=()
+    for spec in "$@"; do
+        name=${spec%%:*} file=${spec#*:}
+        if pid=$(pid_of "$file" "$name"); then
+            kill "$pid" 2>/dev/null || true
+            names+=("$name") pids+=("$pid") files+=("$file")
+        else
+            rm -f "$file"
+        fi
+    done
+    [ ${#pids[@]} -gt 0 ] || return 0
     for _ in $(seq 1 100); do
-        kill -0 "$pid" 2>/dev/null || break
+        left=0
+        for i in "${!pids[@]}"; do
+            pid_of "${files[$i]}" "${names[$i]}" >/dev/null && left=1
+        done
+        [ $left = 0 ] && break
         sleep 0.1
     done
-    if kill -0 "$pid" 2>/dev/null; then
-        log "$name (pid $pid) did not exit after 10 s; SIGKILL"
-        kill -9 "$pid" 2>/dev/null || true
-        sleep 0.2
-    else
-        log "stopped $name (pid $pid)"
-    fi
-    rm -f "$pidfile"
+    for i in "${!pids[@]}"; do
+        if pid_of "${files[$i]}" "${names[$i]}" >/dev/null; then
+            log "${names[$i]} (pid ${pids[$i]}) still alive after 10 s; SIGKILL"
+            kill -9 "${pids[$i]}" 2>/dev/null || true
+        else
+            log "stopped ${names[$i]} (pid ${pids[$i]})"
+        fi
+        rm -f "${files[$i]}"
+    done
 }
 
-stop_pidfile slurmd /var/run/slurmd.pid
-stop_pidfile slurmctld /var/run/slurmctld.pid
-stop_pidfile munged /var/run/munge/munged.pid
+# slurmd first, while slurmctld still answers (otherwise its shutdown waits
+# on timeouts); slurmctld and munged can then go together.
+stop "slurmd:$SLURMD_PID"
+stop "slurmctld:$CTLD_PID" "munged:$MUNGE_PID"
 exit 0

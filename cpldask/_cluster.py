@@ -52,16 +52,21 @@ def _cores() -> int:
 def _start_embedded() -> distributed.Client:
     slots = int(_config.get("local.slots") or _cores())
     n_workers = int(_config.get("local.n-workers") or min(2, slots))
+    tls = {}
+    if _config.get("local.tls"):
+        tls = {"security": distributed.Security.temporary(), "protocol": "tls://"}
     with dask.config.set({"distributed.scheduler.allowed-failures":
-                                 int(_config.get("retries"))}):
+                          int(_config.get("retries"))}):
         cluster = distributed.LocalCluster(
+            **tls,
             n_workers=n_workers,
             threads_per_worker=max(1, math.ceil(slots / n_workers)),
             processes=True,
             host=_config.get("local.host"),
             dashboard_address=_config.get("local.dashboard-address"),
         )
-    client = distributed.Client(cluster, set_as_default=True)
+    client = distributed.Client(cluster, set_as_default=True,
+                                security=tls.get("security"))
     _embedded.update(cluster=cluster, client=client, slots=slots)
     atexit.register(close)  # before distributed's own hooks: no "lost task" warnings
     return client
@@ -124,6 +129,18 @@ def slots_for_call(client: distributed.Client) -> tuple[tuple[str, int] | None, 
     else:
         omp = None
     return limit, omp
+
+
+def check_resources(client: distributed.Client, resources: dict, recipe: str) -> None:
+    """Refuse resource annotations no worker can satisfy: the task would wait forever."""
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    for name, amount in resources.items():
+        offered = [w.get("resources", {}).get(name, 0) for w in workers]
+        if not any(o >= amount for o in offered):
+            raise ValueError(
+                f"{recipe}: no worker offers {name}={amount:g} (largest: "
+                f"{max(offered, default=0):g}); start workers with --resources "
+                f"'{name}=...' or drop the resources= option")
 
 
 def dashboard_link() -> str | None:

@@ -17,6 +17,7 @@ from cpldask: nothing here imports the client side.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -127,13 +128,19 @@ def _run(spec: CallSpec, frames) -> RunRecord:
     call_dir = pathlib.Path(tempfile.mkdtemp(prefix=f"{spec.recipe}-", dir=base))
     lock = _hold(call_dir)
     try:
-        start = time.time()
-        report = _spawn(spec, frames, call_dir)
-        if report["kind"] != "ok":
-            raise errors.from_report(report)
-        products = _collect(spec, report, call_dir)
+        try:
+            report = _spawn(spec, frames, call_dir)
+            if report["kind"] != "ok":
+                raise errors.from_report(report)
+            products = _collect(spec, report, call_dir)
+        except Exception as err:
+            if _disk_full(call_dir):
+                raise OSError(errno.ENOSPC, f"{spec.recipe}: no space left on the disk "
+                              f"of {base} while the recipe ran (nothing was installed); "
+                              f"free space and run the call again") from err
+            raise
         if spec.output_dir:
-            products = _install(products, pathlib.Path(spec.output_dir), start)
+            products = _install(products, pathlib.Path(spec.output_dir), spec.submitted)
         return RunRecord(
             recipe=spec.recipe, key=_task_key(), products=products,
             input_len=spec.input_len, log=report["log"],
@@ -203,6 +210,13 @@ def _wait(proc: subprocess.Popen, spec: CallSpec) -> None:
             raise _Cancelled()
 
 
+def _disk_full(path: pathlib.Path) -> bool:
+    """Whether the filesystem of ``path`` is (nearly) full: a recipe that failed there
+    most likely failed for that reason, which its own error rarely says."""
+    usage = shutil.disk_usage(path)
+    return usage.free < min(64 * 2**20, 0.01 * usage.total)
+
+
 def _kill_group(proc: subprocess.Popen) -> None:
     """Kill the runner, the recipe it forked and anything they started (gdb)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -247,13 +261,13 @@ def _header(path: pathlib.Path) -> dict:
     return keep
 
 
-def _install(products: list[Product], output_dir: pathlib.Path, start: float) -> list[Product]:
+def _install(products: list[Product], output_dir: pathlib.Path, since: float) -> list[Product]:
     """Move finished products into ``output_dir``.
 
     A product replaces a file of the same name only if that file was installed before
-    this call started (python-cpl's documented overwrite by a later call). A file
-    installed while this call ran belongs to a concurrent call: this product then gets
-    a numbered name instead, so every result keeps pointing at its own bytes. The
+    this call was made (``since``; python-cpl's documented overwrite by a later call).
+    A file installed after that belongs to a concurrent call: this product then gets a
+    numbered name instead, so every result keeps pointing at its own bytes. The
     directory lock makes the check and the rename one step for all writers.
     """
     installed = []
@@ -263,7 +277,7 @@ def _install(products: list[Product], output_dir: pathlib.Path, start: float) ->
             src = pathlib.Path(p.path)
             dest = output_dir / src.name
             n = 0
-            while dest.exists() and dest.stat().st_mtime >= start:
+            while dest.exists() and dest.stat().st_mtime >= since:
                 n += 1
                 dest = output_dir / f"{src.stem}-{n}{src.suffix}"
             os.replace(src, dest)

@@ -50,8 +50,11 @@ class CallSpec:
     backtrace: bool = True
     omp_threads: int | None = None
     work_max_age: float | None = None
-    # runtime-only: how the slot limit is enforced; not part of the task's identity
+    # runtime-only, not part of the task's identity: how the slot limit is enforced,
+    # and when the client made the call (products installed in output_dir after that
+    # moment belong to a concurrent call and are never overwritten by this one)
     slots: tuple[str, int] | None = dataclasses.field(default=None, compare=False)
+    submitted: float = dataclasses.field(default=0.0, compare=False)
 
     def identity(self) -> tuple:
         """The fields that decide what a call computes (the basis of its task key)."""

@@ -12,6 +12,8 @@ import hashlib
 import os
 import pathlib
 import threading
+import time
+import uuid
 from typing import Any, ClassVar
 
 import cpl
@@ -171,6 +173,8 @@ class Recipe:
         """Wall-time limit of one call (seconds or ``"2 hours"``); None: config."""
         self.memory_limit: int | str | None = None
         """Address-space limit of the recipe process (bytes or ``"8 GiB"``)."""
+        self.resources: dict = {}
+        """Dask worker resources every call needs, e.g. ``{'memory': '8 GiB'}``."""
 
     # -- python-cpl's descriptive attributes ----------------------------------------
     @classmethod
@@ -274,7 +278,8 @@ class Recipe:
                  calib: dict | None = None, env: dict | None = None,
                  output_dir: str | os.PathLike | None = None, threaded: bool | None = None,
                  timeout: float | str | None = None,
-                 memory_limit: int | str | None = None) -> Result:
+                 memory_limit: int | str | None = None,
+                 resources: dict | None = None) -> Result:
         """Run the recipe on raw frames; see python-cpl's ``Recipe.__call__``.
 
         Parameters
@@ -293,6 +298,9 @@ class Recipe:
             Return at once with a pending result; default :attr:`threaded`.
         timeout, memory_limit : optional
             Kill the recipe after this wall time; limit its address space.
+        resources : dict, optional
+            Dask worker resources the call needs, e.g. ``{'memory': '8 GiB'}``: it
+            then runs only on workers started with enough of them.
 
         Returns
         -------
@@ -308,7 +316,7 @@ class Recipe:
         """
         delayed, output = self._build(data, raw=raw, tag=tag, param=param, calib=calib,
                                       env=env, output_dir=output_dir, timeout=timeout,
-                                      memory_limit=memory_limit)
+                                      memory_limit=memory_limit, resources=resources)
         client = _cluster.get_client()
         res = Result(client.compute(delayed), self.__name__, output=output)
         if not (self.threaded if threaded is None else threaded):
@@ -319,7 +327,8 @@ class Recipe:
                 calib: dict | None = None, env: dict | None = None,
                 output_dir: str | os.PathLike | None = None,
                 timeout: float | str | None = None,
-                memory_limit: int | str | None = None) -> Delayed:
+                memory_limit: int | str | None = None,
+                resources: dict | None = None) -> Delayed:
         """The call as a :func:`dask.delayed` node, to build graphs of recipes.
 
         Computing it gives the worker's :class:`~cpldask.RunRecord`, whose attributes
@@ -336,11 +345,11 @@ class Recipe:
         _cluster.get_client()  # so that dask.compute runs the graph on the cluster
         node, _ = self._build(data, raw=raw, tag=tag, param=param, calib=calib, env=env,
                               output_dir=output_dir, timeout=timeout,
-                              memory_limit=memory_limit)
+                              memory_limit=memory_limit, resources=resources)
         return node
 
     def _build(self, data, *, raw, tag, param, calib, env, output_dir, timeout,
-               memory_limit) -> tuple[Delayed, str | None]:
+               memory_limit, resources) -> tuple[Delayed, str | None]:
         """Validate a call on the client and turn it into a delayed task."""
         tag = tag if tag is not None else self._tag
         self._check_tag(tag)
@@ -384,10 +393,21 @@ class Recipe:
             memory_limit=_config.nbytes(_config.get("memory-limit", memory_limit if memory_limit is not None else self.memory_limit)),
             backtrace=bool(_config.get("backtrace")), omp_threads=omp,
             work_max_age=_config.seconds(_config.get("work-dir-max-age")),
-            slots=slots)
+            slots=slots, submitted=time.time())
         stamps = [_stamp(item.path) for _, item in frames if isinstance(item, FileInput)]
         key = f"{self.__name__}-{tokenize(spec.identity(), stamps, [_dep_key(d) for d in deps])}"
-        node = dask.delayed(run_recipe, pure=True)(spec, *deps, dask_key_name=key)
+        held = client.futures.get(key)
+        if held is not None and held.status in ("error", "cancelled", "lost"):
+            # an identical call that failed is still referenced: python-cpl re-runs a
+            # call, so this one gets a task of its own instead of the old error
+            key = f"{key}-{uuid.uuid4().hex[:8]}"
+        resources = {**self.resources, **(resources or {})}
+        resources = {name: float(_config.nbytes(v) if name == "memory" else v)
+                     for name, v in resources.items()}
+        if resources:
+            _cluster.check_resources(client, resources, self.__name__)
+        with dask.annotate(**({"resources": resources} if resources else {})):
+            node = dask.delayed(run_recipe, pure=True)(spec, *deps, dask_key_name=key)
         return node, out
 
     def _raw(self, data, raw, tag) -> list[tuple[str, Any]]:

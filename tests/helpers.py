@@ -30,16 +30,23 @@ def max_overlap(spans) -> int:
 
 
 def recipe_pids(name: str) -> set[int]:
-    """PIDs of processes named ``name`` (python-cpl names the recipe child so)."""
+    """PIDs of live processes named ``name`` (python-cpl names the recipe child so).
+
+    Zombies do not count: a killed recipe whose parent died too waits for PID 1 to
+    reap it, which in a container may never happen; it runs no code.
+    """
     pids = set()
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                with open(f"/proc/{entry}/comm") as f:
-                    if f.read().strip() == name[:15]:
-                        pids.add(int(entry))
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
             except OSError:
                 continue
+            comm = stat[stat.index("(") + 1:stat.rindex(")")]
+            state = stat[stat.rindex(")") + 2]
+            if comm == name[:15] and state not in "ZX":
+                pids.add(int(entry))
     return pids
 
 
