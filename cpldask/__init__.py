@@ -7,6 +7,7 @@
 """
 
 from . import _config  # noqa: F401  (loads the cpldask.* defaults into dask.config)
+from . import provenance
 from ._cluster import close, dashboard_link, get_client
 from ._spec import RunRecord
 from .errors import CplError, InputError, NoProductsError, RecipeCrash, RecipeTimeout
@@ -27,4 +28,5 @@ __all__ = [
     "get_client",
     "dashboard_link",
     "close",
+    "provenance",
 ]

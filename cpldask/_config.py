@@ -51,6 +51,15 @@ def work_dir() -> pathlib.Path:
     return pathlib.Path(tempfile.gettempdir()) / f"cpldask-{getpass.getuser()}"
 
 
+def cache_dir() -> pathlib.Path:
+    """The product cache directory (``cpldask.cache.dir``)."""
+    configured = get("cache.dir")
+    if configured:
+        return pathlib.Path(configured).expanduser().absolute()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return pathlib.Path(base) / "cpldask"
+
+
 def seconds(value) -> float | None:
     """A duration from config or a call (``"2 hours"``, ``90``) in seconds, or None."""
     return None if value is None else float(dask.utils.parse_timedelta(value, default="s"))

@@ -32,7 +32,7 @@ import time
 
 from astropy.io import fits
 
-from . import errors
+from . import _cache, errors
 from ._spec import CallSpec, FileInput, Product, ProductRef, RunRecord
 
 #: how often a waiting worker thread looks for a cancel or a time-out (seconds)
@@ -128,19 +128,20 @@ def _run(spec: CallSpec, frames) -> RunRecord:
     call_dir = pathlib.Path(tempfile.mkdtemp(prefix=f"{spec.recipe}-", dir=base))
     lock = _hold(call_dir)
     try:
-        try:
-            report = _spawn(spec, frames, call_dir)
-            if report["kind"] != "ok":
-                raise errors.from_report(report)
-            products = _collect(spec, report, call_dir)
-        except Exception as err:
-            if _disk_full(call_dir):
-                raise OSError(errno.ENOSPC, f"{spec.recipe}: no space left on the disk "
-                              f"of {base} while the recipe ran (nothing was installed); "
-                              f"free space and run the call again") from err
-            raise
+        hit = _cache.lookup(spec.cache_dir, spec.cache_key) if spec.cache_dir else None
+        if hit is not None:
+            products, report = _from_cache(spec, hit, call_dir)
+        else:
+            products, report = _execute(spec, frames, call_dir, base)
+        prov = _provenance(spec, frames, report, cache_hit=hit is not None)
+        if hit is None and spec.cache_dir:
+            _cache.store(spec.cache_dir, spec.cache_key,
+                         [(p.tag, p.path) for p in products], prov)
         if spec.output_dir:
-            products = _install(products, pathlib.Path(spec.output_dir), spec.submitted)
+            products = _install(products, pathlib.Path(spec.output_dir), spec.submitted,
+                                provenance=prov)
+        else:
+            (call_dir / "provenance.json").write_text(json.dumps(prov, indent=1, default=str))
         return RunRecord(
             recipe=spec.recipe, key=_task_key(), products=products,
             input_len=spec.input_len, log=report["log"],
@@ -148,11 +149,76 @@ def _run(spec: CallSpec, frames) -> RunRecord:
                   "max_rss": report["max_rss"]},
             host=socket.gethostname(), worker=_worker_address(),
             start=report["start"], end=report["end"], call_dir=str(call_dir),
-            output_dir=spec.output_dir, params=spec.params)
+            output_dir=spec.output_dir, params=spec.params, provenance=prov,
+            cache_hit=hit is not None)
     finally:
         lock.close()
         if spec.output_dir:
             shutil.rmtree(call_dir, ignore_errors=True)
+
+
+def _execute(spec: CallSpec, frames, call_dir: pathlib.Path, base: pathlib.Path):
+    """Run the recipe; (products in call_dir, the runner's report)."""
+    try:
+        report = _spawn(spec, frames, call_dir)
+        if report["kind"] != "ok":
+            raise errors.from_report(report)
+        return _collect(spec, report, call_dir), report
+    except Exception as err:
+        if _disk_full(call_dir):
+            raise OSError(errno.ENOSPC, f"{spec.recipe}: no space left on the disk of "
+                          f"{base} while the recipe ran (nothing was installed); free "
+                          f"space and run the call again") from err
+        raise
+
+
+def _from_cache(spec: CallSpec, hit: dict, call_dir: pathlib.Path):
+    """The products of an earlier identical run, without starting the recipe.
+
+    Into an output_dir they are linked (or copied) through the call directory, so the
+    usual install rules apply; without one, the result points into the cache entry.
+    """
+    entry = pathlib.Path(spec.cache_dir) / spec.cache_key
+    products = []
+    for tag, name in hit["products"]:
+        path = entry / name
+        if spec.output_dir:
+            _cache._link_or_copy(path, call_dir / name)
+            path = call_dir / name
+        products.append(Product(tag, str(path), path.stat().st_size, _header(path)))
+    now = time.time()
+    run = hit.get("run", {})
+    report = {"log": [], "start": now, "end": now, "max_rss": 0,
+              "stat": {"return_code": run.get("return_code", 0), "user_time": 0.0,
+                       "sys_time": 0.0}}
+    return products, report
+
+
+def _provenance(spec: CallSpec, frames, report: dict, *, cache_hit: bool) -> dict:
+    """The provenance record of a call: the client's half (recipe, versions, every
+    parameter, inputs with checksums) and how the run went here."""
+    prov = dict(spec.provenance)
+    inputs = []
+    for info, (_, paths) in zip(prov.get("inputs", []), frames):
+        entry = dict(info)
+        if "from" in entry:  # a product of an upstream call: known here only
+            entry.update(path=paths, md5=[_datamd5(p) for p in paths])
+        inputs.append(entry)
+    prov.update(
+        key=spec.cache_key, inputs=inputs, cache_hit=cache_hit,
+        run={"host": socket.gethostname(), "worker": _worker_address(),
+             "start": report["start"], "end": report["end"],
+             "wall_time": report["end"] - report["start"],
+             "user_time": report["stat"]["user_time"], "sys_time": report["stat"]["sys_time"],
+             "max_rss": report["max_rss"], "return_code": report["stat"]["return_code"]})
+    return prov
+
+
+def _datamd5(path: str) -> str | None:
+    try:
+        return fits.getval(path, "DATAMD5", ext=0)
+    except (OSError, KeyError, IndexError):
+        return None
 
 
 def _spawn(spec: CallSpec, frames, call_dir: pathlib.Path) -> dict:
@@ -261,7 +327,8 @@ def _header(path: pathlib.Path) -> dict:
     return keep
 
 
-def _install(products: list[Product], output_dir: pathlib.Path, since: float) -> list[Product]:
+def _install(products: list[Product], output_dir: pathlib.Path, since: float, *,
+             provenance: dict) -> list[Product]:
     """Move finished products into ``output_dir``.
 
     A product replaces a file of the same name only if that file was installed before
@@ -284,6 +351,11 @@ def _install(products: list[Product], output_dir: pathlib.Path, since: float) ->
             now = time.time()
             os.utime(dest, (now, now))  # the install time tells later calls who came first
             installed.append(Product(p.tag, str(dest), p.size, p.header))
+        if installed:  # the provenance record lives beside the products
+            stem = pathlib.Path(installed[0].path).stem
+            prov = {**provenance, "products": [(p.tag, p.path) for p in installed]}
+            (output_dir / f"{stem}.provenance.json").write_text(
+                json.dumps(prov, indent=1, default=str))
     return installed
 
 

@@ -50,16 +50,14 @@ class CallSpec:
     backtrace: bool = True
     omp_threads: int | None = None
     work_max_age: float | None = None
+    cache_dir: str | None = None  # the product cache to use; None: no cache
+    provenance: dict = dataclasses.field(default_factory=dict, compare=False)
+    cache_key: str = ""  # the content key (set with the task key)
     # runtime-only, not part of the task's identity: how the slot limit is enforced,
     # and when the client made the call (products installed in output_dir after that
     # moment belong to a concurrent call and are never overwritten by this one)
     slots: tuple[str, int] | None = dataclasses.field(default=None, compare=False)
     submitted: float = dataclasses.field(default=0.0, compare=False)
-
-    def identity(self) -> tuple:
-        """The fields that decide what a call computes (the basis of its task key)."""
-        return (self.recipe, self.version, self.params, self.frames, self.raw_tags,
-                self.env, self.output_dir, self.input_len)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +92,8 @@ class RunRecord:
     call_dir: str
     output_dir: str | None
     params: tuple = ()
+    provenance: dict = dataclasses.field(default_factory=dict)
+    cache_hit: bool = False
 
     @property
     def tags(self) -> list[str]:

@@ -75,6 +75,13 @@ class _Params(ParameterList):
             parlist._set_items(par.items())
         return [(p.fullname, p.value) for p in parlist if p.value is not None]
 
+    def _resolved(self, par) -> dict:
+        """Every parameter's value for a call, defaults included (for provenance)."""
+        parlist = _Params(self._recipe, self)
+        if par is not None:
+            parlist._set_items(par.items())
+        return {p.fullname: p.value if p.value is not None else p.default for p in parlist}
+
 
 def _check_type(par, value, recipe: str) -> None:
     """Refuse what python-cpl would silently convert (1.5 → 1 for an int)."""
@@ -279,7 +286,7 @@ class Recipe:
                  output_dir: str | os.PathLike | None = None, threaded: bool | None = None,
                  timeout: float | str | None = None,
                  memory_limit: int | str | None = None,
-                 resources: dict | None = None) -> Result:
+                 resources: dict | None = None, cache: bool | None = None) -> Result:
         """Run the recipe on raw frames; see python-cpl's ``Recipe.__call__``.
 
         Parameters
@@ -301,6 +308,10 @@ class Recipe:
         resources : dict, optional
             Dask worker resources the call needs, e.g. ``{'memory': '8 GiB'}``: it
             then runs only on workers started with enough of them.
+        cache : bool, optional
+            Use the product cache (default: ``cpldask.cache.enabled``): a call whose
+            recipe, parameters and input contents were run before returns the
+            earlier products without starting the recipe.
 
         Returns
         -------
@@ -316,7 +327,8 @@ class Recipe:
         """
         delayed, output = self._build(data, raw=raw, tag=tag, param=param, calib=calib,
                                       env=env, output_dir=output_dir, timeout=timeout,
-                                      memory_limit=memory_limit, resources=resources)
+                                      memory_limit=memory_limit, resources=resources,
+                                      cache=cache)
         client = _cluster.get_client()
         res = Result(client.compute(delayed), self.__name__, output=output)
         if not (self.threaded if threaded is None else threaded):
@@ -328,7 +340,7 @@ class Recipe:
                 output_dir: str | os.PathLike | None = None,
                 timeout: float | str | None = None,
                 memory_limit: int | str | None = None,
-                resources: dict | None = None) -> Delayed:
+                resources: dict | None = None, cache: bool | None = None) -> Delayed:
         """The call as a :func:`dask.delayed` node, to build graphs of recipes.
 
         Computing it gives the worker's :class:`~cpldask.RunRecord`, whose attributes
@@ -345,11 +357,12 @@ class Recipe:
         _cluster.get_client()  # so that dask.compute runs the graph on the cluster
         node, _ = self._build(data, raw=raw, tag=tag, param=param, calib=calib, env=env,
                               output_dir=output_dir, timeout=timeout,
-                              memory_limit=memory_limit, resources=resources)
+                              memory_limit=memory_limit, resources=resources,
+                              cache=cache)
         return node
 
     def _build(self, data, *, raw, tag, param, calib, env, output_dir, timeout,
-               memory_limit, resources) -> tuple[Delayed, str | None]:
+               memory_limit, resources, cache) -> tuple[Delayed, str | None]:
         """Validate a call on the client and turn it into a delayed task."""
         tag = tag if tag is not None else self._tag
         self._check_tag(tag)
@@ -358,16 +371,6 @@ class Recipe:
             raise ValueError(f"{self.__name__}: no raw frames given; call it with the "
                              f"input files, e.g. {self.__name__}(['a.fits', 'b.fits'])")
         first = raw_frames[0][1]
-        input_len = len(first) if isinstance(first, list) else -1
-        params = tuple(self._param._aslist(param))
-        calib_frames = []
-        for ctag, frames, minimum in self._calib._aslist(calib):
-            if frames is None or (isinstance(frames, list) and not frames):
-                if (minimum or 0) > 0 and ctag not in dict(raw_frames):
-                    raise ValueError(f"{self.__name__} needs calibration {ctag} "
-                                     f"(at least {minimum}); give calib={{'{ctag}': ...}}")
-                continue
-            calib_frames.append((ctag, frames))
         out = os.fspath(output_dir if output_dir is not None else self.output_dir or "") or None
         if out is not None:
             out = str(pathlib.Path(out).expanduser().absolute())
@@ -375,32 +378,34 @@ class Recipe:
         work_dir = str(pathlib.Path(self.temp_dir).absolute()) if self.temp_dir \
             else str(_config.work_dir())
         deps: list = []
-        frames = []
-        for ftag, value in raw_frames + calib_frames:
-            for item in value if isinstance(value, list) else [value]:
-                frames.append((ftag, self._input(item, ftag, deps, work_dir)))
+        frames = [(ftag, self._input(item, ftag, deps, work_dir))
+                  for ftag, value in raw_frames + self._calib_frames(calib, raw_frames)
+                  for item in (value if isinstance(value, list) else [value])]
         client = _cluster.get_client()
         slots, omp = _cluster.slots_for_call(client)
         run_env = {**self.env, **(env or {})}
+        raw_tags = tuple(t for t, _ in raw_frames)
+        input_len = len(first) if isinstance(first, list) else -1
+        provenance = self._provenance(param, frames, deps, run_env)
+        key, content = _task_key(provenance, raw_tags, input_len, out, client)
+        if cache is False:  # asked to run the recipe now: not even a shared task
+            key = f"{key}-{uuid.uuid4().hex[:8]}"
         spec = CallSpec(
             recipe=self.__name__, version=self.version[0], recipe_path=self._search,
-            params=params, frames=tuple(frames), raw_tags=tuple(t for t, _ in raw_frames),
+            params=tuple(self._param._aslist(param)), frames=tuple(frames),
+            raw_tags=raw_tags,
             env=tuple(sorted((str(k), str(v)) for k, v in run_env.items())),
             output_dir=out, work_dir=work_dir,
             expect=tuple(self.output.get(tag, ()) if self.tags else ()),
             input_len=input_len,
-            timeout=_config.seconds(_config.get("timeout", timeout if timeout is not None else self.timeout)),
-            memory_limit=_config.nbytes(_config.get("memory-limit", memory_limit if memory_limit is not None else self.memory_limit)),
+            timeout=_config.seconds(_config.get(
+                "timeout", timeout if timeout is not None else self.timeout)),
+            memory_limit=_config.nbytes(_config.get(
+                "memory-limit", memory_limit if memory_limit is not None else self.memory_limit)),
             backtrace=bool(_config.get("backtrace")), omp_threads=omp,
             work_max_age=_config.seconds(_config.get("work-dir-max-age")),
-            slots=slots, submitted=time.time())
-        stamps = [_stamp(item.path) for _, item in frames if isinstance(item, FileInput)]
-        key = f"{self.__name__}-{tokenize(spec.identity(), stamps, [_dep_key(d) for d in deps])}"
-        held = client.futures.get(key)
-        if held is not None and held.status in ("error", "cancelled", "lost"):
-            # an identical call that failed is still referenced: python-cpl re-runs a
-            # call, so this one gets a task of its own instead of the old error
-            key = f"{key}-{uuid.uuid4().hex[:8]}"
+            cache_dir=str(_config.cache_dir()) if _config.get("cache.enabled", cache) else None,
+            cache_key=content, provenance=provenance, slots=slots, submitted=time.time())
         resources = {**self.resources, **(resources or {})}
         resources = {name: float(_config.nbytes(v) if name == "memory" else v)
                      for name, v in resources.items()}
@@ -409,6 +414,32 @@ class Recipe:
         with dask.annotate(**({"resources": resources} if resources else {})):
             node = dask.delayed(run_recipe, pure=True)(spec, *deps, dask_key_name=key)
         return node, out
+
+    def _calib_frames(self, calib, raw_frames) -> list[tuple[str, Any]]:
+        """The calibration frames of a call, the required ones checked."""
+        out = []
+        for ctag, frames, minimum in self._calib._aslist(calib):
+            if frames is None or (isinstance(frames, list) and not frames):
+                if (minimum or 0) > 0 and ctag not in dict(raw_frames):
+                    raise ValueError(f"{self.__name__} needs calibration {ctag} "
+                                     f"(at least {minimum}); give calib={{'{ctag}': ...}}")
+                continue
+            out.append((ctag, frames))
+        return out
+
+    def _provenance(self, param, frames, deps, env) -> dict:
+        """What the client knows of how the products will be made: the basis of the
+        cache key, and the first half of the provenance record."""
+        inputs = []
+        for tag, item in frames:
+            if isinstance(item, FileInput):
+                inputs.append({"tag": tag, "path": item.path, "md5": _checksum(item.path)})
+            else:
+                inputs.append({"tag": tag, "from": _dep_key(deps[item.dep]),
+                               "product": item.tag})
+        return {"recipe": self.__name__, "recipe_version": self.version[1],
+                "cpl_version": self.cpl_version, "params": self._param._resolved(param),
+                "inputs": inputs, "env": dict(sorted(env.items()))}
 
     def _raw(self, data, raw, tag) -> list[tuple[str, Any]]:
         """python-cpl's grouping of raw inputs into (tag, frames)."""
@@ -427,7 +458,8 @@ class Recipe:
                 groups[tag].extend(item if _is_list(item) else [item])
             else:
                 groups[tag] = [groups[tag], *(item if _is_list(item) else [item])]
-        return [(t, v) for t, v in groups.items() if v is not None and v != []]
+        return [(t, v) for t, v in groups.items()
+                if v is not None and not (isinstance(v, list) and not v)]
 
     def _input(self, item, tag: str, deps: list, work_dir: str):
         """One input frame as the worker will see it."""
@@ -483,14 +515,57 @@ def _is_future(item) -> bool:
     return isinstance(item, Future)
 
 
+def _task_key(provenance: dict, raw_tags, input_len: int, output_dir: str | None,
+              client) -> tuple[str, str]:
+    """(task key, content key) of a call: ``<recipe>-<content key>``, so that identical
+    calls share a task; the content key is also the key of the product cache."""
+    p = provenance
+    content = tokenize(p["recipe"], p["recipe_version"], p["cpl_version"],
+                       sorted(p["params"].items()), [sorted(i.items()) for i in p["inputs"]],
+                       raw_tags, sorted(p["env"].items()), input_len)
+    key = f"{p['recipe']}-{content}"
+    if output_dir is not None:  # the same products, installed somewhere else
+        key = f"{p['recipe']}-{tokenize(content, output_dir)}"
+    held = client.futures.get(key)
+    if held is not None and held.status in ("error", "cancelled", "lost"):
+        # an identical call that failed is still referenced: python-cpl re-runs a call,
+        # so this one gets a task of its own instead of the old error
+        key = f"{key}-{uuid.uuid4().hex[:8]}"
+    _CACHE_KEYS[key] = content
+    return key, content
+
+
+#: task key -> content key of the calls built here, so that a downstream call's key
+#: depends on what its inputs contain, not on where their products are installed
+_CACHE_KEYS: dict[str, str] = {}
+_CHECKSUMS: dict[tuple, str] = {}
+
+
 def _dep_key(dep) -> str:
-    return dep.key if hasattr(dep, "key") else tokenize(dep)
+    key = str(dep.key) if hasattr(dep, "key") else tokenize(dep)
+    return _CACHE_KEYS.get(key, key)
 
 
-def _stamp(path: str) -> tuple:
-    """What identifies an input file's content cheaply: a change re-runs the call."""
+def _checksum(path: str) -> str:
+    """The content checksum of an input: CPL's ``DATAMD5`` where the file has one
+    (every product of a CPL recipe does), else the MD5 of the file. Remembered per
+    (path, size, mtime), so a changed file is hashed again."""
     st = os.stat(path)
-    return (path, st.st_size, st.st_mtime_ns)
+    memo = (path, st.st_size, st.st_mtime_ns)
+    if memo not in _CHECKSUMS:
+        try:
+            datamd5 = fits.getval(path, "DATAMD5", ext=0)
+        except (OSError, KeyError, IndexError):
+            datamd5 = None
+        if isinstance(datamd5, str) and len(datamd5) == 32 and datamd5 != "Not computed":
+            _CHECKSUMS[memo] = datamd5
+        else:
+            digest = hashlib.md5()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            _CHECKSUMS[memo] = digest.hexdigest()
+    return _CHECKSUMS[memo]
 
 
 def _save_hdulist(hdulist: fits.HDUList, work_dir: str) -> str:

@@ -133,7 +133,8 @@ class Result:
     def _value(self, tag: str):
         rec = self._get()
         if tag not in self._opened:
-            opener = (lambda p: p.path) if self._path_products else _open
+            opener = (lambda p: p.path) if self._path_products else (
+                lambda p: _open(p, rec, self.future.client))  # issue 7: rec says where p is
             self._opened[tag] = rec.shaped(tag, opener)
         return self._opened[tag]
 
@@ -173,6 +174,14 @@ class Result:
         return dict(self._get().stat)
 
     @property
+    def provenance(self) -> dict:
+        """How the products were made: recipe, versions, every parameter, inputs with
+        checksums, host, times, memory, cache hit (see :mod:`cpldask.provenance`)."""
+        from . import provenance
+
+        return provenance.record(self)
+
+    @property
     def paths(self) -> dict[str, list[str]]:
         """Product file paths by tag, whatever the ``output_dir`` rule."""
         rec = self._get()
@@ -204,8 +213,17 @@ class Result:
         return f"<table>{cells}</table>"
 
 
-def _open(product) -> fits.HDUList:
+def _open(product, record: RunRecord | None = None, client=None) -> fits.HDUList:
     """Open a product lazily: headers and pixels are read when first touched."""
+    # -- issue 7 hook: a product on a disk this client cannot see (worker-local, no
+    # shared filesystem) is read through the worker that wrote it (cpldask._transfer;
+    # config cpldask.jobqueue.shared-filesystem). With a shared filesystem: no copy.
+    if record is not None and client is not None:
+        from . import _transfer
+
+        if _transfer.must_fetch(product, record):
+            return _transfer.open_fetched(product, record, client)
+    # -- end of issue 7 hook
     return fits.open(product.path, memmap=True)
 
 

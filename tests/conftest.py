@@ -42,7 +42,20 @@ def testrecipe_dir(tmp_path_factory) -> pathlib.Path:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def recipe_path(testrecipe_dir):
+def isolated_config(tmp_path_factory):
+    """A private work directory and product cache for the session. The cache is off
+    unless a test turns it on: most tests must see their recipes really run."""
+    import dask
+
+    base = tmp_path_factory.mktemp("cpldask")
+    with dask.config.set({"cpldask.work-dir": str(base / "work"),
+                          "cpldask.cache.dir": str(base / "cache"),
+                          "cpldask.cache.enabled": False}):
+        yield base
+
+
+@pytest.fixture(scope="session", autouse=True)
+def recipe_path(testrecipe_dir, isolated_config):
     """MUSE recipes plus the test recipe, for the whole session."""
     import cpldask
 

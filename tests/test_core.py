@@ -66,9 +66,10 @@ def test_output_dir_gives_paths(test_recipe, any_fits, tmp_path):
     res = test_recipe(any_fits, output_dir=tmp_path, param={"nproducts": 1})
     assert isinstance(res.PRODUCT, str) and res.PRODUCT.startswith(str(tmp_path))
     assert os.path.exists(res.PRODUCT)
-    # no private call directory is left in output_dir
+    # the product and its provenance record; no private call directory is left
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == \
-        [os.path.basename(res.PRODUCT)]
+        ["PRODUCT_0000.fits", "PRODUCT_0000.provenance.json"]
+    assert not any((tmp_path / ".cpldask-tmp").iterdir())
 
 
 def test_list_rule_for_several_frames(test_recipe, any_fits, tmp_path):

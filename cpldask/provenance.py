@@ -1,0 +1,173 @@
+"""Provenance: how a product was made, and how to make it again.
+
+* :func:`record` gives a call's provenance record (also ``Result.provenance`` and the
+  ``*.provenance.json`` file beside products in an ``output_dir``).
+* :func:`to_prov` exports the records of a whole graph as W3C PROV-JSON, and
+  :func:`replay_script` writes a Python script that repeats the calls in order.
+* :func:`from_product` reads the ``ESO PRO REC`` keywords any CPL recipe writes into
+  its products (python-cpl's :class:`cpl.dfs.ProcessingInfo`) and re-creates the call.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import pathlib
+from typing import Iterable
+
+from .recipe import Recipe
+from .result import Result
+
+__all__ = ["record", "to_prov", "replay_script", "from_product"]
+
+
+def record(result: Result) -> dict:
+    """The provenance record of a finished call (waits for it).
+
+    Keys: recipe, recipe_version, cpl_version, params (every parameter, defaults
+    included), inputs (tag, path, md5), env, key (the content key), cache_hit, run
+    (host, worker, start, end, wall/user/sys time, max_rss, return_code), products.
+
+    Examples
+    --------
+    >>> res = muse_bias(bias_files, param={'nifu': 1})
+    >>> prov = cpldask.provenance.record(res)
+    >>> prov['params']['muse.muse_bias.combine'], prov['cache_hit']
+    ('sigclip', False)
+    """
+    rec = result.record
+    return {**rec.provenance, "products": [(p.tag, p.path) for p in rec.products]}
+
+
+def _iso(t: float) -> str:
+    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).isoformat()
+
+
+def to_prov(results: Iterable[Result]) -> dict:
+    """W3C PROV-JSON of a set of calls: files are entities (identified by their MD5),
+    recipe runs are activities, with ``used`` and ``wasGeneratedBy`` relations."""
+    doc = {"prefix": {"cpldask": "urn:cpldask:", "file": "urn:md5:"},
+           "entity": {}, "activity": {}, "used": {}, "wasGeneratedBy": {}}
+    for res in results:
+        prov = record(res)
+        run = f"cpldask:{prov['key']}"
+        doc["activity"][run] = {
+            "prov:label": prov["recipe"], "prov:startTime": _iso(prov["run"]["start"]),
+            "prov:endTime": _iso(prov["run"]["end"]),
+            "cpldask:recipe_version": prov["recipe_version"],
+            "cpldask:cpl_version": prov["cpl_version"],
+            "cpldask:params": prov["params"], "cpldask:host": prov["run"]["host"],
+            "cpldask:cache_hit": prov["cache_hit"]}
+        for i, inp in enumerate(prov["inputs"]):
+            paths = inp["path"] if isinstance(inp["path"], list) else [inp["path"]]
+            md5s = inp["md5"] if isinstance(inp["md5"], list) else [inp["md5"]]
+            for path, md5 in zip(paths, md5s):
+                ent = f"file:{md5}"
+                doc["entity"].setdefault(ent, {"prov:label": path, "cpldask:tag": inp["tag"]})
+                doc["used"][f"cpldask:used-{prov['key']}-{i}-{md5}"] = {
+                    "prov:activity": run, "prov:entity": ent, "prov:role": inp["tag"]}
+        for tag, path in prov["products"]:
+            md5 = _md5_of(path)
+            ent = f"file:{md5}"
+            doc["entity"][ent] = {"prov:label": path, "cpldask:tag": tag}
+            doc["wasGeneratedBy"][f"cpldask:gen-{prov['key']}-{md5}"] = {
+                "prov:entity": ent, "prov:activity": run}
+    return doc
+
+
+def _md5_of(path: str) -> str:
+    from .recipe import _checksum
+
+    return _checksum(path)
+
+
+def replay_script(results: Iterable[Result]) -> str:
+    """A Python script that repeats the calls, in an order that respects their
+    dependencies (a call that used another's product comes after it)."""
+    records = [record(r) for r in results]
+    made_by = {}  # md5 of a product -> index of the record that made it
+    for i, prov in enumerate(records):
+        for _, path in prov["products"]:
+            made_by[_md5_of(path)] = i
+    order, seen = [], set()
+
+    def visit(i):
+        if i in seen:
+            return
+        seen.add(i)
+        for inp in records[i]["inputs"]:
+            for md5 in inp["md5"] if isinstance(inp["md5"], list) else [inp["md5"]]:
+                if md5 in made_by:
+                    visit(made_by[md5])
+        order.append(i)
+
+    for i in range(len(records)):
+        visit(i)
+    lines = ["# Replays a cpldask reduction, written by cpldask.provenance.replay_script",
+             "import cpldask", ""]
+    for n, i in enumerate(order):
+        prov = records[i]
+        frames: dict[str, list[str]] = {}
+        for inp in prov["inputs"]:
+            paths = inp["path"] if isinstance(inp["path"], list) else [inp["path"]]
+            frames.setdefault(inp["tag"], []).extend(paths)
+        recipe = Recipe(prov["recipe"])
+        raw_tags = [t for t in frames if recipe.tags is None or t in recipe.tags]
+        raw = {t: frames[t] for t in raw_tags}
+        calib = {t: v for t, v in frames.items() if t not in raw_tags}
+        params = {k.rsplit(".", 1)[-1]: v for k, v in prov["params"].items()
+                  if recipe.param[k].default != v}
+        out = os.path.dirname(prov["products"][0][1]) if prov["products"] else None
+        lines += [f"# {prov['recipe']} {prov['recipe_version']} (CPL {prov['cpl_version']}),"
+                  f" first run on {prov['run']['host']} at {_iso(prov['run']['start'])}",
+                  f"res{n} = cpldask.Recipe({prov['recipe']!r})({raw!r},",
+                  f"    param={params!r},", f"    calib={calib!r},",
+                  f"    output_dir={out!r})", ""]
+    return "\n".join(lines)
+
+
+def from_product(path: str | os.PathLike, *, search: Iterable[str] = ()) -> tuple[Recipe, dict]:
+    """Re-create the call that made a CPL product, from its ``ESO PRO REC`` header.
+
+    Parameters
+    ----------
+    path : path
+        A product of any CPL recipe.
+    search : directories, optional
+        Where to look for the input files (the header has their names only); the
+        product's own directory is always searched first.
+
+    Returns
+    -------
+    (Recipe, raw)
+        The recipe with the product's parameters and calibration frames set, and the
+        raw frames by tag: ``recipe(raw)`` runs the call again.
+
+    Examples
+    --------
+    >>> recipe, raw = cpldask.provenance.from_product('MASTER_BIAS.fits', search=['raw'])
+    >>> res = recipe(raw)
+    """
+    from cpl.dfs import ProcessingInfo
+
+    info = ProcessingInfo(str(path))
+    dirs = [pathlib.Path(path).parent, *map(pathlib.Path, search)]
+
+    def find(name: str) -> str:
+        for d in dirs:
+            if (d / name).exists():
+                return str(d / name)
+        raise FileNotFoundError(f"{info.name} input {name!r} (named in the header of "
+                                f"{path}) is in none of {[str(d) for d in dirs]}; pass "
+                                f"search=[...] with its directory")
+
+    def resolve(value):
+        return [find(v) for v in value] if isinstance(value, list) else find(value)
+
+    recipe = Recipe(info.name)
+    for name, value in info.param.items():
+        recipe.param[name] = value
+    recipe.calib = {tag: resolve(v) for tag, v in info.calib.items()}
+    recipe.tag = info.tag
+    raw = resolve(info.raw if isinstance(info.raw, list) else [info.raw])
+    return recipe, {info.tag: raw}

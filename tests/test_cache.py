@@ -1,0 +1,175 @@
+"""Issue 10: the product cache and provenance."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+import cpldask
+from cpldask import _cache
+from helpers import wait_until
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    import dask
+
+    d = tmp_path / "cache"
+    with dask.config.set({"cpldask.cache.enabled": True, "cpldask.cache.dir": str(d)}):
+        yield d
+
+
+def job_files(work_dir) -> set[str]:
+    """One job file per recipe process the workers started (see _execute._spawn)."""
+    return {str(p) for p in pathlib.Path(work_dir).glob("*/.cpldask-job.json")}
+
+
+@pytest.fixture
+def work_dir(tmp_path):
+    import dask
+
+    with dask.config.set({"cpldask.work-dir": str(tmp_path / "work")}):
+        yield tmp_path / "work"
+
+
+def test_identical_call_is_served_from_the_cache(test_recipe, any_fits, cache_dir, work_dir):
+    first = test_recipe(any_fits, param={"value": 42.0, "sleep": 1.0})
+    assert first.record.cache_hit is False
+    pid = fits.getheader(first.paths["PRODUCT"][0])["ESO QC ECHO PID"]
+    runs = job_files(work_dir)
+    # forget the first result, so that the scheduler no longer holds it: the next
+    # identical call then goes to the cache (while it is held, Dask itself shares it)
+    key, client = first.key, cpldask.get_client()
+    del first
+    wait_until(lambda: key not in client.who_has(), 10, "the scheduler to forget it")
+    t0 = time.monotonic()
+    again = test_recipe(any_fits, param={"value": 42.0, "sleep": 1.0})
+    assert time.monotonic() - t0 < 1.0
+    assert again.record.cache_hit is True
+    assert job_files(work_dir) == runs  # no recipe process was started
+    # the very same bytes: the product of the first run
+    assert fits.getheader(again.paths["PRODUCT"][0])["ESO QC ECHO PID"] == pid
+    assert again.provenance["cache_hit"] is True
+    # cache=False bypasses it
+    fresh = test_recipe(any_fits, param={"value": 42.0, "sleep": 1.0}, cache=False)
+    assert fresh.record.cache_hit is False and len(job_files(work_dir)) == len(runs) + 1
+
+
+def test_changing_a_parameter_reruns_exactly_the_affected_calls(
+        test_recipe, any_fits, cache_dir, work_dir):
+    def graph(b_value):
+        a = test_recipe.delayed(any_fits, param={"value": 1.0})
+        b = test_recipe.delayed(a, param={"value": b_value})
+        c = test_recipe.delayed(any_fits, param={"value": 3.0})
+        d = test_recipe.delayed(b, param={"value": 4.0})
+        return cpldask.get_client().compute([a, b, c, d], sync=True)
+
+    graph(2.0)
+    before = job_files(work_dir)
+    records = graph(2.0)
+    assert job_files(work_dir) == before and all(r.cache_hit for r in records)
+    records = graph(2.5)  # b changes, and d, which used b's product
+    assert len(job_files(work_dir) - before) == 2
+    assert [r.cache_hit for r in records] == [True, False, True, False]
+
+
+def test_cache_hit_into_an_output_dir(test_recipe, any_fits, cache_dir, tmp_path):
+    a = test_recipe(any_fits, output_dir=tmp_path / "a", param={"value": 7.0})
+    b = test_recipe(any_fits, output_dir=tmp_path / "b", param={"value": 7.0})
+    assert b.record.cache_hit and b.PRODUCT.startswith(str(tmp_path / "b"))
+    assert fits.getheader(b.PRODUCT)["ESO QC ECHO VALUE"] == 7.0
+    assert os.path.exists(b.PRODUCT.replace(".fits", ".provenance.json"))
+    assert a.PRODUCT != b.PRODUCT
+
+
+_CONCURRENT = """
+import sys, cpldask, dask
+cpldask.Recipe.path = [sys.argv[1]]
+with dask.config.set({"cpldask.cache.dir": sys.argv[2], "cpldask.local.n-workers": 1,
+                      "cpldask.local.slots": 1, "cpldask.local.dashboard-address": ":0",
+                      "cpldask.work-dir": sys.argv[4]}):
+    if __name__ == "__main__":
+        res = cpldask.Recipe("cpldask_test")(sys.argv[3], param={"value": 5.0, "sleep": 2.0})
+        print(res.record.cache_hit, res.paths["PRODUCT"][0])
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_same_call_one_entry(testrecipe_dir, any_fits, tmp_path):
+    script = tmp_path / "same_call.py"
+    script.write_text(_CONCURRENT)
+    cache = tmp_path / "shared-cache"
+    procs = [subprocess.Popen([sys.executable, str(script), str(testrecipe_dir), str(cache),
+                               any_fits, str(tmp_path / f"work{i}")],
+                              stdout=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=180)[0].split() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert [o[0] for o in outs] == ["False", "False"]  # both ran: they overlapped
+    entries = _cache.entries(str(cache))
+    assert len(entries) == 1 and entries[0]["recipe"] == "cpldask_test"
+    entry = cache / entries[0]["key"]
+    prov = json.loads((entry / "provenance.json").read_text())
+    assert fits.getheader(entry / prov["products"][0][1])["ESO QC ECHO VALUE"] == 5.0
+    assert not [p for p in cache.iterdir() if p.name.startswith(".")]  # no leftovers
+
+
+def test_cache_ls_du_prune(test_recipe, any_fits, cache_dir):
+    for v in (1.0, 2.0, 3.0):
+        test_recipe(any_fits, param={"value": v, "label": "prune"})
+    entries = _cache.entries(str(cache_dir))
+    assert len(entries) == 3 and all(e["size"] > 0 for e in entries)
+    oldest = min(entries, key=lambda e: e["used"])["key"]
+    removed = _cache.prune(str(cache_dir), max_size=sum(e["size"] for e in entries) - 1)
+    assert removed == [oldest] and len(_cache.entries(str(cache_dir))) == 2
+    assert len(_cache.prune(str(cache_dir), older_than=0)) == 2
+    assert _cache.entries(str(cache_dir)) == []
+
+
+def test_provenance_record(test_recipe, any_fits, tmp_path):
+    res = test_recipe(any_fits, output_dir=tmp_path, param={"value": 6.0})
+    prov = res.provenance
+    assert prov["recipe"] == "cpldask_test" and prov["recipe_version"] == "1.0.0"
+    assert prov["params"]["cpldask.cpldask_test.value"] == 6.0
+    assert prov["params"]["cpldask.cpldask_test.sleep"] == 0.0  # defaults included
+    assert prov["inputs"][0]["path"] == any_fits and len(prov["inputs"][0]["md5"]) == 32
+    run = prov["run"]
+    assert run["host"] and run["end"] >= run["start"] and run["max_rss"] > 0
+    assert prov["cache_hit"] is False and prov["cpl_version"]
+    beside = json.loads(pathlib.Path(res.PRODUCT.replace(".fits", ".provenance.json")).read_text())
+    assert beside["key"] == prov["key"]
+
+
+def test_prov_export_and_replay(test_recipe, any_fits, tmp_path):
+    a = test_recipe(any_fits, output_dir=tmp_path / "a", param={"value": 1.5})
+    b = test_recipe(a, output_dir=tmp_path / "b", param={"value": 2.5})
+    doc = cpldask.provenance.to_prov([b, a])
+    assert len(doc["activity"]) == 2 and len(doc["wasGeneratedBy"]) == 2
+    used_entities = {u["prov:entity"] for u in doc["used"].values()}
+    generated = {g["prov:entity"] for g in doc["wasGeneratedBy"].values()}
+    assert used_entities & generated  # b used what a generated
+    script = cpldask.provenance.replay_script([b, a])
+    assert script.index("'value': 1.5") < script.index("'value': 2.5")  # a before b
+    for p in (tmp_path / "a").glob("*.fits"):
+        p.unlink()
+    namespace: dict = {}
+    exec(compile(script, "replay", "exec"), namespace)
+    assert fits.getheader(namespace["res1"].paths["PRODUCT"][0])["ESO QC ECHO VALUE"] == 2.5
+
+
+@pytest.mark.slow
+def test_from_product_recreates_the_call(bias_result, bias_files):
+    recipe, raw = cpldask.provenance.from_product(
+        bias_result.paths["MASTER_BIAS"][0], search=[os.path.dirname(bias_files[0])])
+    assert recipe.name == "muse_bias" and recipe.param.nifu.value == 1
+    assert sorted(raw["BIAS"]) == sorted(bias_files)
+    again = recipe(raw)
+    np.testing.assert_array_equal(again.MASTER_BIAS["DATA"].data,
+                                  bias_result.MASTER_BIAS["DATA"].data)
