@@ -32,7 +32,7 @@ import time
 
 from astropy.io import fits
 
-from . import _cache, errors
+from . import _cache, _runner, errors
 from ._spec import CallSpec, FileInput, Product, ProductRef, RunRecord
 
 #: how often a waiting worker thread looks for a cancel or a time-out (seconds)
@@ -241,9 +241,11 @@ def _spawn(spec: CallSpec, frames, call_dir: pathlib.Path) -> dict:
     env.update(dict(spec.env))  # the call's own env wins, OMP_NUM_THREADS included
     if not spec.backtrace:
         env["PATH"] = f"{_no_gdb_dir(call_dir.parent)}:{env.get('PATH', '')}"
-    with open(call_dir / ".cpldask-runner.log", "wb") as out:
+    with open(call_dir / _runner.LOG, "wb") as out:
+        # the runner is started by its file name, not as ``-m cpldask._runner``: that
+        # would import the cpldask package and distributed, doubling the start-up time
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cpldask._runner", str(job_file)],
+            [sys.executable, _runner.__file__, str(job_file)],
             stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
             cwd=call_dir, env=env, start_new_session=True)
     try:
@@ -252,7 +254,8 @@ def _spawn(spec: CallSpec, frames, call_dir: pathlib.Path) -> dict:
         _kill_group(proc)
     report_file = call_dir / "report.json"
     if not report_file.exists():
-        tail = (call_dir / ".cpldask-runner.log").read_text(errors="replace")[-2000:]
+        tail = (call_dir / _runner.LOG).read_text(errors="replace")[-2000:] \
+            if (call_dir / _runner.LOG).exists() else ""
         if proc.returncode < 0:
             raise errors.crash(-proc.returncode, lines=[tail]) from None
         raise RuntimeError(f"{spec.recipe}: the recipe process ended with status "
@@ -284,7 +287,8 @@ def _disk_full(path: pathlib.Path) -> bool:
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
-    """Kill the runner, the recipe it forked and anything they started (gdb)."""
+    """Kill the runner, the recipe it forked and anything they started (gdb): they
+    share the process group the runner leads."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(OSError):

@@ -1,4 +1,4 @@
-"""The recipe process: ``python -m cpldask._runner JOB.json`` runs one recipe call.
+"""The recipe process: ``python .../cpldask/_runner.py JOB.json`` runs one recipe call.
 
 A worker starts one of these per call (see :mod:`cpldask._execute`), for three reasons:
 
@@ -13,7 +13,8 @@ A worker starts one of these per call (see :mod:`cpldask._execute`), for three r
 The worker holds the write end of our stdin: when it dies, stdin reaches EOF and a
 watchdog thread kills the process group. The outcome goes to ``report.json`` beside
 the job file, written atomically; stdout and stderr go to a file the worker keeps for
-diagnostics. Nothing here imports the client side of cpldask.
+diagnostics. Nothing here imports cpldask at all: the worker starts this file by its
+path, so a recipe process loads python-cpl and nothing else.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ import signal
 import sys
 import threading
 import time
+
+
+LOG = ".cpldask-runner.log"
 
 
 def _watch_parent() -> None:
