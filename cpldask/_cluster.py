@@ -101,6 +101,12 @@ def set_maxthreads(n: int) -> None:
 def _ensure_threads(client: distributed.Client, n: int) -> None:
     """Give the embedded cluster enough worker threads to run ``n`` recipes at once
     (a recipe task occupies a worker thread while its process runs)."""
+    # -- issue 7 hook: a dask-jobqueue cluster (cpldask.cluster) scales to n slots
+    from .cluster import scale_to_slots
+
+    if scale_to_slots(client, n):
+        return
+    # -- end of issue 7 hook
     cluster = _embedded.get("cluster")
     if cluster is None or client is not _embedded.get("client"):
         return
@@ -108,8 +114,9 @@ def _ensure_threads(client: distributed.Client, n: int) -> None:
     if have >= n:
         return
     per_worker = max(1, have // max(1, len(cluster.scheduler.workers)))
-    cluster.scale(len(cluster.workers) + math.ceil((n - have) / per_worker))
-    client.wait_for_workers(len(cluster.workers), timeout="60s")
+    target = len(cluster.scheduler.workers) + math.ceil((n - have) / per_worker)
+    cluster.scale(target)  # asynchronous: wait for the new workers to arrive
+    client.wait_for_workers(target, timeout="60s")
 
 
 def slots_for_call(client: distributed.Client) -> tuple[tuple[str, int] | None, int | None]:

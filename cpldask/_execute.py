@@ -28,6 +28,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 from astropy.io import fits
@@ -241,17 +242,11 @@ def _spawn(spec: CallSpec, frames, call_dir: pathlib.Path) -> dict:
     env.update(dict(spec.env))  # the call's own env wins, OMP_NUM_THREADS included
     if not spec.backtrace:
         env["PATH"] = f"{_no_gdb_dir(call_dir.parent)}:{env.get('PATH', '')}"
-    with open(call_dir / _runner.LOG, "wb") as out:
-        # the runner is started by its file name, not as ``-m cpldask._runner``: that
-        # would import the cpldask package and distributed, doubling the start-up time
-        proc = subprocess.Popen(
-            [sys.executable, _runner.__file__, str(job_file)],
-            stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
-            cwd=call_dir, env=env, start_new_session=True)
+    proc = _server().start(job_file, env)
     try:
         _wait(proc, spec)
     finally:
-        _kill_group(proc)
+        proc.kill()
     report_file = call_dir / "report.json"
     if not report_file.exists():
         tail = (call_dir / _runner.LOG).read_text(errors="replace")[-2000:] \
@@ -263,20 +258,94 @@ def _spawn(spec: CallSpec, frames, call_dir: pathlib.Path) -> dict:
     return json.loads(report_file.read_text())
 
 
-def _wait(proc: subprocess.Popen, spec: CallSpec) -> None:
+def _wait(proc: "_RecipeProcess", spec: CallSpec) -> None:
     deadline = time.monotonic() + spec.timeout if spec.timeout else None
-    while True:
-        try:
-            proc.wait(timeout=POLL)
-            return
-        except subprocess.TimeoutExpired:
-            pass
+    while not proc.ended.wait(POLL):
         if deadline is not None and time.monotonic() > deadline:
-            _kill_group(proc)
+            proc.kill()
             raise errors.RecipeTimeout(spec.recipe, spec.timeout)
         if _cancelled():
-            _kill_group(proc)
+            proc.kill()
             raise _Cancelled()
+
+
+class _RecipeProcess:
+    """A recipe process forked by the server: its pid, and its end."""
+
+    def __init__(self):
+        self.started = threading.Event()
+        self.ended = threading.Event()
+        self.pid: int | None = None
+        self.returncode: int | None = None
+
+    def kill(self) -> None:
+        """Kill its process group (the runner, the recipe, gdb) and wait for the end."""
+        self.started.wait()
+        if self.pid is not None and not self.ended.is_set():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
+        self.ended.wait()
+
+
+class _ForkServer:
+    """This worker's fork server (``_runner.py --serve``), which starts recipe
+    processes in milliseconds; see :mod:`cpldask._runner` for the protocol."""
+
+    def __init__(self):
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}  # keep the server single-threaded
+        self.proc = subprocess.Popen(
+            [sys.executable, _runner.__file__, "--serve"], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, env=env, start_new_session=True)
+        self.lock = threading.Lock()
+        self.calls: dict[int, _RecipeProcess] = {}
+        self.next_id = 0
+        threading.Thread(target=self._read, daemon=True, name="cpldask-forkserver").start()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def start(self, job_file: pathlib.Path, env: dict) -> _RecipeProcess:
+        rp = _RecipeProcess()
+        with self.lock:
+            self.next_id += 1
+            self.calls[self.next_id] = rp
+            line = json.dumps({"id": self.next_id, "job": str(job_file), "env": env})
+            self.proc.stdin.write(line.encode() + b"\n")
+            self.proc.stdin.flush()
+        return rp
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            msg = json.loads(line)
+            rp = self.calls[msg["id"]]
+            if "pid" in msg:
+                rp.pid = msg["pid"]
+                rp.started.set()
+            else:
+                rp.returncode = os.waitstatus_to_exitcode(msg["status"])
+                del self.calls[msg["id"]]
+                rp.ended.set()
+        # the server died: so did its recipe processes (they watch it)
+        with self.lock:
+            for rp in self.calls.values():
+                rp.returncode = rp.returncode if rp.returncode is not None else -signal.SIGKILL
+                rp.started.set()
+                rp.ended.set()
+            self.calls.clear()
+
+
+_servers: dict[int, _ForkServer] = {}
+_servers_lock = threading.Lock()
+
+
+def _server() -> _ForkServer:
+    """The fork server of this worker process, started on first use (or again if it
+    died)."""
+    with _servers_lock:
+        server = _servers.get(os.getpid())
+        if server is None or not server.alive():
+            server = _servers[os.getpid()] = _ForkServer()
+        return server
 
 
 def _disk_full(path: pathlib.Path) -> bool:
@@ -284,16 +353,6 @@ def _disk_full(path: pathlib.Path) -> bool:
     most likely failed for that reason, which its own error rarely says."""
     usage = shutil.disk_usage(path)
     return usage.free < min(64 * 2**20, 0.01 * usage.total)
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    """Kill the runner, the recipe it forked and anything they started (gdb): they
-    share the process group the runner leads."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(OSError):
-        proc.stdin.close()
-    proc.wait()
 
 
 def _no_gdb_dir(base: pathlib.Path) -> pathlib.Path:

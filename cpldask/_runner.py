@@ -1,6 +1,6 @@
-"""The recipe process: ``python .../cpldask/_runner.py JOB.json`` runs one recipe call.
+"""The recipe process: runs one recipe call with python-cpl and reports back.
 
-A worker starts one of these per call (see :mod:`cpldask._execute`), for three reasons:
+A worker starts one process per call (see :mod:`cpldask._execute`), for three reasons:
 
 * the environment, notably ``OMP_NUM_THREADS``, must be set *before* the recipe
   library (and its OpenMP runtime) is loaded — python-cpl's per-call ``env`` is too
@@ -10,11 +10,12 @@ A worker starts one of these per call (see :mod:`cpldask._execute`), for three r
   recipe is left behind as an orphan;
 * a memory limit (``RLIMIT_AS``) applies to this process and the recipe only.
 
-The worker holds the write end of our stdin: when it dies, stdin reaches EOF and a
-watchdog thread kills the process group. The outcome goes to ``report.json`` beside
-the job file, written atomically; stdout and stderr go to a file the worker keeps for
-diagnostics. Nothing here imports cpldask at all: the worker starts this file by its
-path, so a recipe process loads python-cpl and nothing else.
+Recipe processes are forked from a fork server (:func:`serve`, one per worker), so
+that a call does not pay for a fresh interpreter and the astropy import. The outcome
+goes to ``report.json`` beside the job file, written atomically; stdout and stderr go
+to a log file the worker keeps for diagnostics. Nothing here imports cpldask: the
+worker starts this file by its path, so the server loads python-cpl and nothing else.
+``python _runner.py JOB.json`` runs one job without the server (for debugging).
 """
 
 from __future__ import annotations
@@ -86,10 +87,9 @@ def run(job: dict) -> dict:
     return report
 
 
-def main(argv: list[str]) -> int:
-    job_file = pathlib.Path(argv[0])
+def execute(job_file: pathlib.Path) -> None:
+    """Run the job in ``job_file`` and write ``report.json`` beside it."""
     job = json.loads(job_file.read_text())
-    threading.Thread(target=_watch_parent, daemon=True, name="watch-worker").start()
     if job.get("memory_limit"):
         limit = int(job["memory_limit"])
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -104,6 +104,112 @@ def main(argv: list[str]) -> int:
     tmp = job_file.with_name("report.json.tmp")
     tmp.write_text(json.dumps(report))
     os.replace(tmp, job_file.with_name("report.json"))
+
+
+# -- the fork server -----------------------------------------------------------------
+# A worker keeps one of these (``python _runner.py --serve``): it has imported
+# python-cpl and astropy, but loaded no recipe library and hence no OpenMP runtime, so
+# a fork of it starts a recipe process in milliseconds and still honours the call's
+# OMP_NUM_THREADS. It stays single-threaded so that forking it is safe.
+#
+# Protocol, one JSON object per line. In (stdin): {"id", "job", "env"}. Out (stdout):
+# {"id", "pid"} once the process is forked, {"id", "status"} (as os.waitpid gives it)
+# once it has ended. EOF on stdin means the worker is gone: every recipe process group
+# is killed. Each recipe process watches a pipe from this server and kills its own
+# group when the server dies.
+
+
+def _child(request: dict, lifeline: int, inherited: list[int]) -> None:
+    """In a forked child: become a recipe process and run the job. Never returns."""
+    code = 1
+    try:
+        for fd in inherited:  # the server's pipes: siblings' lifelines, its wake-up
+            os.close(fd)
+        os.setsid()  # our own process group: one killpg ends us, the recipe and gdb
+        job_file = pathlib.Path(request["job"])
+        out = os.open(job_file.with_name(LOG), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+        os.environ.clear()
+        os.environ.update(request["env"])  # before any recipe library (OpenMP) loads
+        os.chdir(job_file.parent)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        threading.Thread(target=_watch_fd, args=(lifeline,), daemon=True).start()
+        execute(job_file)
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def _watch_fd(fd: int) -> None:
+    """Kill our process group once ``fd`` reaches EOF (its writer is gone)."""
+    try:
+        while os.read(fd, 1024):
+            pass
+    finally:
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
+def serve() -> None:
+    import select
+
+    import cpl  # noqa: F401  (imported once here, inherited by every fork)
+
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes the select below
+    children: dict[int, tuple[str, int]] = {}  # pid -> (request id, lifeline write end)
+    stdin = sys.stdin.buffer
+    pending = b""
+
+    def send(msg: dict) -> None:
+        sys.stdout.write(json.dumps(msg) + "\n")
+        sys.stdout.flush()
+
+    while True:
+        ready, _, _ = select.select([stdin, wake_r], [], [])
+        if wake_r in ready:
+            os.read(wake_r, 4096)
+        while children:  # reap whatever has ended
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                break
+            if pid in children:
+                rid, w = children.pop(pid)
+                os.close(w)
+                send({"id": rid, "status": status})
+        if stdin in ready:
+            data = os.read(stdin.fileno(), 65536)
+            if not data:  # the worker is gone: take every recipe with it
+                for pid in children:
+                    try:
+                        os.killpg(pid, signal.SIGKILL)
+                    except OSError:
+                        pass
+                return
+            pending += data
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                request = json.loads(line)
+                r, w = os.pipe()
+                pid = os.fork()
+                if pid == 0:
+                    _child(request, r, [w, wake_r, wake_w,
+                                        *(fd for _, fd in children.values())])
+                os.close(r)
+                children[pid] = (request["id"], w)
+                send({"id": request["id"], "pid": pid})
+
+
+def main(argv: list[str]) -> int:
+    if argv == ["--serve"]:
+        serve()
+        return 0
+    threading.Thread(target=_watch_parent, daemon=True, name="watch-worker").start()
+    execute(pathlib.Path(argv[0]))
     return 0
 
 

@@ -22,6 +22,7 @@ def test_seed_three_ways_to_run_in_background(bias_files, tmp_path, monkeypatch)
     # Create a threaded recipe
     r1 = cpl.Recipe('muse_bias', threaded = True)
     r1.param.nifu = 1
+    r1.param.ovscignore = 6  # not the session's muse_bias call, which Dask would share
     t0 = time.monotonic()
     result1 = r1(bias_files)
     # Prepare a recipe for background execution
