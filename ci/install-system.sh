@@ -3,7 +3,7 @@
 # python-cpl's crash backtraces; SLURM + munge for the HPC tests; Chromium for the
 # dashboard check. Idempotent: skips apt when everything is there already.
 set -euo pipefail
-packages=(libcpl-dev esorex cpl-plugin-muse gdb gcc pkg-config slurm-wlm munge chromium)
+packages=(libcpl-dev esorex cpl-plugin-muse gdb gcc pkg-config slurm-wlm munge chromium graphviz)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,0 +1,211 @@
+"""The ``cpldask`` command: esorex's way of running recipes, on Dask.
+
+::
+
+    cpldask list                                   recipes on the search path
+    cpldask info muse_bias [--json]                parameters, tags, products
+    cpldask run muse_bias b1.fits b2.fits b3.fits  one call, products in .
+    cpldask run muse_bias --sof night*/bias.sof    one call per SOF, in parallel
+    cpldask demo                                   synthetic biases, reduced
+
+:func:`handle_args` does the work and returns the exit code, so tests drive the
+command without a subprocess; :func:`main` is the console script. Exit codes: 0
+success, 1 a recipe call failed, 2 bad input (one line on stderr, nothing
+submitted), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from typing import NoReturn
+
+from rich.console import Console
+
+from .. import __version__
+from ..recipe import Recipe
+from . import _catalog, _demo, _run
+from ._batch import EXIT_INTERRUPTED
+from ._inputs import UsageError
+
+__all__ = ["main", "handle_args", "build_parser"]
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors raised rather than printed with the usage: the
+    command reports every bad input the same way, on one line."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.split(maxsplit=1)[1:]  # 'cpldask run' -> ['run']
+        where = f"{command[0]}: " if command else ""
+        help_cmd = f"cpldask {command[0]} --help" if command else "cpldask --help"
+        raise UsageError(f"{where}{message} (see '{help_cmd}')")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, not {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of the ``cpldask`` command and its subcommands."""
+    parser = _Parser(prog="cpldask", description="Run ESO CPL pipeline recipes on "
+                     "Dask, the esorex way: many calls in parallel.")
+    parser.add_argument("--version", action="version", version=f"cpldask {__version__}")
+    parser.add_argument("--recipe-path", metavar="DIRS",
+                        help="directories (':'-separated) searched for recipe "
+                             "libraries; default: the cpldask.recipe-path config key")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    # options of every command that submits calls
+    cluster = _Parser(add_help=False)
+    cluster.add_argument("--slots", type=_positive, metavar="N",
+                         help="run at most N recipes at once (default: one per core "
+                              "on the embedded cluster)")
+    cluster.add_argument("--scheduler", metavar="ADDRESS",
+                         help="use the Dask scheduler at ADDRESS (e.g. "
+                              "tcp://head:8786) instead of an embedded local cluster")
+
+    p = commands.add_parser("list", help="list the recipes on the search path",
+                            description="List the recipes on the search path.")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=_catalog.list_recipes)
+
+    p = commands.add_parser("info", help="describe a recipe",
+                            description="Describe a recipe: parameters, raw and "
+                                        "calibration tags, products.")
+    p.add_argument("recipe", metavar="RECIPE")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=_catalog.info)
+
+    p = commands.add_parser(
+        "run", parents=[cluster], help="run a recipe on files or SOFs",
+        description="Run a recipe once on FITS files, or once per esorex SOF file "
+                    "(in parallel, the products of a.sof in OUTPUT_DIR/a/).")
+    p.add_argument("recipe", metavar="RECIPE")
+    p.add_argument("files", nargs="*", default=[], metavar="FILE",
+                   help="raw frames (tagged --tag), or SOF files (*.sof)")
+    p.add_argument("--sof", nargs="+", action="extend", default=[], metavar="SOF",
+                   help="esorex set-of-frames files ('PATH TAG' per line; a relative "
+                        "PATH is relative to the SOF's folder)")
+    p.add_argument("--tag", help="tag of the FILEs (default: the recipe's first raw tag)")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="set a recipe parameter (repeatable; overrides --rc)")
+    p.add_argument("--rc", action="append", default=[], metavar="FILE",
+                   help="esorex parameter file (NAME=VALUE lines; repeatable)")
+    p.add_argument("--calib", action="append", default=[], metavar="TAG=FILE",
+                   help="calibration frame (repeatable; replaces a SOF's frames of TAG)")
+    p.add_argument("--output-dir", default=".", metavar="DIR",
+                   help="where products go (default: the current folder)")
+    p.set_defaults(handler=_run.run)
+
+    p = commands.add_parser(
+        "demo", parents=[cluster], help="reduce synthetic MUSE biases in parallel",
+        description="Write sets of synthetic MUSE bias frames and reduce each set to "
+                    "a master bias with muse_bias, all sets in parallel.")
+    p.add_argument("--workdir", default="cpldask-demo", metavar="DIR",
+                   help="where frames and products go (default: ./cpldask-demo)")
+    p.add_argument("--sets", type=_positive, default=3, metavar="N",
+                   help="number of bias sets (default: 3)")
+    p.add_argument("--frames", type=_positive, default=3, metavar="N",
+                   help="frames per set (default: 3)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="base noise seed: set i uses SEED+i (default: 0)")
+    p.set_defaults(handler=_demo.demo)
+    return parser
+
+
+def _consoles() -> tuple[Console, Console]:
+    """Consoles on the current stdout and stderr (looked up now, so that a test's
+    capture works). Without a terminal, lines are 120 wide rather than rich's 80,
+    unless COLUMNS says otherwise: batch logs are read on wide screens."""
+    width = None if "COLUMNS" in os.environ else 120
+    return (Console(file=sys.stdout, width=None if sys.stdout.isatty() else width),
+            Console(file=sys.stderr, width=None if sys.stderr.isatty() else width))
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``, taking files after options too.
+
+    argparse gives a positional list (``run``'s FILEs) only the words before the
+    first option, so ``run muse_bias --param nifu=1 b1.fits`` would leave ``b1.fits``
+    over; esorex users write options anywhere. (``parse_intermixed_args`` would do
+    it but refuses subcommands.)
+    """
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "run":
+        args.files += [word for word in extra if not word.startswith("-")]
+        extra = [word for word in extra if word.startswith("-")]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def handle_args(argv: Sequence[str]) -> int:
+    """Run the ``cpldask`` command line ``argv`` (without the program name).
+
+    Returns
+    -------
+    int
+        The exit code: 0 success, 1 a recipe call failed, 2 bad input, 130
+        interrupted.
+    """
+    out, err = _consoles()
+    saved_path = Recipe.path
+    try:
+        args = _parse(build_parser(), list(argv))
+        if args.recipe_path is not None:
+            Recipe.path = args.recipe_path
+        return args.handler(args, out, err)
+    except UsageError as exc:
+        # one line, no traceback: bad input is the user's to fix, not a bug
+        print(f"cpldask: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_USAGE
+    except SystemExit as exc:  # --help, --version
+        return exc.code if isinstance(exc.code, int) else 0
+    except KeyboardInterrupt:
+        print("cpldask: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        Recipe.path = saved_path  # --recipe-path is for this command line only
+
+
+def main() -> NoReturn:
+    """The ``cpldask`` console script."""
+    _quiet()
+    try:
+        code = handle_args(sys.argv[1:])
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader went away (`cpldask list | head`): nothing more to say; point
+        # stdout at /dev/null so that the interpreter's final flush stays quiet
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 1
+    sys.exit(code)
+
+
+def _quiet() -> None:
+    """Keep Dask's own chatter off the terminal of a command-line user.
+
+    A failed call is reported once, by the summary, with the recipe's log; the
+    workers of the embedded cluster would also log it with a Python traceback
+    ("Compute Failed"). Workers are separate processes that read their logging
+    configuration from the environment when they start, hence the variable. This
+    is for the console script only: :func:`handle_args` leaves a host program's
+    logging and warnings alone.
+    """
+    os.environ.setdefault("DASK_LOGGING", repr({"distributed.worker": "critical",
+                                                "distributed.worker.memory": "warning"}))
+    # the dashboard moves to a free port when 8787 is taken; the link printed
+    # with the progress display is the right one
+    warnings.filterwarnings("ignore", message="Port .* is already in use")

@@ -1,0 +1,341 @@
+"""Following many recipe calls from a terminal: what ``run``, ``demo`` and ``reduce``
+share.
+
+A command submits its calls (threaded :class:`cpldask.Recipe` calls), wraps each
+:class:`~cpldask.Result` in a :class:`Job` with a label, and hands the list to
+:func:`monitor`, which
+
+1. prints the dashboard link,
+2. shows live counts of queued, running, done and failed calls (on a terminal; in a
+   log file, one line per finished call instead),
+3. prints a summary table — label, status, duration, products, plus any columns
+   the command adds — and, for each failure, its error and the recipe's last log
+   lines,
+4. returns the exit code: 0 only if every call succeeded.
+
+Progress goes to standard error and the table to standard output, so that
+``cpldask run ... > summary.txt`` keeps the table apart from the live display.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+import distributed
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from .. import _cluster
+from ..recipe import Recipe
+from ..result import Result
+from ._inputs import UsageError, bad_input
+
+__all__ = ["Job", "Column", "cluster", "monitor", "EXIT_OK", "EXIT_FAILED",
+           "EXIT_INTERRUPTED"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # a recipe call failed: its error is in the report
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
+
+#: recipe log lines shown under a failed call
+LOG_TAIL = 8
+#: product paths listed per call in the table before "(+N more)"
+MAX_PATHS = 3
+
+#: colour of each state in the display and the table
+STYLES = {"queued": "dim", "running": "cyan", "done": "green", "failed": "bold red",
+          "cancelled": "yellow"}
+
+
+@dataclasses.dataclass(eq=False)
+class Job:
+    """One submitted recipe call, as the display follows it.
+
+    Attributes
+    ----------
+    label : str
+        How the call is named in the display and the table (a SOF, a data set).
+    result : cpldask.Result
+        The pending call.
+    submitted, started, ended : float
+        Client-side :func:`time.monotonic` instants: when the call was made, when it
+        was first seen on a worker, when it was seen done.
+    """
+
+    label: str
+    result: Result
+    submitted: float = dataclasses.field(default_factory=time.monotonic)
+    started: float | None = None
+    ended: float | None = None
+
+    @property
+    def state(self) -> str:
+        """``'queued'``, ``'running'``, ``'done'``, ``'failed'`` or ``'cancelled'``."""
+        status = self.result.status
+        if status == "finished":
+            return "done"
+        if status == "cancelled":
+            return "cancelled"
+        if status in ("error", "lost"):
+            return "failed"
+        return "running" if self.started is not None else "queued"
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds the call took: the recipe's own run time if it succeeded, else
+        from when it was seen running (or submitted) to when it ended."""
+        if self.state == "done":
+            record = self.result.record
+            return record.end - record.start
+        if self.ended is None:
+            return None
+        return self.ended - (self.started if self.started is not None else self.submitted)
+
+
+#: an extra column of the summary table: header, and the cell of a successful job
+Column = tuple[str, Callable[[Job], str]]
+
+
+@contextlib.contextmanager
+def cluster(scheduler: str | None, slots: int | None) -> Iterator[None]:
+    """Use the scheduler at ``scheduler`` (else the usual cpldask choice) and allow
+    ``slots`` recipes at once, for the calls made in the block.
+
+    Raises
+    ------
+    UsageError
+        The scheduler cannot be reached, or ``slots`` is not a positive number.
+    """
+    client = None
+    if scheduler:
+        try:
+            # set_as_default: cpldask.get_client(), hence every Recipe call, uses it
+            client = distributed.Client(scheduler, set_as_default=True, timeout="20s")
+        except (OSError, ValueError, TypeError) as err:
+            raise UsageError(f"cannot connect to the scheduler at {scheduler!r}: "
+                             f"{err}") from err
+    try:
+        if slots is not None:
+            with bad_input():
+                Recipe.set_maxthreads(slots)
+        yield
+    finally:
+        if client is not None:
+            client.close()
+
+
+def monitor(jobs: Sequence[Job], *, title: str, out: Console, err: Console,
+            label_header: str = "call", columns: Sequence[Column] = (),
+            refresh: float = 0.5) -> int:
+    """Follow ``jobs`` to their end, then print the summary; return the exit code.
+
+    Parameters
+    ----------
+    jobs : sequence of Job
+        The calls, already submitted.
+    title : str
+        What is running, e.g. ``'muse_bias'``.
+    out, err : rich.console.Console
+        Where the table goes, and where progress and failures go.
+    label_header : str
+        Header of the label column (``'SOF'``, ``'set'``).
+    columns : sequence of Column
+        Extra columns, filled for successful calls only.
+    refresh : float
+        Seconds between updates of the display.
+
+    Returns
+    -------
+    int
+        0 if every call succeeded, 1 if any failed, 130 if interrupted.
+    """
+    link = _cluster.dashboard_link()
+    err.print(Text.assemble(("cpldask", "bold"), f": {len(jobs)} {title} "
+                            f"call{'s' if len(jobs) != 1 else ''}; dashboard: ",
+                            (link or "none", "link " + link if link else "dim")),
+              soft_wrap=True)
+    clock = min((job.submitted for job in jobs), default=time.monotonic())
+    try:
+        if err.is_terminal:
+            with Live(_progress(jobs, title, clock), console=err,
+                      refresh_per_second=4) as live:
+                _follow(jobs, refresh, lambda _done: live.update(_progress(jobs, title, clock)))
+        else:
+            _follow(jobs, refresh, _log_lines(jobs, err))
+    except KeyboardInterrupt:
+        # the calls die with their futures anyway; cancelling kills the recipe
+        # processes now rather than when the scheduler notices the client left
+        for job in jobs:
+            job.result.cancel()
+        err.print("cpldask: interrupted; running recipes were cancelled")
+        return EXIT_INTERRUPTED
+    out.print(summary_table(jobs, label_header, columns))
+    _report_failures(jobs, err)
+    counts = _counts(jobs)
+    # the sum of the calls' durations next to the wall time shows the parallelism
+    busy = sum(job.duration or 0.0 for job in jobs)
+    err.print(f"cpldask: {counts['done']} done, {counts['failed']} failed in "
+              f"{time.monotonic() - clock:.1f} s (recipes ran {busy:.1f} s in total)",
+              markup=False, highlight=False)
+    return EXIT_OK if counts["failed"] == 0 else EXIT_FAILED
+
+
+def _follow(jobs: Sequence[Job], refresh: float,
+            update: Callable[[list[Job]], None]) -> None:
+    """Wait for all jobs, noting when each is seen running and done; call
+    ``update(newly_done)`` after every change and at least every ``refresh`` s."""
+    running = _Running(_cluster.get_client())
+    pending = list(jobs)
+    while pending:
+        try:
+            # wakes as soon as one call ends; otherwise refreshes the display
+            distributed.wait([j.result.future for j in pending], timeout=refresh,
+                             return_when="FIRST_COMPLETED")
+        except TimeoutError:
+            pass
+        now = time.monotonic()
+        now_running = running()
+        for job in pending:
+            if job.started is None and job.result.key in now_running:
+                job.started = now
+            if job.result.done():
+                job.ended = now
+        newly_done = [j for j in pending if j.ended is not None]
+        pending = [j for j in pending if j.ended is None]
+        update(newly_done)
+
+
+class _Running:
+    """Which tasks the workers run now (as of their last heartbeat).
+
+    A call waiting on its worker for a slot (:func:`cpldask.Recipe.set_maxthreads`
+    below the worker threads) counts as running too: only the task is visible here.
+    """
+
+    def __init__(self, client: distributed.Client):
+        self.client = client
+        self.ask_scheduler = True
+
+    def __call__(self) -> set:
+        if self.ask_scheduler:
+            try:
+                return set(self.client.run_on_scheduler(_executing_keys))
+            except Exception:  # noqa: BLE001
+                # a scheduler that refuses to run functions or cannot import
+                # cpldask: not worth asking again at every refresh
+                self.ask_scheduler = False
+        # what the scheduler assigned to workers: may include a few tasks that
+        # wait there behind the running ones
+        return {key for keys in self.client.processing().values() for key in keys}
+
+
+def _executing_keys(dask_scheduler) -> list:
+    """Runs on the scheduler: the tasks workers report executing. (The scheduler's
+    "processing" tasks include some queued on a worker behind the running ones.)"""
+    return [ts.key for ws in dask_scheduler.workers.values() for ts in ws.executing]
+
+
+def _counts(jobs: Sequence[Job]) -> dict[str, int]:
+    counts = dict.fromkeys(("queued", "running", "done", "failed"), 0)
+    for job in jobs:
+        state = job.state
+        counts["failed" if state == "cancelled" else state] += 1
+    return counts
+
+
+def _progress(jobs: Sequence[Job], title: str, since: float) -> Group:
+    """The live display: a bar of finished calls and the count in each state."""
+    counts = _counts(jobs)
+    finished = counts["done"] + counts["failed"]
+    bar = Table.grid(padding=(0, 1))
+    bar.add_row(Text(title, style="bold"), ProgressBar(total=len(jobs), completed=finished,
+                                                        width=30),
+                f"{finished}/{len(jobs)}", Text(_clock(time.monotonic() - since), "dim"))
+    states = Text("  ·  ").join(Text(f"{state} {n}", style=STYLES[state] if n else "dim")
+                                for state, n in counts.items())
+    return Group(bar, states)
+
+
+def _log_lines(jobs: Sequence[Job], err: Console) -> Callable[[list[Job]], None]:
+    """Without a terminal (a batch log): one line per finished call instead."""
+    finished = 0
+
+    def update(done: list[Job]) -> None:
+        nonlocal finished
+        for job in done:
+            finished += 1
+            err.print(Text.assemble(f"[{finished}/{len(jobs)}] ",
+                                    (f"{job.state:<9}", STYLES[job.state]),
+                                    f"{_format_duration(job.duration):>9}  {job.label}"),
+                      soft_wrap=True)
+
+    return update
+
+
+def summary_table(jobs: Sequence[Job], label_header: str = "call",
+                  columns: Sequence[Column] = ()) -> Table:
+    """Label, status, duration and products of every job, plus ``columns``."""
+    table = Table(show_edge=False, header_style="bold")
+    table.add_column(label_header, overflow="fold")
+    table.add_column("status")
+    table.add_column("duration", justify="right")
+    table.add_column("products", overflow="fold")
+    for header, _ in columns:
+        table.add_column(Text(header), justify="right")  # Text: "[adu]" is no markup
+    for job in jobs:
+        state = job.state
+        extra = [Text(cell(job)) if state == "done" else "" for _, cell in columns]
+        status = Text(state, STYLES[state])
+        if state == "done" and getattr(job.result.record, "cache_hit", False):
+            status.append(" (cached)", "dim")  # products of an identical earlier run
+        table.add_row(Text(job.label), status, _format_duration(job.duration),
+                      Text(_products(job)) if state == "done" else "", *extra)
+    return table
+
+
+def _products(job: Job) -> str:
+    paths = [_short(p) for paths in job.result.paths.values() for p in paths]
+    if len(paths) > MAX_PATHS:
+        paths = [*paths[:MAX_PATHS - 1], f"(+{len(paths) - MAX_PATHS + 1} more)"]
+    return "\n".join(paths) or "(none)"
+
+
+def _short(path: str) -> str:
+    """A path relative to the current folder when it is below it."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
+def _report_failures(jobs: Sequence[Job], err: Console) -> None:
+    """For each failed call: its error and the last lines the recipe logged."""
+    for job in jobs:
+        if job.state == "cancelled":
+            err.print(Text.assemble((job.label, "bold"), ": cancelled"), soft_wrap=True)
+        if job.state != "failed":
+            continue
+        exc = job.result.exception()
+        err.print(Text.assemble((job.label, "bold"), ": ",
+                                (f"{type(exc).__name__}: {exc}", "red")), soft_wrap=True)
+        # INFO and up, as esorex shows on the terminal by default
+        log = [rec for rec in getattr(exc, "log", None) or [] if rec.levelno >= logging.INFO]
+        for rec in log[-LOG_TAIL:]:
+            # esorex's own format, so the lines look as they do in esorex.log
+            err.print(Text(f"    [{rec.levelname:^7}] {rec.funcName}: {rec.getMessage()}",
+                           "dim"), soft_wrap=True)
+
+
+def _format_duration(seconds: float | None) -> str:
+    return "" if seconds is None else f"{seconds:.1f} s"
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60:d}:{minutes % 60:02d}:{secs:02d}"

@@ -1,0 +1,160 @@
+"""Read product files through the worker that wrote them, for clients that cannot see
+the worker's disk (no shared filesystem: batch jobs writing to node-local scratch, a
+worker in another mount namespace).
+
+Whether the client opens a product in place or fetches it is the
+``cpldask.jobqueue.shared-filesystem`` key: ``true`` (always in place, no copy),
+``false`` (always through the worker), ``auto`` (in place when the path exists here
+with the product's size, else through the worker).
+
+Bytes travel with :meth:`distributed.Client.run` in chunks: ``run`` executes on the
+worker's event loop (the read itself in a thread), so a fetch never waits behind
+recipes occupying the worker's task threads, and no chunk is larger than
+:data:`CHUNK`. Worker-agnostic: any worker that has cpldask importable will do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+
+import dask.config
+
+#: bytes per round trip; large products (MUSE pixel tables: GBs) arrive in pieces
+CHUNK = 32 * 2**20
+SHARED_FS_KEY = "cpldask.jobqueue.shared-filesystem"
+
+
+def shared_filesystem() -> bool | None:
+    """The configured answer: True, False, or None for ``auto``."""
+    value = dask.config.get(SHARED_FS_KEY, "auto")
+    if isinstance(value, str):
+        value = {"true": True, "yes": True, "1": True, "false": False, "no": False,
+                 "0": False}.get(value.strip().lower(), None)
+    return value if value is None else bool(value)
+
+
+def _exists_here(path: str, size: int) -> bool:
+    """Whether this process sees the product file (a copy of the same size)."""
+    try:
+        return os.stat(path).st_size == size
+    except OSError:
+        return False
+
+
+def must_fetch(product, record) -> bool:
+    """Whether ``product`` of ``record`` has to be read through its worker."""
+    if record.worker is None:  # not run on a distributed worker: nobody to ask
+        return False
+    shared = shared_filesystem()
+    if shared is None:
+        return not _exists_here(product.path, product.size)
+    return not shared
+
+
+# -- worker side (run by Client.run on the worker that holds the file) ---------------
+def _stat(path: str) -> int:
+    return os.stat(path).st_size
+
+
+def _pread(path: str, offset: int, size: int) -> bytes:
+    with open(path, "rb") as f:
+        return os.pread(f.fileno(), size, offset)
+
+
+async def read_chunk(path: str, offset: int, size: int) -> bytes:
+    """``size`` bytes of ``path`` from ``offset`` (off the worker's event loop)."""
+    return await asyncio.get_running_loop().run_in_executor(None, _pread, path, offset,
+                                                            size)
+
+
+async def file_size(path: str) -> int:
+    return await asyncio.get_running_loop().run_in_executor(None, _stat, path)
+
+
+# -- client side --------------------------------------------------------------------
+def fetch(client, worker: str, path: str, dest, *, host: str | None = None,
+          chunk: int = CHUNK) -> str:
+    """Copy ``path`` from ``worker``'s disk to the local file ``dest``; return ``dest``.
+
+    Raises FileNotFoundError when the worker has left the cluster or no longer has the
+    file, OSError when the copy comes out short.
+    """
+    where = f"worker {worker}" + (f" on {host}" if host else "")
+    if worker not in client.scheduler_info(n_workers=-1)["workers"]:
+        raise FileNotFoundError(
+            f"{path} is on the local disk of {where}, which has left the cluster; "
+            f"put cpldask.work-dir (or output_dir) on a filesystem the client shares, "
+            f"or run the call again")
+    try:
+        size = client.run(file_size, path, workers=[worker])[worker]
+    except OSError as err:
+        raise FileNotFoundError(f"{path} is no longer on {where}: {err}") from err
+    tmp = f"{dest}.part{os.getpid()}"
+    try:
+        with open(tmp, "wb") as out:
+            offset = 0
+            while offset < size:
+                data = client.run(read_chunk, path, offset, min(chunk, size - offset),
+                                  workers=[worker])[worker]
+                if not data:
+                    break
+                out.write(data)
+                offset += len(data)
+        if offset != size:
+            raise OSError(f"{path} from {where}: got {offset} of {size} bytes")
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return str(dest)
+
+
+def fetch_dir() -> str:
+    d = dask.config.get("cpldask.jobqueue.fetch-dir", None) or tempfile.gettempdir()
+    d = os.path.expanduser(str(d))
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+def open_fetched(product, record, client):
+    """The product as a lazily read HDUList, from a local copy fetched through the
+    worker. The copy is unlinked once open: its space is freed with the HDUList."""
+    from astropy.io import fits
+
+    fd, local = tempfile.mkstemp(prefix=f"cpldask-{product.tag}-", suffix=".fits",
+                                 dir=fetch_dir())
+    os.close(fd)
+    try:
+        fetch(client, record.worker, product.path, local, host=record.host)
+        hdul = fits.open(local, memmap=True)
+    finally:
+        if os.path.exists(local):
+            os.unlink(local)
+    return hdul
+
+
+def copy_products(result, directory, *, tags=None) -> dict[str, list[str]]:
+    """Copy a result's product files into a local ``directory`` (through the workers
+    where the client cannot see them); ``{tag: [local paths]}``.
+
+    For results whose products the client cannot open where they are, e.g. calls
+    with an ``output_dir`` on a worker's local disk.
+    """
+    import shutil
+
+    record = result.record
+    client = result.future.client
+    os.makedirs(directory, exist_ok=True)
+    out: dict[str, list[str]] = {}
+    for p in record.products:
+        if tags is not None and p.tag not in tags:
+            continue
+        dest = os.path.join(directory, os.path.basename(p.path))
+        if must_fetch(p, record):
+            fetch(client, record.worker, p.path, dest, host=record.host)
+        elif os.path.abspath(p.path) != os.path.abspath(dest):
+            shutil.copyfile(p.path, dest)
+        out.setdefault(p.tag, []).append(dest)
+    return out
