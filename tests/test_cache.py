@@ -173,3 +173,19 @@ def test_from_product_recreates_the_call(bias_result, bias_files):
     again = recipe(raw)
     np.testing.assert_array_equal(again.MASTER_BIAS["DATA"].data,
                                   bias_result.MASTER_BIAS["DATA"].data)
+
+
+def test_cache_command(test_recipe, any_fits, cache_dir, capsys):
+    from cpldask._cli import handle_args
+
+    test_recipe(any_fits, param={"value": 11.0, "label": "cli"})
+    assert handle_args(["cache", "ls"]) == 0
+    out = capsys.readouterr().out
+    assert "cpldask_test" in out and "PRODUCT" in out and "1 entries" in out
+    assert handle_args(["cache", "du"]) == 0
+    assert "in 1 entries" in capsys.readouterr().out
+    assert handle_args(["cache", "prune"]) == 2
+    assert "needs --older-than" in capsys.readouterr().err
+    assert handle_args(["cache", "prune", "--older-than", "0s"]) == 0
+    assert "removed 1 entry" in capsys.readouterr().out
+    assert _cache.entries(str(cache_dir)) == []

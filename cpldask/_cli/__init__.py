@@ -27,7 +27,7 @@ from rich.console import Console
 
 from .. import __version__
 from ..recipe import Recipe
-from . import _catalog, _demo, _run
+from . import _cache, _catalog, _demo, _run
 from ._batch import EXIT_INTERRUPTED
 from ._inputs import UsageError
 
@@ -122,6 +122,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0,
                    help="base noise seed: set i uses SEED+i (default: 0)")
     p.set_defaults(handler=_demo.demo)
+
+    p = commands.add_parser(
+        "cache", help="list, size or prune the product cache",
+        description="The product cache keeps the products of every call under the "
+                    "hash of its recipe, parameters and input contents.")
+    p.add_argument("action", choices=["ls", "du", "prune"])
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="default: the cpldask.cache.dir config key")
+    p.add_argument("--older-than", metavar="AGE",
+                   help="prune: remove entries unused for AGE (e.g. '30 days')")
+    p.add_argument("--max-size", metavar="SIZE",
+                   help="prune: then remove the least recently used entries until "
+                        "the cache is at most SIZE (e.g. '200 GB')")
+    p.set_defaults(handler=_cache.cache)
     return parser
 
 
