@@ -41,17 +41,9 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-# pid_alive PIDFILE NAME: the file names a live (non-zombie) process called
-# NAME (a stale file with a dead or recycled PID does not count).
-pid_alive() {
-    local pid stat
-    [ -s "$1" ] || return 1
-    pid=$(tr -dc 0-9 2>/dev/null <"$1")
-    [ -n "$pid" ] && [ -r "/proc/$pid/stat" ] || return 1
-    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ] || return 1
-    stat=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f1)
-    [ -n "$stat" ] && [ "$stat" != Z ]
-}
+. "$(dirname "$0")/slurm-lib.sh"
+# pid_alive PIDFILE NAME: the file names a live (non-zombie) process called NAME
+pid_alive() { pid_of "$1" "$2" >/dev/null; }
 
 node_state() { timeout 5 sinfo -h -o %t 2>/dev/null | head -n1 || true; }
 
