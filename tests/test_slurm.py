@@ -1,0 +1,355 @@
+"""Issue 7: cpldask on SLURM through dask-jobqueue, tested against a real single-node
+SLURM (ci/slurm-start.sh), and products read through the worker that wrote them.
+
+The first group needs no SLURM (job scripts, config, reading products through a
+worker on the embedded LocalCluster). The ``slurm`` group starts SLURM once per
+session, submits real muse_bias calls as SLURM jobs, scales 0 -> 2 -> 0 jobs and
+scancels a job in the middle of a call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import subprocess
+import sys
+import time
+import uuid
+
+import dask
+import numpy as np
+import pytest
+from astropy.io import fits
+
+import cpldask as cpl
+import cpldask.cluster
+from cpldask import _transfer
+from helpers import recipe_pids, wait_until
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+#: in every call's env: no call here shares a task with another test's call
+RUN = uuid.uuid4().hex[:8]
+TIMINGS: dict[str, float] = {}
+
+
+def _fresh(res) -> cpl.Result:
+    """A second Result on the same future: nothing opened or cached yet."""
+    return cpl.Result(res.future, res.recipe, output=None)
+
+
+def _same_hdus(a: fits.HDUList, b: fits.HDUList) -> None:
+    assert [h.name for h in a] == [h.name for h in b]
+    for x, y in zip(a, b):
+        if x.data is not None:
+            np.testing.assert_array_equal(x.data, y.data)
+
+
+# -- job scripts and configuration (no SLURM) ------------------------------------------
+def test_job_script_maps_recipe_slots_onto_a_job():
+    script = cpldask.cluster.job_script("slurm", slots_per_job=2, cores_per_slot=3,
+                                        memory_per_slot="3 GiB", walltime="02:00:00")
+    assert "#SBATCH --cpus-per-task=6" in script  # 2 slots x 3 cores
+    assert "#SBATCH --mem=6G" in script  # 2 slots x 3 GiB
+    assert "#SBATCH -t 02:00:00" in script
+    assert "export OMP_NUM_THREADS=3" in script  # per slot
+    worker = script.strip().splitlines()[-1]
+    assert worker.startswith(sys.executable)  # the venv's python runs the worker
+    assert worker.count("--nthreads") == 1 and "--nthreads 2" in worker  # 1 thread/slot
+    assert "--nworkers" not in worker  # one worker process per job
+    # retire 5 minutes (give or take 1) before the walltime
+    assert "--lifetime 6900s --lifetime-stagger 60s" in worker
+    assert "--interface lo" in worker  # nothing listens beyond this machine by default
+
+
+def test_walltime_forms_and_lifetime():
+    ws = cpldask.cluster.walltime_seconds
+    assert ws("00:10:00") == ws("10") == ws("10:00") == ws("10 minutes") == 600
+    assert ws("1-02:30", "slurm") == 95400 and ws("02:30", "lsf") == 9000
+    assert ws(3600, "pbs") == ws("3600", "pbs") == 3600
+    fw = cpldask.cluster.format_walltime
+    assert fw(3599.5, "slurm") == "01:00:00" and fw(3599, "lsf") == "01:00"
+    # margin capped at a quarter of the walltime, stagger at half the margin
+    assert cpldask.cluster.lifetime(3600) == (3300, 60)
+    assert cpldask.cluster.lifetime(600) == (450, 60)
+    assert cpldask.cluster.lifetime(120, stagger="1 minute") == (90, 15)
+    assert cpldask.cluster.lifetime(3600, margin=None) == (3300, 60)
+    with dask.config.set({"cpldask.jobqueue.lifetime-margin": None}):
+        assert cpldask.cluster.lifetime(3600) is None
+        assert "--lifetime" not in cpldask.cluster.job_script("slurm")
+
+
+@pytest.mark.parametrize("system, header, wall", [
+    ("pbs", "#PBS -l select=1:ncpus=4:mem=8192MB", "#PBS -l walltime=01:30:00"),
+    ("sge", "#$ -N cpldask", "#$ -l h_rt=01:30:00"),
+    ("lsf", "#BSUB -n 4", "#BSUB -W 01:30"),
+])
+def test_pbs_sge_lsf_through_the_same_path(system, header, wall):
+    script = cpldask.cluster.job_script(system, slots_per_job=2, cores_per_slot=2,
+                                        memory_per_slot="4 GiB", walltime="90 minutes")
+    assert header in script and wall in script
+    assert "export OMP_NUM_THREADS=2" in script
+    assert "--nthreads 2" in script and "--lifetime 5100s" in script
+
+
+def test_defaults_come_from_yaml_and_environment(tmp_path):
+    """~/.config/dask/*.yaml and DASK_CPLDASK__JOBQUEUE__* drive the defaults, and
+    dask-jobqueue's own jobqueue.slurm section still applies."""
+    (tmp_path / "site.yaml").write_text(
+        "cpldask:\n  jobqueue:\n    memory-per-slot: 6 GiB\n    walltime: 4 hours\n"
+        "jobqueue:\n  slurm:\n    queue: muse\n    account: eso\n")
+    env = {**os.environ, "DASK_CONFIG": str(tmp_path),
+           "DASK_CPLDASK__JOBQUEUE__CORES_PER_SLOT": "4"}
+    out = subprocess.run(
+        [sys.executable, "-c", "import cpldask.cluster as c; print(c.job_script())"],
+        env=env, capture_output=True, text=True, check=True, timeout=60).stdout
+    for line in ("#SBATCH -p muse", "#SBATCH -A eso", "#SBATCH --mem=6G",
+                 "#SBATCH -t 04:00:00", "#SBATCH --cpus-per-task=4",
+                 "export OMP_NUM_THREADS=4", "--lifetime 14100s"):
+        assert line in out, (line, out)
+
+
+def test_unknown_system_and_raw_job_sizes_are_refused():
+    with pytest.raises(ValueError, match="slurm, pbs, sge, lsf"):
+        cpldask.cluster.job_script("condor")
+    with pytest.raises(TypeError, match="slots_per_job, cores_per_slot"):
+        cpldask.cluster.job_script("slurm", cores=8)
+
+
+# -- products read through the worker that has them (embedded LocalCluster) -------------
+def test_product_is_fetched_through_its_worker_without_shared_filesystem(bias_result):
+    direct = bias_result.MASTER_BIAS
+    product = bias_result.record.products[0]
+    with dask.config.set({"cpldask.jobqueue.shared-filesystem": False}):
+        fetched = _fresh(bias_result).MASTER_BIAS
+    assert fetched.filename() != product.path  # a copy made through the worker...
+    assert not os.path.exists(fetched.filename())  # ...already unlinked: no leftovers
+    _same_hdus(direct, fetched)
+    assert fetched[0].header["DATAMD5"] == direct[0].header["DATAMD5"]
+
+
+def test_shared_filesystem_opens_products_in_place(bias_result):
+    path = bias_result.record.products[0].path
+    for setting in (True, "auto"):
+        with dask.config.set({"cpldask.jobqueue.shared-filesystem": setting}):
+            assert _fresh(bias_result).MASTER_BIAS.filename() == path  # no copy
+
+
+def test_auto_fetches_what_this_host_cannot_see(bias_result, monkeypatch):
+    # as if the worker had written to a node-local disk: the path is not here
+    monkeypatch.setattr(_transfer, "_exists_here", lambda path, size: False)
+    fetched = _fresh(bias_result).MASTER_BIAS
+    assert fetched.filename() != bias_result.record.products[0].path
+    _same_hdus(bias_result.MASTER_BIAS, fetched)
+
+
+def test_copy_products_to_a_local_directory(bias_result, tmp_path):
+    with dask.config.set({"cpldask.jobqueue.shared-filesystem": False}):
+        copied = cpldask.cluster.copy_products(bias_result, tmp_path / "out")
+    (path,) = copied["MASTER_BIAS"]
+    original = bias_result.record.products[0].path
+    assert pathlib.Path(path).read_bytes() == pathlib.Path(original).read_bytes()
+
+
+def test_a_product_of_a_worker_that_left_says_so(bias_result):
+    record = bias_result.record
+    product = record.products[0]
+    gone = dataclasses.replace(record, worker="tcp://127.0.0.1:1")
+    with dask.config.set({"cpldask.jobqueue.shared-filesystem": False}):
+        with pytest.raises(FileNotFoundError, match="left the cluster.*cpldask.work-dir"):
+            _transfer.open_fetched(product, gone, bias_result.future.client)
+
+
+# -- real SLURM ---------------------------------------------------------------------------
+def squeue() -> list[str]:
+    """Job ids in the SLURM queue (all of them: this SLURM is ours alone)."""
+    out = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True,
+                         check=True, timeout=30).stdout
+    return sorted(out.split())
+
+
+def _job_of(pid: int) -> str | None:
+    """The SLURM job a process belongs to (slurmd puts SLURM_JOB_ID in its env)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = dict(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v)
+    except OSError:
+        return None
+    job = env.get(b"SLURM_JOB_ID")
+    return job.decode() if job else None
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """A running single-node SLURM: started here (and stopped at the end) unless it
+    already ran."""
+    if os.geteuid() != 0:
+        pytest.skip("ci/slurm-start.sh needs root")
+    t = time.monotonic()
+    out = subprocess.run(["bash", str(ROOT / "ci" / "slurm-start.sh")], capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    TIMINGS["slurm start"] = time.monotonic() - t
+    started = "already running" not in out.stdout
+    yield
+    if started:
+        subprocess.run(["bash", str(ROOT / "ci" / "slurm-stop.sh")], timeout=120,
+                       capture_output=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _print_timings():
+    yield
+    if TIMINGS:
+        print("\n[test_slurm timings] " + ", ".join(f"{k}: {v:.1f} s"
+                                                   for k, v in TIMINGS.items()))
+
+
+@pytest.fixture(scope="module")
+def reference(bias_result) -> fits.HDUList:
+    """muse_bias's MASTER_BIAS from the embedded cluster, read before any SLURM
+    cluster becomes the default client."""
+    hdul = bias_result.MASTER_BIAS
+    for h in hdul:
+        _ = h.data
+    return hdul
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster(slurm, reference, tmp_path_factory):
+    """A cpldask SLURM cluster with no job yet, sized by hand (adapt=False)."""
+    assert squeue() == [], "the SLURM queue must start empty"
+    cluster = cpldask.cluster.slurm(
+        slots=2, adapt=False, walltime="00:10:00", memory_per_slot="2 GiB",
+        log_directory=str(tmp_path_factory.mktemp("slurm-logs")))
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+        wait_until(lambda: squeue() == [], 30, "the jobs to leave the queue")
+
+
+@pytest.fixture
+def muse_bias():
+    r = cpl.Recipe("muse_bias", threaded=True)
+    r.param.nifu = 1
+    return r
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_omp_threads_per_slot_reach_the_recipe(slurm, test_recipe, any_fits):
+    """cores_per_slot=2: the job reserves 2 CPUs and the recipe runs 2 OpenMP threads
+    (the job script's export beats the Nanny's OMP_NUM_THREADS=1)."""
+    assert squeue() == []
+    cluster = cpldask.cluster.slurm(slots=1, cores_per_slot=2, adapt=False,
+                                    memory_per_slot="1 GiB", walltime="00:05:00")
+    try:
+        assert "export OMP_NUM_THREADS=2" in cluster.job_script()
+        cluster.scale_slots(1)
+        cluster.client.wait_for_workers(1, timeout=120)
+        assert len(squeue()) == 1
+        res = test_recipe(any_fits, param={"spin": 0.5}, env={"RUN": RUN})
+        header = fits.getheader(res.paths["PRODUCT"][0])
+        assert header["ESO QC ECHO OMP"] == "2" and header["ESO QC ECHO NTHREADS"] == 2
+        assert res.record.worker in cluster.job_ids()
+        held = list(cluster.workers.values())  # a held Job must not break close()
+        assert [job.job_id for job in held] == squeue()
+    finally:
+        cluster.close()
+    wait_until(lambda: squeue() == [], 30, "the job to leave the queue")
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_scale_from_zero_to_two_jobs_and_run_muse_bias(slurm_cluster, muse_bias,
+                                                       bias_files, reference):
+    client = slurm_cluster.client
+    assert cpl.get_client() is client  # cpldask calls go to the SLURM cluster now
+    assert squeue() == [] and slurm_cluster.slots == 0
+    t = time.monotonic()
+    cpl.Recipe.set_maxthreads(2)  # what the CLI's --slots does: 2 slots = 2 jobs
+    client.wait_for_workers(2, timeout=120)
+    TIMINGS["scale 0->2 jobs"] = time.monotonic() - t
+    jobs = squeue()
+    assert len(jobs) == 2 and sorted(slurm_cluster.job_ids().values()) == jobs
+    assert slurm_cluster.slots == 2
+
+    t = time.monotonic()
+    results = [muse_bias(bias_files, env={"RUN": f"{RUN}-{i}"}) for i in range(2)]
+    for res in results:
+        _same_hdus(reference, res.MASTER_BIAS)
+    TIMINGS["2 muse_bias on 2 jobs"] = time.monotonic() - t
+    records = [res.record for res in results]
+    assert {r.worker for r in records} == set(slurm_cluster.job_ids())  # one per job
+    assert max(r.start for r in records) < min(r.end for r in records)  # at once
+    # the same product read through the job's worker, as without a shared filesystem
+    with dask.config.set({"cpldask.jobqueue.shared-filesystem": False}):
+        fetched = _fresh(results[0]).MASTER_BIAS
+    assert fetched.filename() != records[0].products[0].path
+    _same_hdus(reference, fetched)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_scancel_of_a_job_mid_call_is_survived(slurm_cluster, muse_bias, bias_files,
+                                               reference):
+    client = slurm_cluster.client
+    # a scancelled job leaves the cluster's plan after lost-worker-timeout (15 s by
+    # default); then the adaptive loop submits a replacement
+    with dask.config.set({"distributed.deploy.lost-worker-timeout": "1s"}):
+        slurm_cluster.adapt_slots(2, 2, interval="0.5s")
+        client.wait_for_workers(2, timeout=120)
+        before = squeue()
+        assert len(before) == 2
+
+        res = muse_bias(bias_files, env={"RUN": f"{RUN}-scancel"})
+        # the recipe process is running inside one of the jobs
+        pids = wait_until(lambda: {p for p in recipe_pids("muse_bias")
+                                   if _job_of(p) in before}, 60, "muse_bias to start")
+        (victim,) = {_job_of(p) for p in pids}
+        processing = {w for w, keys in client.processing().items() if res.key in keys}
+        assert {slurm_cluster.job_ids().get(w) for w in processing} == {victim}
+        time.sleep(1.0)  # well into the recipe (it takes ~10 s)
+        t, t_wall = time.monotonic(), time.time()
+        subprocess.run(["scancel", victim], check=True, timeout=30)
+
+        # adapt(minimum=2) replaces the lost job, while the call runs again
+        replaced = None
+        while not res.done() or replaced is None:
+            jobs = squeue()
+            if replaced is None and len(jobs) == 2 and victim not in jobs:
+                replaced = time.monotonic() - t
+            assert time.monotonic() - t < 400, "no replacement job or no result"
+            time.sleep(0.2)
+        TIMINGS["scancel -> replacement job in squeue"] = replaced
+
+        _same_hdus(reference, res.MASTER_BIAS)  # retried on the other job, completes
+        TIMINGS["scancel -> call done"] = time.monotonic() - t
+        TIMINGS["scancel -> retry started"] = res.record.start - t_wall
+        TIMINGS["retried muse_bias"] = res.record.end - res.record.start
+        assert slurm_cluster.job_ids().get(res.record.worker) not in (None, victim)
+        wait_until(lambda: not (pids & recipe_pids("muse_bias")), 30,
+                   "the cancelled job's recipe to be gone")
+        client.wait_for_workers(2, timeout=120)
+        jobs = squeue()
+        assert len(jobs) == 2 and victim not in jobs
+        assert sorted(slurm_cluster.job_ids().values()) == jobs
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_scale_back_to_zero_jobs(slurm_cluster):
+    client = slurm_cluster.client
+    assert len(squeue()) == 2
+    t = time.monotonic()
+    slurm_cluster.scale_slots(0)  # stops the adaptive scaler too
+    wait_until(lambda: squeue() == [], 60, "the jobs to leave the queue")
+    wait_until(lambda: not client.scheduler_info()["workers"], 60, "the workers to go")
+    TIMINGS["scale 2->0 jobs"] = time.monotonic() - t
+    time.sleep(3)  # nothing comes back by itself
+    assert squeue() == []
