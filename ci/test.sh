@@ -3,6 +3,9 @@
 # project's own scripts should have installed is missing.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# the project's virtualenv first: subprocesses (the cpldask command, notebook
+# kernels) must find the same Python as the tests
+export PATH="$PWD/.venv/bin:$PATH"
 extra=()
 if [ "${CI:-}" = "true" ]; then
   extra+=(--cpldask-no-skip)
