@@ -1,0 +1,160 @@
+"""Benchmark 5: the cascade — a synthetic MUSE exposure reduced end to end.
+
+For 2 and 4 IFUs (``synthetic.make_exposure``, made once and kept in ``--data-dir``),
+the recipe calls that :func:`cpldask.reduce` plans (bias, dark, flat, wavecal, lsf per
+IFU; illum and twilight over all IFUs; scibasic per IFU; scipost; with 3 or more IFUs
+also the flux branch: scibasic of the standard star, muse_standard, a flux-calibrated
+scipost) are run three ways on 2 cores:
+
+* ``cpldask``: the plan submitted as one Dask graph (:meth:`Reduction.submit`, 2 slots);
+* ``python-cpl serial``: the same calls one after another with python-cpl
+  (:func:`cpldask.reduce.run_sequential`);
+* ``python-cpl threaded``: a hand-written python-cpl script: the calls in the plan's
+  order (stage by stage) with ``threaded=True`` and ``set_maxthreads(2)``, each call
+  reading the products of the calls it needs (which waits for them) before it starts:
+  what one writes with python-cpl's background results (:func:`run_threaded`).
+
+The lower bound of the wall on 2 cores is ``max(critical path, total / 2)``, from the
+durations of the calls in the serial run (longest path through the graph, and all the
+work spread perfectly over both cores).
+
+Planning (classification, association) is done once and not timed; every variant
+writes its products to a directory of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+
+import common
+from common import log, median, row
+
+SLOTS = 2
+
+
+def exposure(ctx: common.Context, n_ifus: int) -> tuple[pathlib.Path, tuple[int, ...]]:
+    """The raw files of a synthetic exposure of IFUs 1..n (made once)."""
+    from cpldask import synthetic
+
+    ifus = tuple(range(1, n_ifus + 1))
+    raw = ctx.data_dir / f"exposure-{n_ifus}ifu"
+    stamp = raw / ".bench-exposure.json"
+    want = {"ifus": list(ifus), "seed": 0}
+    if not (stamp.exists() and json.loads(stamp.read_text()) == want):
+        log(f"writing a synthetic exposure of IFUs {ifus} to {raw} (once)")
+        synthetic.make_exposure(raw, ifus=ifus, seed=0, lingain=False)
+        stamp.write_text(json.dumps(want))
+    return raw, ifus
+
+
+def run(ctx: common.Context) -> dict:
+    if ctx.quick and not ctx.cascade and "cascade.ifus" not in ctx.options:
+        raise NotImplementedError("the cascade is left out of --quick (add --cascade)")
+    from cpldask import reduce as red_mod
+
+    counts = ctx.pick("cascade.ifus", [2], [2, 4])
+    reps = int(ctx.options.get("cascade.reps", ctx.reps or 1))
+    rows, extra, notes = [], {"steps": {}, "critical_path": {}}, []
+    for k in counts:
+        raw, ifus = exposure(ctx, k)
+        walls: dict[str, list] = {}
+        bounds = []
+        for rep in range(reps):
+            base = ctx.scratch(f"cascade-{k}-{rep}")
+            plan = red_mod.reduce(raw, ifus=ifus, output_dir=base / "plan", dry_run=True)
+            variants = ["cpldask", "python-cpl threaded", "python-cpl serial"]
+            order = variants[rep % 3:] + variants[:rep % 3]
+            for name in order:
+                log(f"cascade {k} IFUs rep {rep + 1}/{reps}: {name} ({len(plan.steps)} calls)")
+                if name == "cpldask":
+                    with ctx.cluster(SLOTS):
+                        red = red_mod.reduce(raw, ifus=ifus, output_dir=base / "cpldask",
+                                             dry_run=True)
+                        t0 = time.perf_counter()
+                        red.submit().wait()
+                        wall = time.perf_counter() - t0
+                        extra["steps"][f"{k}-cpldask-{rep}"] = {
+                            r["step"]: [round(r["start"], 2), round(r["end"], 2)]
+                            for r in red.rows() if r["start"] is not None}
+                elif name == "python-cpl threaded":
+                    t0 = time.perf_counter()
+                    run_threaded(plan, base / "python-cpl-threaded", SLOTS)
+                    wall = time.perf_counter() - t0
+                else:
+                    times = red_mod.run_sequential(plan, base / "python-cpl-serial")
+                    wall = times.pop("total")
+                    cp = critical_path(plan, times)
+                    bound = max(cp, sum(times.values()) / SLOTS)
+                    bounds.append(bound)
+                    extra["steps"][f"{k}-serial-{rep}"] = {s: round(t, 2) for s, t in times.items()}
+                    extra["critical_path"][f"{k}-{rep}"] = {
+                        "critical_path_s": cp, "total_s": sum(times.values()),
+                        "lower_bound_s": bound}
+                walls.setdefault(name, []).append(wall)
+                log(f"cascade {k} IFUs rep {rep + 1}/{reps}: {name} {wall:.1f} s")
+        walls["lower bound"] = bounds
+        rows.append(row(f"{k} IFUs ({len(plan.steps)} calls): wall", "s", walls,
+                        ratio_of=("cpldask", "python-cpl serial")))
+        lb = median(bounds)
+        rows.append(row(f"{k} IFUs: wall / lower bound", "",
+                        {n: [w / lb for w in ws] for n, ws in walls.items()
+                         if n != "lower bound"},
+                        ratio_of=("cpldask", "python-cpl threaded")))
+        cp = median([v["critical_path_s"] for key, v in extra["critical_path"].items()
+                     if key.startswith(f"{k}-")])
+        notes.append(f"{k} IFUs: critical path {cp:.0f} s, work / 2 cores "
+                     f"{lb if lb != cp else lb:.0f} s (serial step times)")
+    return common.result("cascade", {"ifus": counts, "reps": reps, "slots": SLOTS}, rows,
+                         notes=notes, extra=extra)
+
+
+def critical_path(plan, times: dict[str, float]) -> float:
+    """Longest path through the plan's graph, each call weighted by its duration."""
+    finish: dict[int, float] = {}
+    for step in plan.steps:  # topological order
+        start = max((finish[id(d)] for d in step.deps), default=0.0)
+        finish[id(step)] = start + times[step.label]
+    return max(finish.values(), default=0.0)
+
+
+def run_threaded(plan, output_dir: pathlib.Path, maxthreads: int) -> None:
+    """The plan as a hand-written python-cpl script would run it: each call started
+    with ``threaded=True`` in the plan's order, after reading the products of its
+    inputs (which waits for the calls that make them), at most ``maxthreads`` recipes
+    at once (``cpl.Recipe.set_maxthreads``)."""
+    import cpl
+
+    from cpldask.reduce import Step
+
+    cpl.Recipe.set_maxthreads(maxthreads)
+    recipes: dict[str, cpl.Recipe] = {}
+    running: dict[int, object] = {}
+
+    def resolve(values, tag):
+        out = []
+        for v in values:
+            if isinstance(v, Step):
+                res = running[id(v)]
+                if tag in res:  # waits for that call
+                    got = res[tag]
+                    out += got if isinstance(got, list) else [got]
+            else:
+                out.append(v)
+        return out
+
+    for step in plan.steps:
+        if step.recipe not in recipes:
+            recipes[step.recipe] = cpl.Recipe(step.recipe)
+        where = output_dir / pathlib.Path(step.output_dir).relative_to(plan.output_dir)
+        where.mkdir(parents=True, exist_ok=True)
+        raw = {tag: resolve(v, tag) for tag, v in step.raw.items()}
+        calib = {tag: resolve(v, tag) for tag, v in step.calib.items()}
+        raw = {t: v for t, v in raw.items() if v}
+        calib = {t: v for t, v in calib.items() if v}
+        running[id(step)] = recipes[step.recipe](
+            raw, tag=next(iter(raw)), param=dict(step.param), calib=calib,
+            output_dir=str(where), threaded=True)
+    for res in running.values():
+        res.tags  # waits; raises a recipe's error

@@ -1,0 +1,287 @@
+"""Issue 9: the Dask dashboard shows recipe runs by name — checked as a user would see
+it, in a real browser (Debian's headless Chromium) while recipes run.
+
+The dashboard's Status page is a Bokeh application: its progress bars and task stream
+are drawn into a canvas, so neither the HTML the server sends nor Chromium's
+``--dump-dom`` contains the names. The test therefore drives Chromium over the DevTools
+protocol (a websocket; tornado, which distributed already needs, is the client): it
+loads the page, lets Bokeh's JavaScript fetch its data over the page's own websocket,
+and reads back what the page holds — the columns of the Bokeh data sources behind the
+progress bars (one bar per task-key prefix, labelled with it) and behind the task
+stream (one rectangle per finished task, named by its prefix) — and takes a
+screenshot of what it draws.
+
+``python tests/test_dashboard.py docs/dashboard.png`` makes the screenshot kept in
+docs/: the Status page during a one-IFU synthetic MUSE reduction (see
+docs/notebooks.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--hide-scrollbars"]
+
+
+class Browser:
+    """Headless Chromium driven over the DevTools protocol: ``goto``, ``evaluate``,
+    ``screenshot``. Its own profile directory (removed on ``close``), debugging port on
+    127.0.0.1 only."""
+
+    def __init__(self, width: int = 1400, height: int = 900, timeout: float = 60):
+        if CHROMIUM is None:
+            raise FileNotFoundError("chromium is not installed (apt-get install chromium)")
+        self.timeout = timeout
+        self.profile = tempfile.mkdtemp(prefix="cpldask-chromium-")
+        self.proc = subprocess.Popen(
+            [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}",
+             "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
+             f"--window-size={width},{height}", "about:blank"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
+                                        name="cpldask-devtools")
+        self._thread.start()
+        self._ws = None
+        self._id = 0
+        try:
+            page = self._page_target()
+            self._ws = self._run(self._connect(page["webSocketDebuggerUrl"]))
+            self.call("Page.enable")
+            self.call("Emulation.setDeviceMetricsOverride", width=width, height=height,
+                      deviceScaleFactor=1, mobile=False)
+        except BaseException:
+            self.close()
+            raise
+
+    def _page_target(self) -> dict:
+        """The DevTools port Chromium chose (it writes it to DevToolsActivePort) and
+        the websocket of its one page."""
+        port_file = pathlib.Path(self.profile, "DevToolsActivePort")
+        deadline = time.monotonic() + self.timeout
+        while not (port_file.exists() and len(port_file.read_text().split()) >= 2):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"chromium exited with {self.proc.returncode}")
+            if time.monotonic() > deadline:
+                raise TimeoutError("chromium did not open its DevTools port")
+            time.sleep(0.1)
+        port = int(port_file.read_text().split()[0])
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
+            targets = json.load(r)
+        return next(t for t in targets if t.get("type") == "page")
+
+    @staticmethod
+    async def _connect(url: str):
+        from tornado.websocket import websocket_connect
+
+        return await websocket_connect(url, max_message_size=1 << 28)
+
+    def _run(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(self.timeout + 5)
+
+    def call(self, method: str, **params) -> dict:
+        """Send one DevTools command and return its result (events are skipped)."""
+        self._id += 1
+        ident = self._id
+
+        async def roundtrip():
+            await self._ws.write_message(json.dumps(
+                {"id": ident, "method": method, "params": params}))
+            while True:
+                msg = await asyncio.wait_for(self._ws.read_message(), self.timeout)
+                if msg is None:
+                    raise ConnectionError("the DevTools connection closed")
+                msg = json.loads(msg)
+                if msg.get("id") == ident:
+                    if "error" in msg:
+                        raise RuntimeError(f"{method}: {msg['error']}")
+                    return msg["result"]
+
+        return self._run(roundtrip())
+
+    def goto(self, url: str) -> None:
+        self.call("Page.navigate", url=url)
+
+    def evaluate(self, expression: str):
+        """The value of a JavaScript expression in the page (JSON-able values)."""
+        out = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        if "exceptionDetails" in out:
+            raise RuntimeError(f"JavaScript error: {out['exceptionDetails']}")
+        return out["result"].get("value")
+
+    def screenshot(self, path, clip: dict | None = None) -> pathlib.Path:
+        params = {"format": "png"}
+        if clip is not None:
+            params.update(clip={**clip, "scale": 1}, captureBeyondViewport=True)
+        data = self.call("Page.captureScreenshot", **params)["data"]
+        path = pathlib.Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(base64.b64decode(data))
+        return path
+
+    def close(self) -> None:
+        try:
+            if self._ws is not None:
+                self._loop.call_soon_threadsafe(self._ws.close)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            shutil.rmtree(self.profile, ignore_errors=True)
+
+    def __enter__(self) -> "Browser":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+#: The Bokeh data sources of the page: their columns and the distinct values of
+#: their ``name`` column (task-key prefixes), with the progress bars' counts by name.
+BOKEH_SOURCES_JS = r"""(() => {
+  const out = [];
+  for (const doc of (window.Bokeh ? window.Bokeh.documents : [])) {
+    for (const model of doc.all_models) {
+      const data = model.data;
+      if (!data || typeof data !== 'object' || model.type !== 'ColumnDataSource') continue;
+      const get = (k) => data instanceof Map ? data.get(k) : data[k];
+      const cols = data instanceof Map ? [...data.keys()] : Object.keys(data);
+      const names = get('name') ? Array.from(get('name'), String) : [];
+      const count = (col) => get(col) ? Array.from(get(col), Number) : [];
+      out.push({cols: cols, names: names, all: count('all'),
+                processing: count('processing'), memory: count('memory')});
+    }
+  }
+  return JSON.stringify(out);
+})()"""
+
+
+def dashboard_view(browser: Browser) -> dict:
+    """What the Status page holds now: ``progress`` {name: {'all', 'processing',
+    'memory'}} of the progress bars, and ``stream``, the names in the task stream."""
+    sources = json.loads(browser.evaluate(BOKEH_SOURCES_JS) or "[]")
+    progress, stream = {}, set()
+    for src in sources:
+        cols = set(src["cols"])
+        if {"all", "processing", "memory", "name"} <= cols:  # TaskProgress
+            for i, name in enumerate(src["names"]):
+                progress[name] = {k: src[k][i] for k in ("all", "processing", "memory")}
+        elif {"start", "duration", "key", "name"} <= cols:  # TaskStream
+            stream.update(src["names"])
+    return {"progress": progress, "stream": stream}
+
+
+def wait_for_view(browser: Browser, condition, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    view = {}
+    while time.monotonic() < deadline:
+        view = dashboard_view(browser)
+        if condition(view):
+            return view
+        time.sleep(0.5)
+    raise AssertionError(f"the dashboard did not show it within {timeout} s: {view}")
+
+
+# -- the test ------------------------------------------------------------------------------
+@pytest.fixture
+def browser():
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (ci/install-system.sh installs it)")
+    with Browser() as b:
+        yield b
+
+
+@pytest.mark.timeout(240)
+def test_status_page_shows_recipe_runs_by_name(client, test_recipe, any_fits, browser,
+                                               tmp_path):
+    link = client.dashboard_link
+    assert link and link.endswith("/status")
+    # a user opens the dashboard first (the task stream records tasks from then on)
+    browser.goto(link)
+    wait_for_view(browser, lambda v: bool(v["stream"]), timeout=60)  # Bokeh has its data
+    run = uuid.uuid4().hex[:8]  # calls of their own: they share no task with other tests
+    short = [test_recipe(any_fits, param={"sleep": 0.2, "value": i}, env={"RUN": run},
+                         threaded=True) for i in range(2)]
+    long = [test_recipe(any_fits, param={"sleep": 300.0, "value": 10 + i},
+                        env={"RUN": run}, threaded=True) for i in range(2)]
+    try:
+        for res in short:
+            res.result()
+        # the progress bars: one labelled cpldask_test, with recipes still running;
+        # the task stream: the finished calls, named cpldask_test
+        view = wait_for_view(
+            browser, lambda v: v["progress"].get("cpldask_test", {}).get("processing", 0) >= 1
+            and "cpldask_test" in v["stream"], timeout=60)
+        assert not any(res.done() for res in long), [(r.status, r.exception(0)) for r in long]
+        bar = view["progress"]["cpldask_test"]
+        assert bar["memory"] >= 2 and bar["all"] >= 4
+        shot = browser.screenshot(tmp_path / "status.png")
+        assert shot.stat().st_size > 20_000  # a drawn page, not a blank one
+        # the task-stream page of its own shows the same names
+        browser.goto(link.rsplit("/", 1)[0] + "/individual-task-stream")
+        wait_for_view(browser, lambda v: "cpldask_test" in v["stream"], timeout=30)
+    finally:
+        for res in long:
+            res.cancel()
+
+
+# -- the screenshot in docs/ -----------------------------------------------------------------
+def _main(argv: list[str]) -> int:
+    """``python tests/test_dashboard.py OUT.png [--workdir DIR]``: screenshot the Status
+    page in the middle of a one-IFU synthetic MUSE reduction."""
+    import argparse
+
+    import cpldask
+    import cpldask.reduce
+
+    parser = argparse.ArgumentParser(description=_main.__doc__)
+    parser.add_argument("png")
+    parser.add_argument("--workdir", default=str(pathlib.Path(tempfile.gettempdir())
+                                                 / "cpldask-notebooks" / "dashboard"))
+    parser.add_argument("--after", type=int, default=6,
+                        help="take it once this many recipe calls have finished")
+    args = parser.parse_args(argv)
+    out = pathlib.Path(args.png).absolute()
+    red = cpldask.reduce.demo(args.workdir, ifus=(1,), wait=False)
+    try:
+        with Browser() as b:
+            b.goto(cpldask.dashboard_link())
+            while True:
+                done = sum(1 for s in red.steps if s.status == "finished")
+                running = len(red.steps) - done
+                if done >= args.after or not running:
+                    break
+                time.sleep(1)
+            time.sleep(2)  # the page polls the scheduler about every 100 ms - 1 s
+            b.screenshot(out)
+            print(f"{out}: {done} of {len(red.steps)} calls finished")
+    finally:
+        red.cancel()
+        cpldask.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
