@@ -17,6 +17,7 @@ from cpldask: nothing here imports the client side.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import json
@@ -186,7 +187,7 @@ def _from_cache(spec: CallSpec, hit: dict, call_dir: pathlib.Path):
         if spec.output_dir:
             _cache._link_or_copy(path, call_dir / name)
             path = call_dir / name
-        products.append(Product(tag, str(path), path.stat().st_size, _header(path)))
+        products.append(Product(tag, str(path), path.stat().st_size, _header(path), _hdus(path)))
     now = time.time()
     run = hit.get("run", {})
     report = {"log": [], "start": now, "end": now, "max_rss": 0,
@@ -374,7 +375,7 @@ def _collect(spec: CallSpec, report: dict, call_dir: pathlib.Path) -> list[Produ
         path = call_dir / name
         if not path.exists():
             continue
-        products.append(Product(tag, str(path), path.stat().st_size, _header(path)))
+        products.append(Product(tag, str(path), path.stat().st_size, _header(path), _hdus(path)))
     if spec.expect and not products:
         raise errors.NoProductsError(spec.recipe, spec.expect, errors.loglist(report["log"]))
     return products
@@ -388,6 +389,31 @@ def _header(path: pathlib.Path) -> dict:
     keep = {k: header[k] for k in HEADER_KEYS if k in header}
     keep.update({k: v for k, v in header.items() if k.startswith("ESO QC")})
     return keep
+
+
+#: numpy dtype of a FITS BITPIX
+_BITPIX = {8: "uint8", 16: "int16", 32: "int32", 64: "int64", -32: "float32", -64: "float64"}
+
+
+def _hdus(path: pathlib.Path) -> tuple:
+    """(name, shape, dtype) of each HDU of a product that holds data, read from the
+    headers only (no pixels): numpy order, e.g. ('DATA', (3681, 24, 301), 'float32');
+    a table gives (rows,) and its column count as ``'table, N columns'``."""
+    out = []
+    try:
+        with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+            for hdu in hdul:
+                h = hdu.header
+                if isinstance(hdu, (fits.BinTableHDU, fits.TableHDU)):
+                    out.append((hdu.name, (int(h.get("NAXIS2", 0)),),
+                                f"table, {h.get('TFIELDS', 0)} columns"))
+                elif hdu.shape:  # images, tile-compressed ones too (from the header)
+                    bitpix = h.get("ZBITPIX", h.get("BITPIX"))
+                    out.append((hdu.name, tuple(int(n) for n in hdu.shape),
+                                _BITPIX.get(bitpix, f"BITPIX {bitpix}")))
+    except (OSError, ValueError):
+        return ()
+    return tuple(out)
 
 
 def _install(products: list[Product], output_dir: pathlib.Path, since: float, *,
@@ -413,7 +439,7 @@ def _install(products: list[Product], output_dir: pathlib.Path, since: float, *,
             os.replace(src, dest)
             now = time.time()
             os.utime(dest, (now, now))  # the install time tells later calls who came first
-            installed.append(Product(p.tag, str(dest), p.size, p.header))
+            installed.append(dataclasses.replace(p, path=str(dest)))
         if installed:  # the provenance record lives beside the products
             stem = pathlib.Path(installed[0].path).stem
             prov = {**provenance, "products": [(p.tag, p.path) for p in installed]}

@@ -68,6 +68,7 @@ class Product:
     path: str
     size: int
     header: dict  # a few primary-header values: PRO CATG, QC keywords, DATAMD5
+    hdus: tuple = ()  # (extension name, shape, dtype) of each HDU with data, from headers
 
 
 @dataclasses.dataclass

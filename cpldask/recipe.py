@@ -330,7 +330,8 @@ class Recipe:
                                       memory_limit=memory_limit, resources=resources,
                                       cache=cache)
         client = _cluster.get_client()
-        res = Result(client.compute(delayed), self.__name__, output=output)
+        res = Result(client.compute(delayed), self.__name__, output=output,
+                     defaults={p.fullname: p.default for p in self._param})
         if not (self.threaded if threaded is None else threaded):
             res.result()
         return res

@@ -43,8 +43,10 @@ class Result:
     (4112, 4096)
     """
 
-    def __init__(self, future: distributed.Future, recipe: str, *, output: str | None):
+    def __init__(self, future: distributed.Future, recipe: str, *, output: str | None,
+                 defaults: dict | None = None):
         self.future = future
+        self._defaults = defaults or {}  # parameter defaults, for the display
         self.recipe = recipe
         self._path_products = output is not None
         self._record: RunRecord | None = None
@@ -97,6 +99,19 @@ class Result:
         while not self.done():
             await asyncio.sleep(0.05)
         return self.result()
+
+    # -- a Dask collection of one future: distributed.progress(results),
+    #    distributed.wait(results) and futures_of() accept results as they are ----------
+    expr = None  # is_dask_collection() probes .expr: a miss must not wait for products
+
+    def __dask_graph__(self) -> dict:
+        return {self.key: self.future}
+
+    def __dask_keys__(self) -> list:
+        return [self.key]
+
+    def __dask_tokenize__(self) -> str:
+        return self.key
 
     # -- python-cpl's thread interface (the seed) -------------------------------------
     def join(self, timeout: float | None = None) -> None:
@@ -196,20 +211,39 @@ class Result:
         return f"<Result {self.recipe} status={self.status}{extra} key={self.key!r}>"
 
     def _repr_html_(self) -> str:
-        rows = [("recipe", self.recipe), ("status", self.status), ("key", self.key)]
-        if self.status == "finished":
+        """Jupyter's display: status, recipe, the parameters that differ from the
+        defaults, products with shapes and paths, duration; on error the exception and
+        the last lines of the recipe's log."""
+        e = lambda v: html.escape(str(v))  # noqa: E731
+        status = self.status
+        colour = {"finished": "#2e7d32", "error": "#c62828", "pending": "#1565c0"}.get(
+            status, "#616161")
+        rows = [("status", f"<b style='color:{colour}'>{e(status)}</b>"),
+                ("recipe", f"<b>{e(self.recipe)}</b>"),
+                ("key", f"<code>{e(self.key)}</code>")]
+        if status == "finished":
             rec = self._get()
-            rows.append(("duration", f"{rec.end - rec.start:.1f} s on {rec.host}"))
-            rows += [(p.tag, p.path) for p in rec.products]
-            rows += [(name.rsplit(".", 1)[-1], repr(v)) for name, v in rec.params]
-        elif self.status == "error":
+            changed = [(name.rsplit(".", 1)[-1], value) for name, value in rec.params
+                       if name not in self._defaults or value != self._defaults[name]]
+            rows.append(("parameters", e(", ".join(f"{k}={v!r}" for k, v in changed)
+                                         or "all defaults")))
+            for p in rec.products:
+                shapes = "<br>".join(
+                    e(f"{name or 'PRIMARY'} {chr(215).join(map(str, shape))} {dtype}")
+                    for name, shape, dtype in getattr(p, "hdus", ()))
+                rows.append((e(p.tag), (f"{shapes}<br>" if shapes else "")
+                             + f"<code>{e(p.path)}</code>"))
+            took = f"{rec.end - rec.start:.1f} s on {rec.host}"
+            rows.append(("duration", e(took + (" (product cache)" if rec.cache_hit else ""))))
+        elif status == "error":
             err = self.future.exception()
-            rows.append(("error", f"{type(err).__name__}: {err}"))
-            log = getattr(err, "log", None) or []
-            rows += [("log", getattr(r, "msg", r)) for r in list(log)[-5:]]
-        cells = "".join(f"<tr><th style='text-align:left'>{html.escape(str(a))}</th>"
-                        f"<td style='text-align:left'>{html.escape(str(b))}</td></tr>"
-                        for a, b in rows)
+            rows.append(("error", e(f"{type(err).__name__}: {err}")))
+            log = [getattr(r, "msg", r) for r in list(getattr(err, "log", None) or [])[-8:]]
+            if log:
+                rows.append(("log", "<pre style='margin:0'>" + e("\n".join(map(str, log)))
+                             + "</pre>"))
+        cells = "".join(f"<tr><th style='text-align:left;vertical-align:top'>{a}</th>"
+                        f"<td style='text-align:left'>{b}</td></tr>" for a, b in rows)
         return f"<table>{cells}</table>"
 
 

@@ -229,14 +229,16 @@ def test_status_page_shows_recipe_runs_by_name(client, test_recipe, any_fits, br
     try:
         for res in short:
             res.result()
-        # the progress bars: one labelled cpldask_test, with recipes still running;
-        # the task stream: the finished calls, named cpldask_test
-        view = wait_for_view(
-            browser, lambda v: v["progress"].get("cpldask_test", {}).get("processing", 0) >= 1
-            and "cpldask_test" in v["stream"], timeout=60)
+        # the progress bars: one labelled cpldask_test, with the two short calls done
+        # and recipes still running; the task stream: the finished calls, named so
+        def shown(v):
+            bar = v["progress"].get("cpldask_test", {})
+            return (bar.get("memory", 0) >= 2 and bar.get("processing", 0) >= 1
+                    and "cpldask_test" in v["stream"])
+
+        view = wait_for_view(browser, shown, timeout=60)
         assert not any(res.done() for res in long), [(r.status, r.exception(0)) for r in long]
-        bar = view["progress"]["cpldask_test"]
-        assert bar["memory"] >= 2 and bar["all"] >= 4
+        assert view["progress"]["cpldask_test"]["all"] >= 4
         shot = browser.screenshot(tmp_path / "status.png")
         assert shot.stat().st_size > 20_000  # a drawn page, not a blank one
         # the task-stream page of its own shows the same names
