@@ -264,7 +264,7 @@ def test_bad_input(argv, message, any_fits, tmp_path, capsys):
 # -- demo ----------------------------------------------------------------------------
 @pytest.mark.slow
 def test_demo(tmp_path, capsys):
-    code = handle_args(["demo", "--sets", "2", "--workdir", str(tmp_path)])
+    code = handle_args(["demo", "--bias", "--sets", "2", "--workdir", str(tmp_path)])
     assert code == 0
     captured = capsys.readouterr()
     assert "median DATA [adu]" in captured.out and "dashboard:" in captured.err
@@ -309,3 +309,21 @@ def test_console_script_runs_muse_bias_over_sofs(bias_files, tmp_path):
             assert hdul["DATA"].data.shape == (4112, 4096)
     assert proc.stdout.count("done") == 3
     assert "dashboard: http://127.0.0.1:" in proc.stderr
+
+
+def test_reduce_dry_run(tmp_path, capsys):
+    from test_reduce import night
+
+    night(tmp_path)
+    graph = tmp_path / "graph.dot"
+    assert handle_args(["reduce", str(tmp_path), "--ifus", "1-2", "--dry-run",
+                        "--output-dir", str(tmp_path / "out"), "--graph", str(graph)]) == 0
+    text = capsys.readouterr().out
+    assert "muse_bias[1]" in text and "muse_scipost" in text
+    assert '"muse_bias[1]" -> "muse_dark[1]";' in graph.read_text()
+
+
+def test_reduce_bad_ifus(tmp_path, capsys):
+    assert handle_args(["reduce", str(tmp_path), "--ifus", "0-30", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cpldask: error: --ifus") and "Traceback" not in err

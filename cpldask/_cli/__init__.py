@@ -27,7 +27,7 @@ from rich.console import Console
 
 from .. import __version__
 from ..recipe import Recipe
-from . import _cache, _catalog, _demo, _run
+from . import _cache, _catalog, _reduce, _run
 from ._batch import EXIT_INTERRUPTED
 from ._inputs import UsageError
 
@@ -110,18 +110,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_run.run)
 
     p = commands.add_parser(
-        "demo", parents=[cluster], help="reduce synthetic MUSE biases in parallel",
-        description="Write sets of synthetic MUSE bias frames and reduce each set to "
-                    "a master bias with muse_bias, all sets in parallel.")
+        "reduce", parents=[cluster], help="reduce a folder of raw MUSE frames",
+        description="Classify the raw frames, associate calibrations and run the whole "
+                    "MUSE cascade as one graph: per IFU muse_bias ... muse_scibasic, "
+                    "then muse_scipost over all IFUs.")
+    p.add_argument("raw", metavar="RAW_DIR", help="folder of raw frames (walked)")
+    p.add_argument("--ifus", metavar="LIST", help="IFUs to reduce, e.g. 1-24 or 1,3,5 "
+                   "(default: every IFU in the frames)")
+    p.add_argument("--output-dir", default="reduced", metavar="DIR",
+                   help="where products go, one folder per step and IFU (default: "
+                        "./reduced)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the classified frames and the graph; run nothing")
+    p.add_argument("--graph", metavar="FILE", help="also draw the graph (.png, .svg, .dot)")
+    p.set_defaults(handler=_reduce.reduce)
+
+    p = commands.add_parser(
+        "demo", parents=[cluster], help="reduce a synthetic MUSE exposure end to end",
+        description="Write a synthetic MUSE exposure and reduce it end to end (the whole "
+                    "cascade, a cube and a PNG of its white-light image); with --bias, "
+                    "reduce sets of bias frames to master biases in parallel instead.")
     p.add_argument("--workdir", default="cpldask-demo", metavar="DIR",
                    help="where frames and products go (default: ./cpldask-demo)")
+    p.add_argument("--ifus", metavar="LIST", help="IFUs of the exposure (default: 1-2)")
+    p.add_argument("--bias", action="store_true",
+                   help="the quick demo: only master biases of --sets bias sets")
     p.add_argument("--sets", type=_positive, default=3, metavar="N",
-                   help="number of bias sets (default: 3)")
+                   help="--bias: number of bias sets (default: 3)")
     p.add_argument("--frames", type=_positive, default=3, metavar="N",
-                   help="frames per set (default: 3)")
+                   help="--bias: frames per set (default: 3)")
     p.add_argument("--seed", type=int, default=0,
-                   help="base noise seed: set i uses SEED+i (default: 0)")
-    p.set_defaults(handler=_demo.demo)
+                   help="noise seed (--bias: set i uses SEED+i) (default: 0)")
+    p.set_defaults(handler=_reduce.demo)
 
     p = commands.add_parser(
         "cache", help="list, size or prune the product cache",

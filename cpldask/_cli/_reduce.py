@@ -1,0 +1,74 @@
+"""``cpldask reduce RAW_DIR`` and ``cpldask demo``: a whole MUSE reduction, followed
+with the same display as ``cpldask run`` (:func:`cpldask._cli._batch.monitor`).
+
+The reduction itself — classification, association, the graph — is
+:mod:`cpldask.reduce`; this module only turns its steps into display jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+
+from .. import reduce as reduction
+from . import _demo
+from ._batch import Job, cluster, monitor
+from ._inputs import UsageError
+
+__all__ = ["reduce", "demo"]
+
+
+def _ifus(text: str | None):
+    if text is None:
+        return None
+    try:
+        return reduction.parse_ifus(text)
+    except ValueError as err:
+        raise UsageError(f"--ifus {text!r}: {err}") from err
+
+
+def _follow(red, title: str, out: Console, err: Console) -> int:
+    jobs = [Job(step.label, step.result) for step in red.steps]
+    return monitor(jobs, title=title, out=out, err=err, label_header="step")
+
+
+def reduce(args: argparse.Namespace, out: Console, err: Console) -> int:
+    """``cpldask reduce RAW [--ifus 1-24] [--output-dir D] [--dry-run] [--graph F]``."""
+    ifus = _ifus(args.ifus)
+    try:
+        if args.dry_run:
+            red = reduction.reduce(args.raw, ifus=ifus, output_dir=args.output_dir,
+                                   dry_run=True, graph=args.graph)
+            out.print(red.describe(), markup=False, highlight=False, soft_wrap=True)
+            return 0
+        with cluster(args.scheduler, args.slots):
+            red = reduction.reduce(args.raw, ifus=ifus, output_dir=args.output_dir,
+                                   graph=args.graph, wait=False)
+            code = _follow(red, f"reduce {args.raw}", out, err)
+    except (ValueError, LookupError, OSError) as exc:  # nothing to reduce, no match
+        raise UsageError(str(exc)) from exc
+    if code == 0:
+        for tag, path in red.final.items():
+            out.print(f"{tag}: {path}", markup=False, highlight=False, soft_wrap=True)
+    return code
+
+
+def demo(args: argparse.Namespace, out: Console, err: Console) -> int:
+    """``cpldask demo [--ifus 1-2] [--workdir D]``: a synthetic exposure, reduced end
+    to end, and a PNG of the white-light image (``--bias``: the quick master-bias demo
+    of :mod:`cpldask._cli._demo`)."""
+    if args.bias:
+        return _demo.demo(args, out, err)
+    ifus = _ifus(args.ifus) or (1, 2)
+    with cluster(args.scheduler, args.slots):
+        red = reduction.demo(args.workdir, ifus=ifus, seed=args.seed, wait=False)
+        code = _follow(red, f"MUSE reduction of IFUs {args.ifus or '1-2'}", out, err)
+    if code == 0:
+        red.png = reduction.white_light_png(red.final["IMAGE_FOV"], red.png_target,
+                                            ifus=red.ifus)
+        for tag, path in red.final.items():
+            out.print(f"{tag}: {path}", markup=False, highlight=False, soft_wrap=True)
+        out.print(f"white-light image: {red.png}", markup=False, highlight=False,
+                  soft_wrap=True)
+    return code
