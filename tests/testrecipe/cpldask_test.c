@@ -17,9 +17,9 @@
  *                            filled with the product index
  *   value      (double)      echoed as ESO QC ECHO VALUE
  *   label      (string)      echoed as ESO QC ECHO LABEL
- *   spin       (double, s)   busy-loop this long in an OpenMP parallel
- *                            region: the CPU time then shows how many
- *                            threads the OpenMP runtime really started
+ *   spin       (double, s)   burn this much CPU in each thread of an
+ *                            OpenMP parallel region: the CPU time then
+ *                            shows how many threads the runtime started
  *
  * Order of execution: TSTART, sleep, OMP log, alloc, fail, crash, noproducts,
  * TEND, products.  (alloc comes before fail/crash so that "alloc + kill"
@@ -230,6 +230,13 @@ static double wall_time(void)
     return (double)tv.tv_sec + 1e-6 * (double)tv.tv_usec;
 }
 
+static double thread_cpu_time(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 static void sleep_seconds(double seconds)
 {
     if (!(seconds > 0.0)) {
@@ -307,14 +314,16 @@ static int cpldask_test(cpl_frameset *frames, const cpl_parameterlist *pars)
 #pragma omp parallel
         {
             volatile double x = 0;
-            const double until = wall_time() + spin_s;
+            /* a fixed amount of CPU per thread (not of wall time): the recipe's
+               CPU time is then threads x spin, however busy the machine is */
+            const double until = thread_cpu_time() + spin_s;
 #pragma omp master
 #ifdef _OPENMP
             nthreads = omp_get_num_threads();
 #else
             nthreads = 1;
 #endif
-            while (wall_time() < until) {
+            while (thread_cpu_time() < until) {
                 for (int i = 0; i < 10000; i++) x += i;
             }
         }
