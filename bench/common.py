@@ -48,7 +48,9 @@ class Context:
             value = self.options[name]
             kind = type(full if full is not None else quick)
             if kind is list:
-                return [int(v) for v in str(value).split(",")]
+                default = full if full is not None else quick
+                elem = type(default[0]) if default else str
+                return [elem(v) for v in str(value).split(",")]
             return kind(value) if kind in (int, float) else value
         return quick if self.quick else full
 

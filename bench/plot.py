@@ -12,8 +12,8 @@ import pathlib
 import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
-COLORS = {"cpldask": "#1f77b4", "python-cpl threaded": "#ff7f0e", "python-cpl serial": "#7f7f7f",
-          "python-cpl": "#ff7f0e", "lower bound": "#2ca02c"}
+COLORS = {"cpldask": "#1f77b4", "cpldask 1 worker": "#17becf", "python-cpl threaded": "#ff7f0e",
+          "python-cpl serial": "#7f7f7f", "python-cpl": "#ff7f0e", "lower bound": "#2ca02c"}
 
 
 def _find(res: dict, prefix: str) -> dict | None:
@@ -124,17 +124,18 @@ def plot(report: dict, out: pathlib.Path) -> pathlib.Path:
     res = b.get("cascade")
     if res and res.get("rows"):
         walls = [r for r in res["rows"] if r["metric"].endswith(": wall")]
-        names = ["cpldask", "python-cpl threaded", "python-cpl serial", "lower bound"]
-        w = 0.2
+        names = [n for n in ("cpldask", "cpldask 1 worker", "python-cpl threaded",
+                             "python-cpl serial", "lower bound")
+                 if any(r["median"].get(n) is not None for r in walls)]
+        w = 0.8 / len(names)
         for i, r in enumerate(walls):
             for j, name in enumerate(names):
                 m = r["median"].get(name)
                 if m is None:
                     continue
-                a5.bar(i + (j - 1.5) * w, m, w, color=COLORS[name],
-                       label=name if i == 0 else None)
-                a5.annotate(f"{m:.0f}", (i + (j - 1.5) * w, m), ha="center", va="bottom",
-                            fontsize=7)
+                x = i + (j - (len(names) - 1) / 2) * w
+                a5.bar(x, m, w, color=COLORS[name], label=name if i == 0 else None)
+                a5.annotate(f"{m:.0f}", (x, m), ha="center", va="bottom", fontsize=7)
         a5.set_xticks(range(len(walls)), [r["metric"].split(":")[0] for r in walls], fontsize=8)
         a5.set_ylabel("wall [s]")
         a5.set_title("5. the cascade, end to end on 2 cores", fontsize=9)

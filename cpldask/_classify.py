@@ -433,7 +433,10 @@ class Association:
                     lines.append(f"  {tag + f'[ifu {ifu}]':<18} {_describe(frames, when)}")
         lines += [f"  note: {n}" for n in self.notes]
         if self.unused:
-            lines.append(f"  not used: {', '.join(f'{f.name} ({f.tag})' for f in self.unused)}")
+            counts: dict[str, int] = {}
+            for f in self.unused:
+                counts[f.tag] = counts.get(f.tag, 0) + 1
+            lines.append("  not used: " + ", ".join(f"{n} {tag}" for tag, n in counts.items()))
         return "\n".join(lines)
 
 

@@ -35,7 +35,6 @@ import logging
 import os
 import pathlib
 import sys
-import threading
 import time
 import types
 from collections.abc import Callable, Iterable, Mapping
@@ -73,6 +72,8 @@ class Step:
     output_dir: str
     result: Any = None  # cpldask.Result once submitted
     optional_calib: tuple[str, ...] = ()
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    after: list["Step"] = dataclasses.field(default_factory=list)  # ordering only
 
     @property
     def label(self) -> str:
@@ -108,10 +109,11 @@ class Plan:
 
     def call(self, recipe: str, raw: Mapping[str, Any], *, ifu: int | None = None,
              calib: Mapping[str, Any] | None = None, param: Mapping | None = None,
-             name: str | None = None) -> Step:
+             name: str | None = None, after: Iterable[Step] = ()) -> Step:
         """Add a call of ``recipe``; ``raw``/``calib`` values are a path, a Step or a
         list of these (empty entries are left out). Parameters from the rules'
-        ``workflow.parameters[name]`` come first, ``param`` overrides them."""
+        ``workflow.parameters[name]`` come first, ``param`` overrides them. ``after``:
+        steps this call waits for without taking their products (an ordering hint)."""
         name = name or recipe
         if any(s.name == name and s.ifu == ifu for s in self.steps):
             raise ValueError(f"step {name} for IFU {ifu} is already in the plan")
@@ -121,7 +123,8 @@ class Plan:
             where = where / f"ifu{ifu:02d}"
         step = Step(name, recipe, ifu, _frames(raw), _frames(calib or {}), params,
                     str(where), optional_calib=tuple(
-                        self.settings.get("optional_calibrations", {}).get(recipe, ())))
+                        self.settings.get("optional_calibrations", {}).get(recipe, ())),
+                    after=list(after))
         self.steps.append(step)
         return step
 
@@ -202,12 +205,17 @@ def muse_workflow(plan: Plan, assoc: Association, *, flux: bool | None = None) -
                                ifu=k, calib=basic(k), param={"nifu": k})
         plan.call("muse_scipost", {f"PIXTABLE_{tag}": [sci[k] for k in ifus]})
 
+    # muse_lsf is off the path to the cube: it starts once every wavecal is done, when
+    # muse_twilight is ready too and (higher in priority) gets a slot first; started
+    # as soon as its own wavecal was done, Dask's greedy placement could put both
+    # lsf calls of a 2-core machine ahead of twilight and leave twilight to run alone
     for k in ifus:
         lsf[k] = plan.call("muse_lsf", {"ARC": assoc.paths("ARC", k)}, ifu=k,
                            calib={"MASTER_BIAS": bias[k], "TRACE_TABLE": flat[k],
                                   "WAVECAL_TABLE": wavecal[k],
                                   "LINE_CATALOG": static["LINE_CATALOG"]},
-                           param={"nifu": k})
+                           param={"nifu": k},
+                           after=[wavecal[j] for j in ifus] if twilight else ())
 
     if flux is None:
         flux = len(ifus) >= int(cfg.get("flux_min_ifus", 3))
@@ -271,10 +279,10 @@ class Reduction:
         self.association = association
         self.steps = plan.steps
         self.output_dir = plan.output_dir
+        self.settings = plan.settings
         self.submitted_at: float | None = None
         self.finished_at: float | None = None
         self._recipes: dict[str, Any] = {}
-        self._lock = threading.Lock()
 
     # -- looking at the plan ------------------------------------------------------
     @property
@@ -308,6 +316,8 @@ class Reduction:
                     parts.append(f"      {group:<5} {tag:<15} {_short_list(shown)}")
             if step.param:
                 parts.append("      param " + " ".join(f"{k}={v}" for k, v in step.param.items()))
+            if step.after:
+                parts.append("      waits for " + _short_list([a.label for a in step.after], 4))
         return "\n".join(parts)
 
     def dot(self) -> str:
@@ -358,14 +368,36 @@ class Reduction:
             raw = {tag: [self._input(v) for v in values] for tag, values in step.raw.items()}
             calib = {tag: [self._input(v) for v in values]
                      for tag, values in step.calib.items()}
+            self._gate(step, raw, calib)
             # among calls that are ready, Dask runs the higher priority first: the
             # order of the plan (calls made within a minute otherwise tie)
             with dask.annotate(priority=len(self.steps) - i):
                 step.result = recipe(raw, tag=next(iter(raw)), calib=calib,
                                      param=step.param, output_dir=step.output_dir,
-                                     cache=cache)
+                                     cache=cache, env=step.env or None)
             step.result.add_done_callback(self._on_done(step, progress))
         return self
+
+    @staticmethod
+    def _gate(step: Step, raw: dict, calib: dict) -> None:
+        """Make ``step`` wait for ``step.after`` (an ordering, not an input): one of its
+        input files is handed over by a tiny task that depends on those steps' results.
+        """
+        if not step.after:
+            return
+        import dask
+        from dask.base import tokenize
+
+        for group in (raw, calib):
+            for tag, values in group.items():
+                for i, value in enumerate(values):
+                    if isinstance(value, (str, os.PathLike)):
+                        token = tokenize(os.fspath(value), [s.result.key for s in step.after])
+                        values[i] = dask.delayed(_after, pure=True)(
+                            os.fspath(value), *[s.result.future for s in step.after],
+                            dask_key_name=f"after-{token}")
+                        return
+        raise ValueError(f"{step.label}: after= needs a file input to hold back")
 
     def _input(self, value):
         if isinstance(value, Step):
@@ -481,6 +513,12 @@ class Reduction:
             "done" if self.done else "running")
         return (f"<Reduction {len(self.steps)} steps, IFUs {_ranges(self.ifus)}, {state}, "
                 f"output_dir={self.output_dir!r}>")
+
+
+def _after(path: str, *_done) -> str:
+    """The gate of :meth:`Reduction._gate`: ``path``, once the steps it waits for
+    (its other arguments) have finished."""
+    return path
 
 
 def _declare_optional(recipe, tags: Iterable[str]) -> None:
@@ -852,8 +890,9 @@ def run_sequential(reduction: Reduction, output_dir: str | os.PathLike) -> dict[
 
 def _main(argv: list[str] | None = None) -> int:
     """``python -m cpldask.reduce bench WORKDIR [--ifus 1,2]``: reduce a synthetic
-    exposure with cpldask, then run the same calls with python-cpl one after
-    another, and print both wall times and their ratio (JSON)."""
+    exposure with cpldask (product cache off), and run the same calls with python-cpl
+    one after another; print both wall times and their ratio (JSON, also written to
+    ``WORKDIR/bench.json``)."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m cpldask.reduce")
@@ -862,9 +901,11 @@ def _main(argv: list[str] | None = None) -> int:
     bench.add_argument("workdir")
     bench.add_argument("--ifus", default="1,2")
     bench.add_argument("--seed", type=int, default=0)
-    bench.add_argument("--skip-sequential", action="store_true")
+    bench.add_argument("--order", default="cpldask,python-cpl",
+                       help="variants to run, in this order (default: %(default)s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("cpl").setLevel(logging.WARNING)
 
     from . import _cluster, synthetic
 
@@ -876,25 +917,30 @@ def _main(argv: list[str] | None = None) -> int:
     if not (stamp.exists() and json.loads(stamp.read_text()) == want):
         synthetic.make_exposure(raw, ifus=ifus, seed=args.seed, lingain=False)
         stamp.write_text(json.dumps(want))
-    t0 = time.monotonic()
-    _cluster.get_client()  # start the embedded cluster outside the timed part
-    startup = time.monotonic() - t0
-    load0 = os.getloadavg()[0]
-    t0 = time.monotonic()
-    red = reduce(raw, ifus=ifus, output_dir=work / "cpldask", cache=False,
-                 progress=lambda s, r: log.info("done %s (%s)", s.label, r.status))
-    dask_wall = time.monotonic() - t0
-    print(red.table())
-    out = {"ifus": list(ifus), "steps": len(red.steps), "cpldask_wall": round(dask_wall, 1),
-           "cluster_startup": round(startup, 1), "loadavg_before": load0,
-           "cores": len(os.sched_getaffinity(0))}
-    if not args.skip_sequential:
-        load1 = os.getloadavg()[0]
-        seq = run_sequential(red, work / "python-cpl")
-        out.update(sequential_wall=round(seq["total"], 1), loadavg_before_sequential=load1,
-                   ratio=round(seq["total"] / dask_wall, 2),
-                   sequential_steps={k: round(v, 1) for k, v in seq.items()})
-    out["cpldask_steps"] = {r["step"]: round(r["wall"], 1) for r in red.rows() if r["wall"]}
+    out: dict[str, Any] = {"ifus": list(ifus), "cores": len(os.sched_getaffinity(0))}
+    for variant in args.order.split(","):
+        out[f"loadavg_before_{variant}"] = round(os.getloadavg()[0], 2)
+        if variant == "cpldask":
+            t0 = time.monotonic()
+            _cluster.get_client()  # start the embedded cluster outside the timed part
+            out["cluster_startup"] = round(time.monotonic() - t0, 1)
+            t0 = time.monotonic()
+            red = reduce(raw, ifus=ifus, output_dir=work / "cpldask", cache=False,
+                         progress=lambda s, r: log.info("done %s (%s)", s.label, r.status))
+            out["cpldask_wall"] = round(time.monotonic() - t0, 1)
+            out["steps"] = len(red.steps)
+            print(red.table())
+            out["cpldask_steps"] = {r["step"]: [round(r["start"], 1), round(r["wall"], 1)]
+                                    for r in red.rows()}
+        elif variant == "python-cpl":
+            plan = reduce(raw, ifus=ifus, output_dir=work / "cpldask", dry_run=True)
+            seq = run_sequential(plan, work / "python-cpl")
+            out["sequential_wall"] = round(seq.pop("total"), 1)
+            out["sequential_steps"] = {k: round(v, 1) for k, v in seq.items()}
+        else:
+            raise SystemExit(f"unknown variant {variant!r}: cpldask, python-cpl")
+    if "cpldask_wall" in out and "sequential_wall" in out:
+        out["ratio"] = round(out["sequential_wall"] / out["cpldask_wall"], 2)
     print(json.dumps(out, indent=1))
     (work / "bench.json").write_text(json.dumps(out, indent=1))
     return 0

@@ -8,6 +8,8 @@ the cascade) is shared by the slow tests.
 from __future__ import annotations
 
 import os
+import threading
+import time
 import pathlib
 
 import numpy as np
@@ -17,7 +19,7 @@ from astropy.io import fits
 import cpldask
 from cpldask import reduce as R
 from cpldask import synthetic
-from helpers import max_overlap
+from helpers import max_overlap, recipe_pids
 
 DAY = 1.0
 HOUR = 1.0 / 24.0
@@ -324,9 +326,9 @@ def demo_run(tmp_path_factory, recipe_path):
     """``cpldask.reduce.demo`` of IFUs 1 and 2: synthetic exposure, whole cascade, PNG."""
     work = tmp_path_factory.mktemp("reduce-demo")
     finished = []
-    # cache=False: every recipe really runs (the product cache would otherwise return
-    # the products of an earlier reduction of the same, deterministic, exposure)
-    red = R.demo(work, ifus=(1, 2), cache=False,
+    # the session's product cache is empty (conftest): every recipe really runs, and
+    # its products are kept for test_rerun_is_served_from_the_cache
+    red = R.demo(work, ifus=(1, 2), cache=True,
                  progress=lambda step, res: finished.append(step.label))
     return red, finished, work
 
@@ -412,3 +414,37 @@ def test_white_light_png_marks_the_star(demo_run, tmp_path):
 
     img = matplotlib.image.imread(png)
     assert img.shape[1] == 1100 and img.shape[0] > 200
+
+
+@pytest.mark.slow
+def test_rerun_is_served_from_the_cache(demo_run):
+    """Issue 10: re-running the cascade with unchanged inputs starts no recipe and
+    takes < 5 % of the first run; the recipe processes are counted by watching
+    /proc for processes named after any of the recipes."""
+    red, _, work = demo_run
+    names = {s.recipe for s in red.steps}
+    seen: set = set()
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            for name in names:
+                seen.update(recipe_pids(name))
+            stop.wait(0.01)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    t0 = time.monotonic()
+    try:
+        again = R.reduce(work / "raw", ifus=(1, 2), output_dir=work / "reduced-again",
+                         cache=True)
+    finally:
+        stop.set()
+        watcher.join()
+    took = time.monotonic() - t0
+    assert seen == set()  # not one recipe process
+    assert all(rec.cache_hit for rec in again.records().values())
+    first = red.finished_at - red.submitted_at  # the first reduction, data excluded
+    assert took < 0.05 * first, (took, first)
+    with fits.open(again.final["IMAGE_FOV"]) as a, fits.open(red.final["IMAGE_FOV"]) as b:
+        np.testing.assert_array_equal(a["DATA"].data, b["DATA"].data)
