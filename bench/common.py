@@ -302,7 +302,17 @@ def environment() -> dict[str, Any]:
         "distributed": distributed.__version__,
         "cpl_version": _cpl_version(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        # 1: Linux shares the CPU fairly between sessions. cpldask's recipe processes
+        # each lead a session of their own, python-cpl's run in the driver's: on a
+        # machine busy with other sessions cpldask's recipes then get more CPU.
+        "sched_autogroup": _read("/proc/sys/kernel/sched_autogroup_enabled"),
     }
+
+
+def _read(path: str) -> str | None:
+    with contextlib.suppress(OSError):
+        return pathlib.Path(path).read_text().strip()
+    return None
 
 
 def _cpu_model() -> str:

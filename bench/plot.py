@@ -1,7 +1,9 @@
-"""Plot a benchmark run: ``python bench/plot.py [RESULTS.json] [-o docs/benchmarks.png]``.
+"""Plot a benchmark run: ``python bench/plot.py [RESULTS.json ...] [-o docs/benchmarks.png]``.
 
-Without a file, the newest ``bench/results/*.json`` is used. One panel per benchmark;
-bars are medians, whiskers the range of the repetitions.
+Without a file, the newest ``bench/results/*.json`` is used. With several, their
+benchmarks are merged (a later file's benchmark replaces an earlier one's; the title
+names the first run). One panel per benchmark; bars are medians, whiskers the range
+of the repetitions.
 """
 
 from __future__ import annotations
@@ -164,7 +166,9 @@ def plot(report: dict, out: pathlib.Path) -> pathlib.Path:
     env = report["environment"]
     fig.suptitle(f"cpldask benchmarks — {env['cores']} cores, load {env['loadavg_start'][0]:.1f} "
                  f"at start, {report['started']}{' (quick)' if report['quick'] else ''}, "
-                 f"cpldask {env['git_commit']}{'+dirty' if env['git_dirty'] else ''}",
+                 f"cpldask {env['git_commit']}{'+dirty' if env['git_dirty'] else ''}"
+                 + ("\nmachine busy with other work: walls are not quiet-machine figures"
+                    if env["loadavg_start"][0] > 0.5 * env["cores"] else ""),
                  fontsize=10)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -175,18 +179,21 @@ def plot(report: dict, out: pathlib.Path) -> pathlib.Path:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("results", nargs="?", type=pathlib.Path)
+    parser.add_argument("results", nargs="*", type=pathlib.Path)
     parser.add_argument("-o", "--out", type=pathlib.Path,
                         default=HERE.parent / "docs" / "benchmarks.png")
     args = parser.parse_args(argv)
-    path = args.results
-    if path is None:
+    paths = args.results
+    if not paths:
         found = sorted((HERE / "results").glob("*.json"), key=lambda p: p.stat().st_mtime)
         if not found:
             print("no bench/results/*.json: run bench/run.py first", file=sys.stderr)
             return 1
-        path = found[-1]
-    print(plot(json.loads(path.read_text()), args.out))
+        paths = [found[-1]]
+    report = json.loads(paths[0].read_text())
+    for more in paths[1:]:
+        report["benchmarks"].update(json.loads(more.read_text())["benchmarks"])
+    print(plot(report, args.out))
     return 0
 
 

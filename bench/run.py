@@ -149,7 +149,17 @@ def table(report: dict) -> str:
              f"{env['cpu_model']}  load {env['loadavg_start'][0]:.1f} at start"
              f"  ({report.get('seconds', '?')} s{', quick' if report['quick'] else ''})",
              f"cpldask {env['git_commit']}{'+dirty' if env['git_dirty'] else ''}"
-             f"{'  -- ' + report['label'] if report.get('label') else ''}", ""]
+             f"{'  -- ' + report['label'] if report.get('label') else ''}"]
+    busy = max(env["loadavg_start"][0], (env.get("loadavg_end") or [0])[0])
+    if busy > 0.5 * env["cores"]:
+        lines.append(f"WARNING: load average up to {busy:.1f} on {env['cores']} cores: other "
+                     f"work competed for the CPU, so walls, ratios of walls and efficiencies "
+                     f"are not the quiet-machine figures (CPU-time figures hold better)")
+        if env.get("sched_autogroup") == "1":
+            lines.append("WARNING: sched_autogroup=1: under load each cpldask recipe (a "
+                         "session of its own) gets a CPU share like a whole session; "
+                         "python-cpl's recipes share the driver's")
+    lines.append("")
     head = f"{'benchmark':<10} {'metric':<44} {'cpldask':>9}  {'baselines':<46} {'ratio':>6}  {'target':<34} met"
     lines += [head, "-" * len(head)]
     for name, res in report["benchmarks"].items():

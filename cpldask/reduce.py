@@ -73,7 +73,6 @@ class Step:
     result: Any = None  # cpldask.Result once submitted
     optional_calib: tuple[str, ...] = ()
     env: dict[str, str] = dataclasses.field(default_factory=dict)
-    after: list["Step"] = dataclasses.field(default_factory=list)  # ordering only
 
     @property
     def label(self) -> str:
@@ -109,11 +108,11 @@ class Plan:
 
     def call(self, recipe: str, raw: Mapping[str, Any], *, ifu: int | None = None,
              calib: Mapping[str, Any] | None = None, param: Mapping | None = None,
-             name: str | None = None, after: Iterable[Step] = ()) -> Step:
+             name: str | None = None, env: Mapping[str, str] | None = None) -> Step:
         """Add a call of ``recipe``; ``raw``/``calib`` values are a path, a Step or a
         list of these (empty entries are left out). Parameters from the rules'
-        ``workflow.parameters[name]`` come first, ``param`` overrides them. ``after``:
-        steps this call waits for without taking their products (an ordering hint)."""
+        ``workflow.parameters[name]`` come first, ``param`` overrides them; ``env`` is
+        the environment of the recipe process (e.g. ``OMP_NUM_THREADS``)."""
         name = name or recipe
         if any(s.name == name and s.ifu == ifu for s in self.steps):
             raise ValueError(f"step {name} for IFU {ifu} is already in the plan")
@@ -124,7 +123,7 @@ class Plan:
         step = Step(name, recipe, ifu, _frames(raw), _frames(calib or {}), params,
                     str(where), optional_calib=tuple(
                         self.settings.get("optional_calibrations", {}).get(recipe, ())),
-                    after=list(after))
+                    env=dict(env or {}))
         self.steps.append(step)
         return step
 
@@ -205,17 +204,19 @@ def muse_workflow(plan: Plan, assoc: Association, *, flux: bool | None = None) -
                                ifu=k, calib=basic(k), param={"nifu": k})
         plan.call("muse_scipost", {f"PIXTABLE_{tag}": [sci[k] for k in ifus]})
 
-    # muse_lsf is off the path to the cube: it starts once every wavecal is done, when
-    # muse_twilight is ready too and (higher in priority) gets a slot first; started
-    # as soon as its own wavecal was done, Dask's greedy placement could put both
-    # lsf calls of a 2-core machine ahead of twilight and leave twilight to run alone
+    # muse_lsf is off the path to the cube (only the flux branch needs it). Each call
+    # gets the WAVECAL_TABLE of every IFU (it takes its own, as muse_twilight does), so
+    # it becomes ready together with muse_twilight, which has the higher priority and
+    # starts first. Given only its own table, an lsf call became ready as soon as its
+    # wavecal was done, and Dask's greedy placement started both lsf calls of a 2-core
+    # machine ahead of twilight, which then ran alone with a core idle.
     for k in ifus:
         lsf[k] = plan.call("muse_lsf", {"ARC": assoc.paths("ARC", k)}, ifu=k,
                            calib={"MASTER_BIAS": bias[k], "TRACE_TABLE": flat[k],
-                                  "WAVECAL_TABLE": wavecal[k],
+                                  "WAVECAL_TABLE": [wavecal[k]] + [wavecal[j] for j in ifus
+                                                                   if j != k],
                                   "LINE_CATALOG": static["LINE_CATALOG"]},
-                           param={"nifu": k},
-                           after=[wavecal[j] for j in ifus] if twilight else ())
+                           param={"nifu": k})
 
     if flux is None:
         flux = len(ifus) >= int(cfg.get("flux_min_ifus", 3))
@@ -316,8 +317,6 @@ class Reduction:
                     parts.append(f"      {group:<5} {tag:<15} {_short_list(shown)}")
             if step.param:
                 parts.append("      param " + " ".join(f"{k}={v}" for k, v in step.param.items()))
-            if step.after:
-                parts.append("      waits for " + _short_list([a.label for a in step.after], 4))
         return "\n".join(parts)
 
     def dot(self) -> str:
@@ -368,7 +367,6 @@ class Reduction:
             raw = {tag: [self._input(v) for v in values] for tag, values in step.raw.items()}
             calib = {tag: [self._input(v) for v in values]
                      for tag, values in step.calib.items()}
-            self._gate(step, raw, calib)
             # among calls that are ready, Dask runs the higher priority first: the
             # order of the plan (calls made within a minute otherwise tie)
             with dask.annotate(priority=len(self.steps) - i):
@@ -377,27 +375,6 @@ class Reduction:
                                      cache=cache, env=step.env or None)
             step.result.add_done_callback(self._on_done(step, progress))
         return self
-
-    @staticmethod
-    def _gate(step: Step, raw: dict, calib: dict) -> None:
-        """Make ``step`` wait for ``step.after`` (an ordering, not an input): one of its
-        input files is handed over by a tiny task that depends on those steps' results.
-        """
-        if not step.after:
-            return
-        import dask
-        from dask.base import tokenize
-
-        for group in (raw, calib):
-            for tag, values in group.items():
-                for i, value in enumerate(values):
-                    if isinstance(value, (str, os.PathLike)):
-                        token = tokenize(os.fspath(value), [s.result.key for s in step.after])
-                        values[i] = dask.delayed(_after, pure=True)(
-                            os.fspath(value), *[s.result.future for s in step.after],
-                            dask_key_name=f"after-{token}")
-                        return
-        raise ValueError(f"{step.label}: after= needs a file input to hold back")
 
     def _input(self, value):
         if isinstance(value, Step):
@@ -513,12 +490,6 @@ class Reduction:
             "done" if self.done else "running")
         return (f"<Reduction {len(self.steps)} steps, IFUs {_ranges(self.ifus)}, {state}, "
                 f"output_dir={self.output_dir!r}>")
-
-
-def _after(path: str, *_done) -> str:
-    """The gate of :meth:`Reduction._gate`: ``path``, once the steps it waits for
-    (its other arguments) have finished."""
-    return path
 
 
 def _declare_optional(recipe, tags: Iterable[str]) -> None:

@@ -250,6 +250,9 @@ def test_graph_of_two_ifus(tmp_path):
         sci = red[f"muse_scibasic[{k}]"]
         assert sci.calib["TWILIGHT_CUBE"] == [red["muse_twilight"]]
         assert sci.raw["ILLUM"] == [red["muse_illum"]]
+    for k, other in ((1, 2), (2, 1)):  # lsf waits for every wavecal, as twilight does
+        assert red[f"muse_lsf[{k}]"].calib["WAVECAL_TABLE"] == [red[f"muse_wavecal[{k}]"],
+                                                                red[f"muse_wavecal[{other}]"]]
     twilight = red["muse_twilight"]
     assert twilight.ifu is None and "nifu" not in twilight.param
     assert twilight.calib["WAVECAL_TABLE"] == [red["muse_wavecal[1]"], red["muse_wavecal[2]"]]
