@@ -170,6 +170,7 @@ def run_threaded(plan, output_dir: pathlib.Path, maxthreads: int) -> None:
         calib = {t: v for t, v in calib.items() if v}
         running[id(step)] = recipes[step.recipe](
             raw, tag=next(iter(raw)), param=dict(step.param), calib=calib,
-            output_dir=str(where), threaded=True)
+            env=dict(getattr(step, "env", None) or {}), output_dir=str(where),
+            threaded=True)
     for res in running.values():
         res.tags  # waits; raises a recipe's error
