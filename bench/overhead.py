@@ -148,6 +148,9 @@ def phases(stream, task_stream: list[dict]) -> dict[str, float | None]:
     * ``worker finish``: python-cpl's return until the task ends (report, process exit,
       product headers, provenance);
     * ``to client``: task end until the call returned in the client.
+
+    File times come from the kernel's coarse clock (a few ms), so a short phase next to
+    one (``worker prep``) can come out a few ms negative.
     """
     by_key = {d["key"]: d for d in task_stream}
     cols: dict[str, list[float]] = {k: [] for k in (
