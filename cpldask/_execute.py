@@ -32,17 +32,13 @@ import tempfile
 import threading
 import time
 
-from astropy.io import fits
-
-from . import _cache, _runner, errors
-from ._spec import CallSpec, FileInput, Product, ProductRef, RunRecord
+from . import _cache, _fitsheader, _runner, errors
+from ._spec import LOG_TOPIC, CallSpec, FileInput, Product, ProductRef, RunRecord
 
 #: how often a waiting worker thread looks for a cancel or a time-out (seconds)
 POLL = 0.2
 #: call directories in .cpldask-tmp younger than this are never taken for stale
 STALE_AFTER = 60.0
-#: primary-header keywords copied into the RunRecord (small, useful in tables)
-HEADER_KEYS = ("ESO PRO CATG", "ESO PRO REC1 ID", "DATAMD5", "NAXIS1", "NAXIS2")
 TMP = ".cpldask-tmp"
 LOCK = ".cpldask.lock"
 
@@ -135,6 +131,7 @@ def _run(spec: CallSpec, frames) -> RunRecord:
             products, report = _from_cache(spec, hit, call_dir)
         else:
             products, report = _execute(spec, frames, call_dir, base)
+        _forward_log(spec, report["log"])
         prov = _provenance(spec, frames, report, cache_hit=hit is not None)
         if hit is None and spec.cache_dir:
             _cache.store(spec.cache_dir, spec.cache_key,
@@ -174,6 +171,21 @@ def _execute(spec: CallSpec, frames, call_dir: pathlib.Path, base: pathlib.Path)
         raise
 
 
+def _forward_log(spec: CallSpec, log: list) -> None:
+    """Send the client the messages its logging would show (see
+    :func:`cpldask.result.listen_to_logs`); the rest stays in the RunRecord."""
+    entries = [e for e in log if e[1] >= spec.log_level]
+    if not entries:
+        return
+    try:
+        from distributed.worker import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return  # not on a distributed worker
+    worker.log_event(LOG_TOPIC, {"recipe": spec.recipe, "entries": entries})
+
+
 def _from_cache(spec: CallSpec, hit: dict, call_dir: pathlib.Path):
     """The products of an earlier identical run, without starting the recipe.
 
@@ -187,7 +199,7 @@ def _from_cache(spec: CallSpec, hit: dict, call_dir: pathlib.Path):
         if spec.output_dir:
             _cache._link_or_copy(path, call_dir / name)
             path = call_dir / name
-        products.append(Product(tag, str(path), path.stat().st_size, _header(path), _hdus(path)))
+        products.append(_product(tag, path))
     now = time.time()
     run = hit.get("run", {})
     report = {"log": [], "start": now, "end": now, "max_rss": 0,
@@ -217,10 +229,12 @@ def _provenance(spec: CallSpec, frames, report: dict, *, cache_hit: bool) -> dic
 
 
 def _datamd5(path: str) -> str | None:
-    try:
-        return fits.getval(path, "DATAMD5", ext=0)
-    except (OSError, KeyError, IndexError):
-        return None
+    return _fitsheader.summary(path)[0].get("DATAMD5")
+
+
+def _product(tag: str, path: pathlib.Path) -> Product:
+    """A product file as the RunRecord describes it: path, size, header values, HDUs."""
+    return Product(tag, str(path), path.stat().st_size, *_fitsheader.summary(str(path)))
 
 
 def _spawn(spec: CallSpec, frames, call_dir: pathlib.Path) -> dict:
@@ -232,7 +246,7 @@ def _spawn(spec: CallSpec, frames, call_dir: pathlib.Path) -> dict:
         else:
             calib.setdefault(tag, []).extend(paths)
     job = {"recipe": spec.recipe, "version": spec.version,
-           "recipe_path": list(spec.recipe_path), "params": [list(p) for p in spec.params],
+           "recipe_path": list(spec.recipe_path), "recipe_file": spec.recipe_file, "params": [list(p) for p in spec.params],
            "raw": raw, "calib": calib, "tag": raw[0][0] if raw else None,
            "call_dir": str(call_dir), "memory_limit": spec.memory_limit}
     job_file = call_dir / ".cpldask-job.json"
@@ -243,7 +257,7 @@ def _spawn(spec: CallSpec, frames, call_dir: pathlib.Path) -> dict:
     env.update(dict(spec.env))  # the call's own env wins, OMP_NUM_THREADS included
     if not spec.backtrace:
         env["PATH"] = f"{_no_gdb_dir(call_dir.parent)}:{env.get('PATH', '')}"
-    proc = _server().start(job_file, env)
+    proc = _server(env).start(job_file, env, spec.recipe, spec.recipe_file)
     try:
         _wait(proc, spec)
     finally:
@@ -289,11 +303,17 @@ class _RecipeProcess:
 
 
 class _ForkServer:
-    """This worker's fork server (``_runner.py --serve``), which starts recipe
-    processes in milliseconds; see :mod:`cpldask._runner` for the protocol."""
+    """A fork server of this worker (``_runner.py --serve``), which starts recipe
+    processes in milliseconds; see :mod:`cpldask._runner` for the protocol.
 
-    def __init__(self):
-        env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}  # keep the server single-threaded
+    ``omp_env`` is the OpenMP environment (``OMP_*``, ``GOMP_*``, ``KMP_*``) the
+    server runs under: it keeps the recipe libraries it has run loaded, and with
+    them the OpenMP runtime, which reads that environment once, when it loads."""
+
+    def __init__(self, omp_env: tuple[tuple[str, str], ...]):
+        env = {k: v for k, v in os.environ.items() if not k.startswith(_OMP_PREFIXES)}
+        env.update(omp_env)
+        env["OPENBLAS_NUM_THREADS"] = "1"  # keep the server single-threaded
         self.proc = subprocess.Popen(
             [sys.executable, _runner.__file__, "--serve"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, env=env, start_new_session=True)
@@ -305,12 +325,14 @@ class _ForkServer:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def start(self, job_file: pathlib.Path, env: dict) -> _RecipeProcess:
+    def start(self, job_file: pathlib.Path, env: dict, recipe: str,
+              recipe_file: str) -> _RecipeProcess:
         rp = _RecipeProcess()
         with self.lock:
             self.next_id += 1
             self.calls[self.next_id] = rp
-            line = json.dumps({"id": self.next_id, "job": str(job_file), "env": env})
+            line = json.dumps({"id": self.next_id, "job": str(job_file), "env": env,
+                               "recipe": recipe, "recipe_file": recipe_file})
             self.proc.stdin.write(line.encode() + b"\n")
             self.proc.stdin.flush()
         return rp
@@ -335,17 +357,22 @@ class _ForkServer:
             self.calls.clear()
 
 
-_servers: dict[int, _ForkServer] = {}
+#: environment variables read by OpenMP runtimes when they load
+_OMP_PREFIXES = ("OMP_", "GOMP_", "KMP_")
+_servers: dict[tuple, _ForkServer] = {}
 _servers_lock = threading.Lock()
 
 
-def _server() -> _ForkServer:
-    """The fork server of this worker process, started on first use (or again if it
-    died)."""
+def _server(env: dict) -> _ForkServer:
+    """The fork server of this worker process for the OpenMP environment of ``env``,
+    started on first use (or again if it died). One call's OMP_NUM_THREADS=4 and
+    another's =1 thus never share a loaded OpenMP runtime; usually a worker has one."""
+    omp_env = tuple(sorted((k, v) for k, v in env.items() if k.startswith(_OMP_PREFIXES)))
+    key = (os.getpid(), omp_env)  # a forked copy of this process starts its own
     with _servers_lock:
-        server = _servers.get(os.getpid())
+        server = _servers.get(key)
         if server is None or not server.alive():
-            server = _servers[os.getpid()] = _ForkServer()
+            server = _servers[key] = _ForkServer(omp_env)
         return server
 
 
@@ -375,45 +402,10 @@ def _collect(spec: CallSpec, report: dict, call_dir: pathlib.Path) -> list[Produ
         path = call_dir / name
         if not path.exists():
             continue
-        products.append(Product(tag, str(path), path.stat().st_size, _header(path), _hdus(path)))
+        products.append(_product(tag, path))
     if spec.expect and not products:
         raise errors.NoProductsError(spec.recipe, spec.expect, errors.loglist(report["log"]))
     return products
-
-
-def _header(path: pathlib.Path) -> dict:
-    try:
-        header = fits.getheader(path)
-    except OSError:
-        return {}
-    keep = {k: header[k] for k in HEADER_KEYS if k in header}
-    keep.update({k: v for k, v in header.items() if k.startswith("ESO QC")})
-    return keep
-
-
-#: numpy dtype of a FITS BITPIX
-_BITPIX = {8: "uint8", 16: "int16", 32: "int32", 64: "int64", -32: "float32", -64: "float64"}
-
-
-def _hdus(path: pathlib.Path) -> tuple:
-    """(name, shape, dtype) of each HDU of a product that holds data, read from the
-    headers only (no pixels): numpy order, e.g. ('DATA', (3681, 24, 301), 'float32');
-    a table gives (rows,) and its column count as ``'table, N columns'``."""
-    out = []
-    try:
-        with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
-            for hdu in hdul:
-                h = hdu.header
-                if isinstance(hdu, (fits.BinTableHDU, fits.TableHDU)):
-                    out.append((hdu.name, (int(h.get("NAXIS2", 0)),),
-                                f"table, {h.get('TFIELDS', 0)} columns"))
-                elif hdu.shape:  # images, tile-compressed ones too (from the header)
-                    bitpix = h.get("ZBITPIX", h.get("BITPIX"))
-                    out.append((hdu.name, tuple(int(n) for n in hdu.shape),
-                                _BITPIX.get(bitpix, f"BITPIX {bitpix}")))
-    except (OSError, ValueError):
-        return ()
-    return tuple(out)
 
 
 def _install(products: list[Product], output_dir: pathlib.Path, since: float, *,
@@ -455,10 +447,21 @@ def _hold(call_dir: pathlib.Path):
     return f
 
 
+#: base directory -> when this process last pruned it
+_pruned: dict[str, float] = {}
+
+
 def _prune(base: pathlib.Path, max_age: float | None) -> None:
     """Remove call directories left by interrupted runs (their lock is free) and,
-    in the work directory, finished ones older than ``max_age``."""
+    in the work directory, finished ones older than ``max_age``.
+
+    At most once per ``STALE_AFTER`` per directory and worker process: a directory
+    younger than that is never stale, and listing thousands of call directories on
+    every call made a long batch quadratic."""
     now = time.time()
+    if now - _pruned.get(str(base), -STALE_AFTER) < STALE_AFTER:
+        return
+    _pruned[str(base)] = now
     for d in base.iterdir() if base.is_dir() else ():
         if not d.is_dir() or d.name.startswith(".") or "-" not in d.name:
             continue

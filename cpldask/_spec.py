@@ -8,7 +8,11 @@ few header values. Imported on both sides; depends on nothing from the client.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any
+
+#: Dask event topic on which workers send recipe log messages to the client
+LOG_TOPIC = "cpldask-log"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +41,7 @@ class CallSpec:
     recipe: str
     version: int
     recipe_path: tuple[str, ...]
+    recipe_file: str  # the library the client loaded: the worker skips the path search
     params: tuple[tuple[str, Any], ...]  # (fullname, value) of non-default parameters
     frames: tuple[tuple[str, FileInput | ProductRef], ...]  # (tag, input) in call order
     raw_tags: tuple[str, ...]  # which of the frames' tags are raw input (the rest: calib)
@@ -58,6 +63,8 @@ class CallSpec:
     # moment belong to a concurrent call and are never overwritten by this one)
     slots: tuple[str, int] | None = dataclasses.field(default=None, compare=False)
     submitted: float = dataclasses.field(default=0.0, compare=False)
+    # the lowest level of recipe log message the client's logging would show
+    log_level: int = dataclasses.field(default=logging.WARNING, compare=False)
 
 
 @dataclasses.dataclass(frozen=True)

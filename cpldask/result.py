@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import html
 import logging
+import weakref
+from concurrent.futures import CancelledError
 
 from typing import Any, Callable
 
@@ -17,7 +19,7 @@ import distributed
 from astropy.io import fits
 
 from . import errors
-from ._spec import RunRecord
+from ._spec import LOG_TOPIC, RunRecord
 
 __all__ = ["Result"]
 
@@ -51,7 +53,7 @@ class Result:
         self._path_products = output is not None
         self._record: RunRecord | None = None
         self._opened: dict[str, Any] = {}
-        future.add_done_callback(_replay_log_when_done(recipe))
+        future.add_done_callback(_replay_log_on_error(recipe))
 
     # -- the Future interface -------------------------------------------------------
     @property
@@ -261,26 +263,47 @@ def _open(product, record: RunRecord | None = None, client=None) -> fits.HDUList
     return fits.open(product.path, memmap=True)
 
 
-def _replay_log_when_done(recipe: str):
-    """A done-callback that hands the recipe's log to ``logging`` under ``cpl.<recipe>``,
-    as python-cpl does while its recipe runs."""
+def listen_to_logs(client: distributed.Client) -> None:
+    """Hand the recipe log messages that workers send (:func:`cpldask._execute.
+    _forward_log`) to ``logging`` under ``cpl.<recipe>.<function>``, as python-cpl does
+    while its recipe runs. A worker sends only the messages at or above the level
+    the client's logging shows, as an event that reaches the client before the task's
+    result does: nothing is fetched for a call whose messages nobody would see."""
+    if client not in _listening:
+        client.subscribe_topic(LOG_TOPIC, _replay_event)
+        _listening.add(client)
+
+
+_listening: weakref.WeakSet = weakref.WeakSet()
+
+
+def _replay_event(event: tuple) -> None:
+    _, msg = event  # (time, message); the scheduler adds the worker to the message
+    _replay(msg["recipe"], msg["entries"])
+
+
+def _replay_log_on_error(recipe: str):
+    """A done-callback that replays the log of a failed call (the error carries it)."""
 
     def callback(future: distributed.Future) -> None:
-        if future.status == "finished":
-            entries = future.result().log
-        elif future.status == "error":
-            entries = [(r.name, r.levelno, r.funcName, r.msg, r.created)
-                       for r in getattr(future.exception(), "log", None) or ()]
-        else:
+        if future.status != "error":
             return
-        for name, levelno, func, msg, created in entries:
-            logger = logging.getLogger(f"cpl.{recipe}.{func}")
-            if logger.isEnabledFor(levelno):
-                rec = logger.makeRecord(logger.name, levelno, func, 0, msg, None, None, func)
-                rec.created = created
-                logger.handle(rec)
+        try:
+            log = getattr(future.exception(), "log", None) or ()
+        except (CancelledError, distributed.TimeoutError, OSError):
+            return  # released or cancelled meanwhile (the client closing): nothing to say
+        _replay(recipe, [(r.name, r.levelno, r.funcName, r.msg, r.created) for r in log])
 
     return callback
+
+
+def _replay(recipe: str, entries) -> None:
+    for name, levelno, func, msg, created in entries:
+        logger = logging.getLogger(f"cpl.{recipe}.{func}")
+        if logger.isEnabledFor(levelno):
+            rec = logger.makeRecord(logger.name, levelno, func, 0, msg, None, None, func)
+            rec.created = created
+            logger.handle(rec)
 
 
 def is_result(obj) -> bool:

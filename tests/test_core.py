@@ -97,6 +97,38 @@ def test_later_call_replaces_earlier_product(test_recipe, any_fits, tmp_path):
     assert fits.getheader(second.PRODUCT)["ESO QC ECHO VALUE"] == 2.0
 
 
+def test_product_summary_matches_astropy(bias_result, bias_files, tmp_path):
+    """The worker reads product headers without astropy; it must say what astropy says."""
+    from cpldask import _fitsheader
+
+    table = tmp_path / "table.fits"
+    column = fits.Column("A", "E", array=np.arange(5.0))
+    fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns([column], name="TAB")]
+                 ).writeto(table)
+    long = tmp_path / "long.fits"  # a CONTINUE card: the reader hands over to astropy
+    header = fits.Header()
+    header["HIERARCH ESO QC NOTE"] = "x" * 100
+    header["HIERARCH ESO QC MEAN"] = 1.5e-3
+    fits.PrimaryHDU(np.zeros((2, 3), "f4"), header=header).writeto(long)
+    products = [bias_result.paths["MASTER_BIAS"][0], bias_files[0], str(table), str(long)]
+    for path in products:
+        kept, hdus = _fitsheader.summary(path)
+        with fits.open(path) as hdul:
+            primary = hdul[0].header
+            assert kept == {k: primary[k] for k in kept}
+            assert {k for k in primary if k.startswith("ESO QC")} <= set(kept)
+            expect = []
+            for hdu in hdul:
+                if isinstance(hdu, (fits.BinTableHDU, fits.TableHDU)):
+                    expect.append((hdu.name, (hdu.header["NAXIS2"],),
+                                   f"table, {hdu.header['TFIELDS']} columns"))
+                elif hdu.shape:
+                    expect.append((hdu.name, hdu.shape))
+        assert [(n, s) for n, s, _ in hdus] == [e[:2] for e in expect]
+    assert _fitsheader.summary(str(long))[0]["ESO QC NOTE"] == "x" * 100
+    assert bias_result.record.products[0].hdus[0] == ("DATA", (4112, 4096), "float32")
+
+
 # -- bad input is refused on the client, before anything is submitted ----------------
 
 @pytest.fixture
@@ -106,6 +138,7 @@ def no_submit(monkeypatch):
         raise AssertionError("work was submitted for a bad call")
     client = cpldask.get_client()
     monkeypatch.setattr(client, "compute", refuse)
+    monkeypatch.setattr(client, "submit", refuse)
 
 
 def test_missing_input_file(no_submit, tmp_path):
