@@ -87,10 +87,7 @@ def _slot(spec: CallSpec):
     if spec.slots is None:
         yield
         return
-    from distributed import Semaphore
-
-    name, leases = spec.slots
-    sem = Semaphore(max_leases=leases, name=name)
+    sem = _semaphore(*spec.slots)
     while not sem.acquire(timeout=POLL * 5):
         if _cancelled():
             raise _Cancelled()
@@ -98,6 +95,23 @@ def _slot(spec: CallSpec):
         yield
     finally:
         sem.release()
+
+
+_semaphores: dict[tuple, object] = {}
+
+
+def _semaphore(name: str, leases: int):
+    """This worker's handle on the cluster-wide slot semaphore ``name``, made once:
+    a new ``distributed.Semaphore`` per call registers it with the scheduler again
+    and starts a lease-refresh timer that is never stopped. One handle serves all
+    the worker's threads (each acquire takes a lease of its own)."""
+    from distributed import Semaphore
+
+    key = (os.getpid(), name, leases)
+    with _servers_lock:
+        if key not in _semaphores:
+            _semaphores[key] = Semaphore(max_leases=leases, name=name)
+        return _semaphores[key]
 
 
 class _Cancelled(Exception):
