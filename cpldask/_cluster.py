@@ -49,6 +49,16 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
+#: An idle embedded cluster used 0.09 CPU s per s (4.5 % of 2 cores), mostly the
+#: statistical profiler sampling worker threads every 10 ms — which in cpldask only
+#: ever sees threads waiting for their recipe process — the system monitor and the
+#: event-loop tick. Without them: 0.037 (docs/benchmarks.md, target 2). The dashboard
+#: keeps its task stream and progress; its system plots update every 5 s.
+_QUIET = {"distributed.worker.profile.enabled": False,
+          "distributed.admin.system-monitor.interval": "5s",
+          "distributed.admin.tick.interval": "100ms"}
+
+
 def _start_embedded() -> distributed.Client:
     slots = int(_config.get("local.slots") or _cores())
     n_workers = int(_config.get("local.n-workers") or min(2, slots))
@@ -56,7 +66,7 @@ def _start_embedded() -> distributed.Client:
     if _config.get("local.tls"):
         tls = {"security": distributed.Security.temporary(), "protocol": "tls://"}
     with dask.config.set({"distributed.scheduler.allowed-failures":
-                          int(_config.get("retries"))}):
+                          int(_config.get("retries")), **_QUIET}):
         cluster = distributed.LocalCluster(
             **tls,
             n_workers=n_workers,

@@ -12,7 +12,6 @@ import dataclasses
 import difflib
 import hashlib
 import json
-import logging
 import os
 import pathlib
 import threading
@@ -34,7 +33,7 @@ from distributed import Future
 from . import _cluster, _config, errors
 from ._execute import run_recipe
 from ._spec import CallSpec, FileInput, ProductRef
-from .result import Result, listen_to_logs
+from .result import Result, listen_to_logs, log_threshold
 
 __all__ = ["Recipe"]
 
@@ -439,7 +438,7 @@ class Recipe:
             work_max_age=_config.seconds(_config.get("work-dir-max-age")),
             cache_dir=str(_config.cache_dir()) if _config.get("cache.enabled", cache) else None,
             cache_key=content, provenance=provenance, slots=slots, submitted=time.time(),
-            log_level=logging.getLogger(f"cpl.{self.__name__}").getEffectiveLevel())
+            log_level=log_threshold(self.__name__))
         resources = {**self.resources, **(resources or {})}
         resources = {name: float(_config.nbytes(v) if name == "memory" else v)
                      for name, v in resources.items()}

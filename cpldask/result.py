@@ -277,6 +277,26 @@ def listen_to_logs(client: distributed.Client) -> None:
 _listening: weakref.WeakSet = weakref.WeakSet()
 
 
+def log_threshold(recipe: str) -> int:
+    """The lowest level of a ``cpl.<recipe>`` message that the client's logging would
+    emit somewhere; above ``CRITICAL`` when none would be.
+
+    python-cpl sets the root logger to DEBUG and gives ``cpl`` a NullHandler, so by
+    default every message is "enabled" and none is shown: then nothing is sent."""
+    logger = logging.getLogger(f"cpl.{recipe}")
+    levels, found, node = [], False, logger
+    while node is not None:
+        found = found or bool(node.handlers)
+        # logging's NullHandler, or python-cpl's own class of that name
+        levels += [h.level for h in node.handlers if type(h).__name__ != "NullHandler"]
+        node = node.parent if node.propagate else None
+    if not found and logging.lastResort is not None:  # Python's fallback to stderr
+        levels.append(logging.lastResort.level)
+    if not levels:
+        return logging.CRITICAL + 1
+    return max(logger.getEffectiveLevel(), min(levels))
+
+
 def _replay_event(event: tuple) -> None:
     _, msg = event  # (time, message); the scheduler adds the worker to the message
     _replay(msg["recipe"], msg["entries"])

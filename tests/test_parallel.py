@@ -175,6 +175,21 @@ def test_recipe_log_reaches_python_logging(test_recipe, any_fits, caplog):
     assert any("OMP_NUM_THREADS" in line for line in res.log.info)
 
 
+def test_log_messages_are_sent_only_where_logging_shows_them(monkeypatch):
+    from cpldask.result import log_threshold
+
+    logger = logging.getLogger("cpl.threshold_check")
+    monkeypatch.setattr(logger, "propagate", False)  # away from pytest's root handlers
+    assert log_threshold("threshold_check") == logging.WARNING  # Python's last resort
+    monkeypatch.setattr(logger, "handlers", [logging.NullHandler()])
+    assert log_threshold("threshold_check") > logging.CRITICAL  # python-cpl's default
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.INFO)
+    monkeypatch.setattr(logger, "handlers", [handler])
+    monkeypatch.setattr(logger, "level", logging.DEBUG)
+    assert log_threshold("threshold_check") == logging.INFO
+
+
 def test_omp_threads_set_before_the_recipe_loads(test_recipe, any_fits):
     res = test_recipe(any_fits, env={"OMP_NUM_THREADS": "3"})
     assert fits.getheader(res.paths["PRODUCT"][0])["ESO QC ECHO OMP"] == "3"
