@@ -390,6 +390,15 @@ def _server(env: dict) -> _ForkServer:
         return server
 
 
+def warm_up(omp_threads: int | None) -> None:
+    """Start this worker's fork server for calls with ``omp_threads`` OpenMP threads
+    ahead of the first call (see :mod:`cpldask._cluster`)."""
+    env = dict(os.environ)
+    if omp_threads:
+        env["OMP_NUM_THREADS"] = str(omp_threads)
+    _server(env)
+
+
 def _disk_full(path: pathlib.Path) -> bool:
     """Whether the filesystem of ``path`` is (nearly) full: a recipe that failed there
     most likely failed for that reason, which its own error rarely says."""

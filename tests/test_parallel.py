@@ -16,7 +16,9 @@ from helpers import intervals, max_overlap, recipe_pids, wait_until
 
 
 @pytest.mark.slow
-def test_seed_three_ways_to_run_in_background(bias_files, tmp_path, monkeypatch):
+def test_seed_three_ways_to_run_in_background(bias_files, tmp_path, monkeypatch, client):
+    # (the client fixture: the embedded cluster is up before the clock starts; the
+    # test is about calls returning at once, not about starting a cluster)
     # the seed's first example, verbatim but for nifu=1 (the frames hold one IFU)
     monkeypatch.chdir(tmp_path)
     # Create a threaded recipe
