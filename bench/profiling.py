@@ -2,6 +2,7 @@
 
     python bench/profiling.py start     # what a recipe process costs to start
     python bench/profiling.py submit    # where the client's time per call goes
+    python bench/profiling.py percall   # CPU per call of each process of the cluster
     python bench/profiling.py all
 
 ``start``: CPU and wall of the steps a fresh recipe process goes through (``python -c
@@ -179,6 +180,75 @@ def submit(ctx, n: int = 300) -> dict:
     return res
 
 
+def percall(ctx, n: int = 600, maxthreads: bool = False) -> dict:
+    """CPU per no-op call of every process of the cluster: the client (which also runs
+    the scheduler), each worker, each fork server and the recipe processes it forked
+    (their ``children`` CPU), and the split of a recipe process's CPU between the
+    runner itself and python-cpl's recipe fork (from each call's ``report.json``)."""
+    import distributed
+    import psutil
+
+    import common
+    import cpldask
+
+    def snapshot():
+        out = {}
+        for proc in [psutil.Process(), *psutil.Process().children(recursive=True)]:
+            try:
+                t = proc.cpu_times()
+                out[proc.pid] = (_role(proc.cmdline()), t.user + t.system,
+                                 t.children_user + t.children_system)
+            except psutil.Error:
+                continue
+        return out
+
+    with ctx.cluster(2) as client:
+        if not maxthreads:  # ctx.cluster sets the limit as a python-cpl user would
+            from cpldask import _cluster
+
+            _cluster._limits.pop(client.scheduler.address, None)
+        r = cpldask.Recipe("cpldask_test")
+        for i in range(4):  # warm: fork servers started, recipe library loaded
+            r(ctx.tiny_fits, param={"value": -1.0 - i}, cache=False)
+        before, t0 = snapshot(), time.perf_counter()
+        rs = [r(ctx.tiny_fits, param={"value": float(i)}, cache=False, threaded=True)
+              for i in range(n)]
+        distributed.wait(rs)
+        wall, after = time.perf_counter() - t0, snapshot()
+        reports = [json.loads(p.read_text())
+                   for p in pathlib.Path(rs[0].record.call_dir).parent.glob("*/report.json")]
+    roles: dict[str, float] = {}
+    for pid, (role, own, children) in after.items():
+        _, own0, children0 = before.get(pid, (role, 0.0, 0.0))
+        roles[role] = roles.get(role, 0.0) + 1000 * (own - own0) / n
+        if children - children0 > 0:
+            roles[f"{role} children"] = roles.get(f"{role} children", 0.0) + \
+                1000 * (children - children0) / n
+    runner = [x["cpu"] for x in reports if "cpu" in x]
+    res = {"calls": n, "set_maxthreads": maxthreads, "calls_per_s": n / wall,
+           "cpu_ms_per_call": {k: round(v, 2) for k, v in roles.items()},
+           "total_cpu_ms_per_call": round(sum(roles.values()), 1),
+           "recipe_process_cpu_ms": {
+               "runner": 1000 * (common.median([c["runner"] for c in runner]) or 0),
+               "python-cpl recipe fork": 1000 * (common.median([c["recipe"] for c in runner])
+                                                 or 0)}}
+    common.log(f"percall: {res['calls_per_s']:.1f} calls/s, "
+               f"{res['total_cpu_ms_per_call']} ms CPU per call: {res['cpu_ms_per_call']}; "
+               f"recipe process {res['recipe_process_cpu_ms']}")
+    return res
+
+
+def _role(cmdline: list[str]) -> str:
+    text = " ".join(cmdline)
+    if "--serve" in text:
+        return "fork servers"
+    if "multiprocessing-fork" in text:
+        return "workers"
+    if "resource_tracker" in text:
+        return "other"
+    return "client + scheduler"
+
+
 def _noop(x):
     return x
 
@@ -187,10 +257,9 @@ def _digest(stats: pstats.Stats, total: float) -> dict[str, float]:
     """Share of the main thread's CPU in the parts of a call worth knowing about."""
     wanted = {
         "Recipe._build (validation, provenance, key, spec)": ("recipe.py", "_build"),
-        "  ParameterList copies (_aslist + _resolved)": ("param.py", "__init__"),
-        "  tokenize (content key)": ("tokenize.py", "tokenize"),
-        "  dask.delayed(run_recipe)(...)": ("delayed.py", "__call__"),
-        "Client.compute": ("client.py", "compute"),
+        "  parameters of the call": ("recipe.py", "_for_call"),
+        "  content key": ("recipe.py", "_task_key"),
+        "Client.submit": ("client.py", "submit"),
         "Result.__init__ (done callback)": ("result.py", "__init__"),
     }
     out = {}
@@ -206,7 +275,9 @@ def main(argv=None) -> int:
     import common
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["start", "submit", "all"])
+    parser.add_argument("what", choices=["start", "submit", "percall", "all"])
+    parser.add_argument("--maxthreads", action="store_true",
+                        help="percall: with set_maxthreads(2) (the slot semaphore)")
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--out", type=pathlib.Path,
                         default=HERE / "results" / f"profile-{time.strftime('%Y%m%d-%H%M%S')}.json")
@@ -222,6 +293,8 @@ def main(argv=None) -> int:
             out["start"] = start(ctx)
         if args.what in ("submit", "all"):
             out["submit"] = submit(ctx, args.calls)
+        if args.what in ("percall", "all"):
+            out["percall"] = percall(ctx, 2 * args.calls, args.maxthreads)
     finally:
         import shutil
 
