@@ -28,6 +28,7 @@ from dask.base import tokenize
 from dask._task_spec import Task, TaskRef
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
+import distributed
 from distributed import Future
 
 from . import _cluster, _config, errors
@@ -358,9 +359,13 @@ class Recipe:
         """
         call = self._build(data, raw=raw, tag=tag, param=param, calib=calib, env=env,
                            output_dir=output_dir, timeout=timeout,
-                           memory_limit=memory_limit, resources=resources, cache=cache)
-        res = Result(call.submit(_cluster.get_client()), self.__name__,
-                     output=call.spec.output_dir, defaults=self._defaults)
+                           memory_limit=memory_limit, resources=resources, cache=cache,
+                           direct=True)
+        future = call.submit()
+        if call.spec.slots is None:
+            _cluster.track_unguarded(call.client, future)
+        res = Result(future, self.__name__, output=call.spec.output_dir,
+                     defaults=self._defaults)
         if not (self.threaded if threaded is None else threaded):
             res.result()
         return res
@@ -384,14 +389,14 @@ class Recipe:
         >>> record.MASTER_DARK
         '/tmp/cpldask-user/muse_dark-.../MASTER_DARK.fits'
         """
-        _cluster.get_client()  # so that dask.compute runs the graph on the cluster
+        # (_build makes the client the default: dask.compute runs the graph there)
         return self._build(data, raw=raw, tag=tag, param=param, calib=calib, env=env,
                            output_dir=output_dir, timeout=timeout,
                            memory_limit=memory_limit, resources=resources,
                            cache=cache).node
 
     def _build(self, data, *, raw, tag, param, calib, env, output_dir, timeout,
-               memory_limit, resources, cache) -> _Call:
+               memory_limit, resources, cache, direct: bool = False) -> _Call:
         """Validate a call on the client and turn it into a task."""
         tag = tag if tag is not None else self._tag
         self._check_tag(tag)
@@ -410,9 +415,9 @@ class Recipe:
         frames = [(ftag, self._input(item, ftag, deps, work_dir))
                   for ftag, value in raw_frames + self._calib_frames(calib, raw_frames)
                   for item in (value if isinstance(value, list) else [value])]
-        client = _cluster.get_client()
+        client = _cluster.get_client()  # once the input is known to be good
         listen_to_logs(client)
-        slots, omp = _cluster.slots_for_call(client)
+        slots, omp = _cluster.slots_for_call(client, direct=direct)
         run_env = {**self.env, **(env or {})}
         raw_tags = tuple(t for t, _ in raw_frames)
         input_len = len(first) if isinstance(first, list) else -1
@@ -444,7 +449,7 @@ class Recipe:
                      for name, v in resources.items()}
         if resources:
             _cluster.check_resources(client, resources, self.__name__)
-        return _Call(key, spec, tuple(deps), resources)
+        return _Call(key, spec, tuple(deps), resources, client)
 
     def _calib_frames(self, calib, raw_frames) -> list[tuple[str, Any]]:
         """The calibration frames of a call, the required ones checked."""
@@ -544,6 +549,7 @@ class _Call:
     spec: CallSpec
     deps: tuple  # upstream results' futures, delayed calls or futures
     resources: dict
+    client: distributed.Client  # the one the call was validated for
 
     @property
     def node(self) -> Delayed:
@@ -567,8 +573,9 @@ class _Call:
             graph = HighLevelGraph.from_collections(self.key, layer, dependencies=upstream)
         return Delayed(self.key, graph)
 
-    def submit(self, client) -> Future:
-        """Start the task on ``client``; the future of its outcome."""
+    def submit(self) -> Future:
+        """Start the task; the future of its outcome."""
+        client = self.client
         if any(isinstance(dep, Delayed) for dep in self.deps):
             return client.compute(self.node, optimize_graph=False)
         # The same task as self.node, handed over as such: Client.compute would

@@ -83,6 +83,33 @@ def test_maxthreads_limits_overlap_embedded(test_recipe, any_fits, n):
         cpl.Recipe.set_maxthreads(2)
 
 
+def test_embedded_cluster_grows_only_after_earlier_calls(test_recipe, any_fits, client):
+    """A limit of at least the embedded cluster's threads needs no semaphore (the
+    threads are the limit); a larger limit set while such calls are pending adds
+    workers only once they are done, so they never run more at once than allowed."""
+    from cpldask import _cluster
+
+    threads = _cluster._embedded["threads"]
+    cpl.Recipe.set_maxthreads(threads)
+    try:
+        assert _cluster.slots_for_call(client, direct=True)[0] is None  # no semaphore
+        early = [test_recipe(any_fits, threaded=True,
+                             param={"sleep": 1.0, "value": 100.0 + i})
+                 for i in range(2 * threads)]
+        cpl.Recipe.set_maxthreads(threads + 2)  # returns at once: the growth waits
+        assert _cluster._embedded["threads"] == threads
+        late = [test_recipe(any_fits, threaded=True, param={"sleep": 1.0, "value": 200.0 + i})
+                for i in range(threads + 2)]
+        distributed.wait([r.future for r in early + late])
+        assert max_overlap(intervals(early)) == threads
+        assert max_overlap(intervals(early + late)) <= threads + 2
+        wait_until(lambda: _cluster._embedded["threads"] == threads + 2, 60,
+                   "the cluster to grow once the earlier calls were done")
+        assert sum(client.nthreads().values()) == threads + 2
+    finally:
+        cpl.Recipe.set_maxthreads(2)
+
+
 def test_maxthreads_on_a_cluster_the_user_brought(test_recipe, any_fits):
     with distributed.LocalCluster(n_workers=2, threads_per_worker=2, host="127.0.0.1",
                                   dashboard_address=":0") as cluster, \
