@@ -260,15 +260,13 @@ def _spawn(spec: CallSpec, frames, call_dir: pathlib.Path) -> dict:
         else:
             calib.setdefault(tag, []).extend(paths)
     job = {"recipe": spec.recipe, "version": spec.version,
-           "recipe_path": list(spec.recipe_path), "recipe_file": spec.recipe_file, "params": [list(p) for p in spec.params],
+           "recipe_path": list(spec.recipe_path), "recipe_file": spec.recipe_file,
+           "params": [list(p) for p in spec.params],
            "raw": raw, "calib": calib, "tag": raw[0][0] if raw else None,
            "call_dir": str(call_dir), "memory_limit": spec.memory_limit}
     job_file = call_dir / ".cpldask-job.json"
     job_file.write_text(json.dumps(job))
-    env = dict(os.environ)
-    if spec.omp_threads:
-        env["OMP_NUM_THREADS"] = str(spec.omp_threads)
-    env.update(dict(spec.env))  # the call's own env wins, OMP_NUM_THREADS included
+    env = _recipe_env(spec.omp_threads, dict(spec.env))
     if not spec.backtrace:
         env["PATH"] = f"{_no_gdb_dir(call_dir.parent)}:{env.get('PATH', '')}"
     proc = _server(env).start(job_file, env, spec.recipe, spec.recipe_file)
@@ -393,10 +391,18 @@ def _server(env: dict) -> _ForkServer:
 def warm_up(omp_threads: int | None) -> None:
     """Start this worker's fork server for calls with ``omp_threads`` OpenMP threads
     ahead of the first call (see :mod:`cpldask._cluster`)."""
+    _server(_recipe_env(omp_threads))
+
+
+def _recipe_env(omp_threads: int | None, call_env: dict | None = None) -> dict:
+    """The environment of a recipe process: the worker's, the OpenMP threads cpldask
+    chose, then the call's own ``env`` (which wins, OMP_NUM_THREADS included). Also
+    what picks a call's fork server, so that :func:`warm_up` starts the same one."""
     env = dict(os.environ)
     if omp_threads:
         env["OMP_NUM_THREADS"] = str(omp_threads)
-    _server(env)
+    env.update(call_env or {})
+    return env
 
 
 def _disk_full(path: pathlib.Path) -> bool:
