@@ -4,8 +4,9 @@
 
 1. resolves the inputs (file paths, or products of upstream calls in the graph),
 2. waits for a slot when the client set a limit (a ``distributed.Semaphore``),
-3. runs the recipe in a fresh ``python -m cpldask._runner`` process group in a
-   private call directory, killing the group on cancel, time-out or exit,
+3. runs the recipe in a recipe process (forked by the worker's fork server, see
+   :mod:`cpldask._runner`) with a process group of its own, in a private call
+   directory, killing the group on cancel, time-out or exit,
 4. moves the products into ``output_dir`` only once the recipe has succeeded,
    without ever overwriting a product of a call that ran at the same time,
 5. returns a small :class:`~cpldask._spec.RunRecord` — paths, not pixels.
@@ -262,7 +263,7 @@ def _spawn(spec: CallSpec, frames, call_dir: pathlib.Path) -> dict:
     job = {"recipe": spec.recipe, "version": spec.version,
            "recipe_path": list(spec.recipe_path), "recipe_file": spec.recipe_file,
            "params": [list(p) for p in spec.params],
-           "raw": raw, "calib": calib, "tag": raw[0][0] if raw else None,
+           "raw": raw, "calib": calib,
            "call_dir": str(call_dir), "memory_limit": spec.memory_limit}
     job_file = call_dir / ".cpldask-job.json"
     job_file.write_text(json.dumps(job))

@@ -1,4 +1,4 @@
-"""The recipe process: runs one recipe call with python-cpl and reports back.
+"""The recipe process: runs one recipe call with python-cpl's engine and reports back.
 
 A worker starts one process per call (see :mod:`cpldask._execute`), for three reasons:
 
@@ -12,19 +12,31 @@ A worker starts one process per call (see :mod:`cpldask._execute`), for three re
 * a memory limit (``RLIMIT_AS``) applies to this process and the recipe only.
 
 Recipe processes are forked from a fork server (:func:`serve`), so that a call pays
-neither for a fresh interpreter and the astropy import nor for loading the recipe
-library, which the server keeps loaded. The outcome
-goes to ``report.json`` beside the job file, written atomically; stdout and stderr go
-to a log file the worker keeps for diagnostics. Nothing here imports cpldask: the
-worker starts this file by its path, so the server loads python-cpl and nothing else.
-``python _runner.py JOB.json`` runs one job without the server (for debugging).
+neither for a fresh interpreter nor for loading the recipe library, which the server
+keeps loaded. The engine is python-cpl's C extension alone (:func:`_engine`): it loads
+the recipe, sets parameters and frames, forks the recipe child (with python-cpl's crash
+handler and gdb backtrace) and returns products, errors and timings. python-cpl's
+Python layer is not loaded here: it imports astropy, which made every process the
+server forks ~10 times larger and a no-op call cost 24 ms of CPU instead of 10 (see
+docs/benchmarks.md). What that layer did per call is done below, with python-cpl's
+rules: parameters converted to their CPL type, frames with absolute paths, the CPL
+message log turned into log records, a crash read from python-cpl's backtrace file.
+
+The outcome goes to ``report.json`` beside the job file, written atomically; stdout
+and stderr go to a log file the worker keeps for diagnostics. Nothing here imports
+cpldask: the worker starts this file by its path. ``python _runner.py JOB.json`` runs
+one job without the server (for debugging).
 """
 
 from __future__ import annotations
 
+import datetime
+import importlib.machinery
+import importlib.util
 import json
 import os
 import pathlib
+import re
 import resource
 import signal
 import sys
@@ -33,65 +45,167 @@ import time
 
 
 LOG = ".cpldask-runner.log"
+#: CPL's message log of the call (python-cpl reads it from a FIFO with a thread; a
+#: file read once the recipe has ended costs neither), removed once read
+RECIPE_LOG = ".cpldask-recipe.log"
+#: written by python-cpl's crash handler in the recipe child, in its working directory
+BACKTRACE = "recipe.backtrace-unprocessed"
+#: CPL's message line: "10:35:25 [WARNING] muse_bias: [tid=000] text" (python-cpl's
+#: pattern); lines that do not match continue the message before them
+_LOG_LINE = re.compile(r"(\d\d):(\d\d):(\d\d)\s\[\s*(\w+)\s*\]\s(\w+):"
+                       r"(\s\[tid=(\d+)\])?\s(.+)")
+_LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "OFF": 51}
 
 
-def _watch_parent() -> None:
-    """Kill our process group when the worker that started us goes away."""
+_ENGINE = None
+
+
+def _engine():
+    """python-cpl's C extension ``cpl.CPL_recipe``, loaded without the ``cpl`` package
+    (whose ``__init__`` imports astropy)."""
+    global _ENGINE
+    if _ENGINE is None:
+        spec = importlib.util.find_spec("cpl")  # finds the package, does not import it
+        dirs = list(spec.submodule_search_locations or []) if spec else []
+        for path in (os.path.join(d, "CPL_recipe" + suffix) for d in dirs
+                     for suffix in importlib.machinery.EXTENSION_SUFFIXES):
+            if os.path.isfile(path):
+                loader = importlib.machinery.ExtensionFileLoader("cpl.CPL_recipe", path)
+                module = importlib.util.module_from_spec(
+                    importlib.util.spec_from_loader("cpl.CPL_recipe", loader))
+                loader.exec_module(module)
+                _ENGINE = module
+                break
+        else:
+            raise ImportError(f"python-cpl's engine (cpl/CPL_recipe*.so) is not installed "
+                              f"for {sys.executable}: pip install python-cpl")
+    return _ENGINE
+
+
+#: (recipe name, library file) -> (engine recipe, {parameter full name: Python type}).
+#: Loading a recipe library (and the CPL libraries it links) costs ~6 ms of CPU; loaded
+#: once in the fork server, every forked recipe process has it for free. The server's
+#: environment holds the call's OpenMP settings (the worker keeps one server per OpenMP
+#: environment), so the OpenMP runtime that loads with the library reads the right ones.
+_loaded: dict[tuple[str, str | None], tuple[object, dict[str, type | None]]] = {}
+
+
+def _load(name: str, recipe_file: str | None, version=None, path=()) -> tuple:
+    """The loaded recipe ``name`` and its parameter types, from ``recipe_file`` where
+    this node has that file, else found on ``path`` (python-cpl's search)."""
+    key = (name, recipe_file)
+    if key not in _loaded:
+        engine = _engine()
+        # python-cpl's memory mode 0 (no CPL memory accounting) unless the user set one
+        os.environ.setdefault("CPL_MEMORY_MODE", "0")
+        filename = recipe_file if recipe_file and os.path.isfile(recipe_file) \
+            else _find(engine, name, version, path)
+        recipe = engine.recipe(filename, name)
+        _loaded[key] = (recipe, {p[2]: p[7] for p in recipe.params()})
+    return _loaded[key]
+
+
+def _find(engine, name: str, version, path) -> str:
+    """The library holding recipe ``name`` on ``path``: the given version (number or
+    string) if there, else the newest (python-cpl's ``Recipe.get_recipefilename``)."""
+    best, best_version = None, -1
+    for root, _, files in (w for p in path for w in os.walk(p)):
+        for lib in sorted(os.path.join(root, f) for f in files if f.endswith(".so")):
+            for rname, number, string in engine.list(lib) or ():
+                if rname != name:
+                    continue
+                if version is not None and version in (number, string):
+                    return lib
+                if number > best_version:
+                    best, best_version = lib, number
+    if best is None:
+        raise OSError(f"recipe {name!r} not found at path {list(path)}")
+    return best
+
+
+def _typed(types: dict, name: str, value):
+    """``value`` as the CPL type of parameter ``name`` (python-cpl's conversion: the
+    engine silently skips a value of the wrong type)."""
+    if name not in types:
+        raise ValueError(f"the recipe has no parameter {name!r}")
+    ptype = types[name]
+    if ptype is bool and isinstance(value, str):
+        value = {"true": True, "false": False, "yes": True, "no": False}.get(value.lower(), value)
+    return ptype(value) if ptype is not None else value
+
+
+def _read_log(path: str, recipe: str) -> list:
+    """CPL's message log as (logger name, level, function, message, time) entries, as
+    python-cpl's LogServer makes its records (loggers ``cpl.<recipe>.<function>``)."""
+    entries: list = []
     try:
-        sys.stdin.buffer.read()
-    finally:
-        os.killpg(os.getpgrp(), signal.SIGKILL)
+        with open(path, encoding="ascii", errors="replace") as lines:
+            today, now = datetime.date.today(), time.time()
+            for line in lines:
+                m = _LOG_LINE.match(line)
+                if m is not None:
+                    h, mi, s, level, func = m.groups()[:5]
+                    created = datetime.datetime.combine(
+                        today, datetime.time(int(h), int(mi), int(s))).timestamp()
+                    if created > now:  # logged before midnight
+                        created -= 86400
+                    entries.append((f"cpl.{recipe}.{func}", _LEVELS.get(level, 0), func,
+                                    m.group(8), created))
+                elif entries:
+                    name, level, func, _, created = entries[-1]
+                    entries.append((name, level, func, line.rstrip(), created))
+        os.remove(path)
+    except FileNotFoundError:
+        pass  # the recipe child died before CPL opened its log
+    return entries
 
 
-def _log_entries(log) -> list:
-    return [(r.name, r.levelno, r.funcName, str(r.msg), r.created) for r in log or ()]
+def _crash_signal(lines: list[str]) -> int | None:
+    """The signal python-cpl's crash handler recorded (None: memory corruption)."""
+    for line in lines:
+        if line.startswith("Received signal:"):
+            return int(line.split(":")[1])
+    return None
 
 
 def run(job: dict) -> dict:
-    """Run the call described by ``job`` with python-cpl and describe its outcome."""
-    import cpl  # loads astropy: after the rlimit, so the limit covers it too
-
-    cpl.Recipe.path = job["recipe_path"]
-    recipe = _loaded.get((job["recipe"], job.get("recipe_file")))
-    if recipe is not None:
-        pass  # loaded by the fork server before it forked us
-    elif os.path.isfile(job.get("recipe_file") or ""):
-        # the client's library, where this node sees it: searching the path instead
-        # opens every plugin library on it (~15-45 ms for the 27 of MUSE, per call)
-        recipe = cpl.Recipe(job["recipe"], filename=job["recipe_file"])
-    else:
-        recipe = cpl.Recipe(job["recipe"], version=job["version"])
-    raw = {}
-    for tag, paths in job["raw"]:
-        raw.setdefault(tag, []).extend(paths)
-    start = time.time()
-    report = {"recipe": job["recipe"], "start": start}
+    """Run the call described by ``job`` and describe its outcome."""
+    recipe, types = _load(job["recipe"], job.get("recipe_file"), job.get("version"),
+                          job["recipe_path"])
+    params = [(name, _typed(types, name, value)) for name, value in job["params"]]
+    frames = [(tag, os.path.abspath(path)) for tag, paths in [*job["raw"], *job["calib"].items()]
+              for path in paths]
+    call_dir = job["call_dir"]
+    # CPL refuses a log name over 72 characters (and the recipe then fails on the
+    # error left behind): the log is named relative to the call directory, which is
+    # this process's working directory and the recipe's
+    os.chdir(call_dir)
+    log_file = os.path.join(call_dir, RECIPE_LOG)
+    report = {"recipe": job["recipe"], "start": time.time()}
     try:
-        res = recipe(raw, param=dict(job["params"]), calib=dict(job["calib"]),
-                     output_dir=job["call_dir"], tag=job["tag"])
-    except cpl.CplError as err:
-        errors = [(e.code, e.msg, e.file, e.line, e.function) for e in err
-                  if e.code is not None]
-        report.update(kind="CplError", retval=err.retval, errors=errors,
-                      log=_log_entries(err.log))
-    except cpl.RecipeCrash as err:
-        report.update(kind="RecipeCrash", backtrace=list(err.lines), signal=err.signal)
+        # the child logs everything (level 0, DEBUG) to the file: the worker filters
+        products, errors, stat = recipe.run(call_dir, params, frames, [], RECIPE_LOG, 0, 0, 0)
     except OSError as err:
         if str(err) != "Recipe crashed":
             raise
-        # python-cpl's answer when the recipe child died without its crash handler:
-        # only SIGKILL (the OOM killer, a kill -9) gets past that handler.
-        report.update(kind="RecipeCrash", backtrace=[], signal=int(signal.SIGKILL))
-    else:
-        products = []
-        for tag, value in res:
-            for path in value if isinstance(value, list) else [value]:
-                products.append((tag, os.path.basename(path)))
-        report.update(kind="ok", products=products, log=_log_entries(res.log),
-                      stat={"return_code": res.stat.return_code,
-                            "user_time": res.stat.user_time,
-                            "sys_time": res.stat.sys_time})
+        products = errors = stat = None  # the child died before sending its outcome
     report["end"] = time.time()
+    report["log"] = _read_log(log_file, job["recipe"])
+    backtrace = os.path.join(call_dir, BACKTRACE)
+    if os.path.exists(backtrace):  # python-cpl's crash handler ran (and gdb, if allowed)
+        os.replace(backtrace, os.path.join(call_dir, "recipe.backtrace"))
+        with open(os.path.join(call_dir, "recipe.backtrace"), errors="replace") as bt:
+            lines = bt.readlines()
+        report.update(kind="RecipeCrash", backtrace=lines, signal=_crash_signal(lines))
+    elif stat is None:
+        # no handler ran: only SIGKILL (the OOM killer, a kill -9) gets past it
+        report.update(kind="RecipeCrash", backtrace=[], signal=int(signal.SIGKILL))
+    elif stat[0]:
+        report.update(kind="CplError", retval=stat[0], errors=[list(e) for e in errors])
+    else:
+        report.update(kind="ok", products=[(tag, os.path.basename(f)) for tag, f in products],
+                      stat={"return_code": stat[0], "user_time": stat[1],
+                            "sys_time": stat[2]})
     # the recipe child has been reaped: its peak memory is in our children's usage
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     report["max_rss"] = children.ru_maxrss * 1024
@@ -122,7 +236,7 @@ def execute(job_file: pathlib.Path) -> None:
 
 # -- the fork server -----------------------------------------------------------------
 # A worker keeps one of these (``python _runner.py --serve``) per OpenMP environment:
-# it has imported python-cpl and astropy and loads each recipe library on first use,
+# it has loaded python-cpl's engine and loads each recipe library on first use,
 # with the OpenMP runtime reading the server's own environment, which holds the calls'
 # OMP_* settings. A fork of it starts a recipe process in milliseconds. It stays
 # single-threaded (it never runs a recipe itself) so that forking it is safe.
@@ -135,24 +249,15 @@ def execute(job_file: pathlib.Path) -> None:
 # group when the server dies.
 
 
-#: (recipe name, library file) -> python-cpl recipe, loaded in the fork server. Loading
-#: a recipe library (and the CPL libraries it links) costs ~6 ms of CPU; loaded once in
-#: the server, every forked recipe process has it for free. The server's environment
-#: holds the call's OpenMP settings (the worker keeps one server per OpenMP
-#: environment), so the OpenMP runtime that loads with the library reads the right ones.
-_loaded: dict[tuple[str, str], object] = {}
-
-
 def _preload(request: dict) -> None:
-    """Load the request's recipe library in the server, once; a failure is left for
-    the recipe process to meet and report."""
-    import cpl
-
-    key = (request.get("recipe"), request.get("recipe_file"))
-    if key in _loaded or not key[1] or not os.path.isfile(key[1]):
+    """Load the request's recipe library in the server, once; a failure (or a library
+    this node does not have) is left for the recipe process to meet and report."""
+    recipe_file = request.get("recipe_file")
+    if (request.get("recipe"), recipe_file) in _loaded or not recipe_file \
+            or not os.path.isfile(recipe_file):
         return
     try:
-        _loaded[key] = cpl.Recipe(key[0], filename=key[1])
+        _load(request["recipe"], recipe_file)
     except Exception:  # noqa: BLE001  (the recipe process reports it properly)
         pass
 
@@ -171,7 +276,6 @@ def _child(request: dict, lifeline: int, inherited: list[int]) -> None:
         os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
         os.environ.clear()
         os.environ.update(request["env"])  # before any recipe library (OpenMP) loads
-        os.chdir(job_file.parent)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
         threading.Thread(target=_watch_fd, args=(lifeline,), daemon=True).start()
@@ -193,7 +297,7 @@ def _watch_fd(fd: int) -> None:
 def serve() -> None:
     import select
 
-    import cpl  # noqa: F401  (imported once here, inherited by every fork)
+    _engine()  # loaded once here, inherited by every fork
 
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
@@ -247,7 +351,9 @@ def main(argv: list[str]) -> int:
     if argv == ["--serve"]:
         serve()
         return 0
-    threading.Thread(target=_watch_parent, daemon=True, name="watch-worker").start()
+    # EOF on stdin: whoever started us is gone (a raw read: a daemon thread blocked in
+    # sys.stdin's buffered read aborts the interpreter's exit)
+    threading.Thread(target=_watch_fd, args=(0,), daemon=True, name="watch-worker").start()
     execute(pathlib.Path(argv[0]))
     return 0
 
