@@ -146,7 +146,6 @@ def _run(spec: CallSpec, frames) -> RunRecord:
             products, report = _from_cache(spec, hit, call_dir)
         else:
             products, report = _execute(spec, frames, call_dir, base)
-        _forward_log(spec, report["log"])
         prov = _provenance(spec, frames, report, cache_hit=hit is not None)
         if hit is None and spec.cache_dir:
             _cache.store(spec.cache_dir, spec.cache_key,
@@ -175,6 +174,9 @@ def _execute(spec: CallSpec, frames, call_dir: pathlib.Path, base: pathlib.Path)
     """Run the recipe; (products in call_dir, the runner's report)."""
     try:
         report = _spawn(spec, frames, call_dir)
+        # the messages the client's logging shows, as they would be with python-cpl:
+        # of a failed call too (whose exception also carries its whole log)
+        _forward_log(spec, report.get("log") or [])
         if report["kind"] != "ok":
             raise errors.from_report(report)
         return _collect(spec, report, call_dir), report

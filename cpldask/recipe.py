@@ -31,7 +31,7 @@ from dask.highlevelgraph import HighLevelGraph
 import distributed
 from distributed import Future
 
-from . import _cluster, _config, errors
+from . import _cluster, _config, _submit, errors
 from ._execute import run_recipe
 from ._spec import CallSpec, FileInput, ProductRef
 from .result import Result, listen_to_logs, log_threshold
@@ -361,12 +361,13 @@ class Recipe:
                            output_dir=output_dir, timeout=timeout,
                            memory_limit=memory_limit, resources=resources, cache=cache,
                            direct=True)
-        future = call.submit()
+        background = self.threaded if threaded is None else threaded
+        future = call.submit(batch=background)
         if call.spec.slots is None:
             _cluster.track_unguarded(call.client, future)
         res = Result(future, self.__name__, output=call.spec.output_dir,
-                     defaults=self._defaults)
-        if not (self.threaded if threaded is None else threaded):
+                     defaults=self._defaults, batched=background)
+        if not background:
             res.result()
         return res
 
@@ -573,9 +574,14 @@ class _Call:
             graph = HighLevelGraph.from_collections(self.key, layer, dependencies=upstream)
         return Delayed(self.key, graph)
 
-    def submit(self) -> Future:
-        """Start the task; the future of its outcome."""
+    def submit(self, *, batch: bool = False) -> Future:
+        """Start the task; the future of its outcome. With ``batch`` (a background
+        call) the task may be sent with others a moment later (see
+        :mod:`cpldask._submit`)."""
         client = self.client
+        if batch and _submit.batchable(self):
+            return _submit.add(self)
+        _submit.flush(client)  # the tasks this one names go to the scheduler first
         if any(isinstance(dep, Delayed) for dep in self.deps):
             return client.compute(self.node, optimize_graph=False)
         # The same task as self.node, handed over as such: Client.compute would

@@ -11,14 +11,13 @@ from __future__ import annotations
 import html
 import logging
 import weakref
-from concurrent.futures import CancelledError
 
 from typing import Any, Callable
 
 import distributed
 from astropy.io import fits
 
-from . import errors
+from . import _submit, errors
 from ._spec import LOG_TOPIC, RunRecord
 
 __all__ = ["Result"]
@@ -46,16 +45,25 @@ class Result:
     """
 
     def __init__(self, future: distributed.Future, recipe: str, *, output: str | None,
-                 defaults: dict | None = None):
-        self.future = future
+                 defaults: dict | None = None, batched: bool = False):
+        self._future = future
+        self._batched = batched  # its task may still wait in the client's batch
         self._defaults = defaults or {}  # parameter defaults, for the display
         self.recipe = recipe
         self._path_products = output is not None
         self._record: RunRecord | None = None
         self._opened: dict[str, Any] = {}
-        future.add_done_callback(_replay_log_on_error(recipe))
 
     # -- the Future interface -------------------------------------------------------
+    @property
+    def future(self) -> distributed.Future:
+        """The call's :class:`distributed.Future` (for ``distributed.wait``,
+        ``as_completed``, ``client.submit(f, res.future)``, ...)."""
+        if self._batched:  # hand it out only once the scheduler knows its task
+            _submit.flush(self._future.client)
+            self._batched = False
+        return self._future
+
     @property
     def key(self) -> str:
         """The Dask task key (``<recipe>-<token>``)."""
@@ -300,21 +308,6 @@ def log_threshold(recipe: str) -> int:
 def _replay_event(event: tuple) -> None:
     _, msg = event  # (time, message); the scheduler adds the worker to the message
     _replay(msg["recipe"], msg["entries"])
-
-
-def _replay_log_on_error(recipe: str):
-    """A done-callback that replays the log of a failed call (the error carries it)."""
-
-    def callback(future: distributed.Future) -> None:
-        if future.status != "error":
-            return
-        try:
-            log = getattr(future.exception(), "log", None) or ()
-        except (CancelledError, distributed.TimeoutError, OSError):
-            return  # released or cancelled meanwhile (the client closing): nothing to say
-        _replay(recipe, [(r.name, r.levelno, r.funcName, r.msg, r.created) for r in log])
-
-    return callback
 
 
 def _replay(recipe: str, entries) -> None:

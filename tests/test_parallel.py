@@ -237,3 +237,34 @@ def test_omp_threads_show_in_cpu_usage(test_recipe, any_fits):
         assert fits.getheader(res.paths["PRODUCT"][0])["ESO QC ECHO NTHREADS"] == n
         cpu[n] = res.stat["user_time"] + res.stat["sys_time"]
     assert 0.4 < cpu[1] < 0.9 and 0.9 < cpu[2] < 1.6
+
+
+def test_a_failed_background_call_logs_its_errors_unasked(test_recipe, any_fits, caplog):
+    # python-cpl logs a recipe's messages as it runs, failed or not: nobody has to
+    # read the result for them to appear
+    with caplog.at_level(logging.INFO, logger="cpl.cpldask_test"):
+        res = test_recipe(any_fits, threaded=True, param={"fail": True, "value": 41.0})
+        wait_until(lambda: any("fail=1" in r.getMessage() for r in caplog.records), 20,
+                   "the failed call's log")
+    assert res.status == "error"
+
+
+def test_background_calls_in_a_burst_share_graphs(test_recipe, any_fits, client,
+                                                  monkeypatch):
+    from cpldask import _submit
+
+    sizes = []
+    send = _submit._Batch._send
+    monkeypatch.setattr(_submit._Batch, "_send",
+                        lambda self, c: (sizes.append(len(self._calls)), send(self, c)))
+    results = [test_recipe(any_fits, threaded=True, param={"value": 500.0 + i})
+               for i in range(40)]
+    twin = test_recipe(any_fits, threaded=True, param={"value": 500.0})  # shares a task
+    # a batched call used at once: as input of a call, and of the user's own task
+    after = test_recipe(raw={"RAW": [results[-1]]}, threaded=True, param={"value": 1.5})
+    call_dir = client.submit(lambda rec: rec.call_dir, results[-2].future)
+    distributed.wait([r.future for r in results] + [after.future, call_dir])
+    assert all(r.status == "finished" for r in results + [after])
+    assert twin.key == results[0].key and twin.paths == results[0].paths
+    assert call_dir.result() == results[-2].record.call_dir
+    assert sum(sizes) == 40 and max(sizes) > 1  # 40 tasks in fewer graphs than calls
