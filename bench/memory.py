@@ -60,6 +60,13 @@ def run(ctx: common.Context) -> dict:
 
     tag = "PRODUCT" if fast else "MASTER_BIAS"
 
+    def measured(variant, rep, count, mem, flowed):
+        record(variant, "growth", (mem.end - mem.start) / MB)
+        record(variant, "peak growth", (mem.peak - mem.start) / MB)
+        record(variant, "GB flowed", flowed / 1e9)
+        log(f"memory rep {rep + 1}/{reps} {variant}: {count} products, {flowed / 1e9:.1f} GB, "
+            f"RSS +{(mem.end - mem.start) / MB:.0f} MB (peak +{(mem.peak - mem.start) / MB:.0f})")
+
     with ctx.cluster(SLOTS):
         prod = cpldask.Recipe(kind, threaded=True)
         cons = cpldask.Recipe("cpldask_test", threaded=True)
@@ -80,11 +87,7 @@ def run(ctx: common.Context) -> dict:
                 flowed = sum(pr.size for p, _ in results for pr in p.record.products)
                 headers = [c.PRODUCT[0].header["ESO QC ECHO VALUE"] for _, c in results]
                 assert headers == [float(i) for i in range(n)], headers
-            record("cpldask", "growth", (mem.end - mem.start) / MB)
-            record("cpldask", "peak growth", (mem.peak - mem.start) / MB)
-            record("cpldask", "GB flowed", flowed / 1e9)
-            log(f"memory rep {rep + 1}/{reps} cpldask: {n} products, {flowed / 1e9:.1f} GB, "
-                f"RSS +{(mem.end - mem.start) / MB:.0f} MB (peak +{(mem.peak - mem.start) / MB:.0f})")
+            measured("cpldask", rep, n, mem, flowed)
             del results, p, c
             # -- python-cpl: in-memory HDUList results -----------------------------------
             gc.collect()
@@ -100,11 +103,7 @@ def run(ctx: common.Context) -> dict:
                     kept.append((p, c))
                 headers = [c.PRODUCT[0].header["ESO QC ECHO VALUE"] for _, c in kept]
                 assert headers == [float(i) for i in range(m)], headers
-            record("python-cpl", "growth", (mem.end - mem.start) / MB)
-            record("python-cpl", "peak growth", (mem.peak - mem.start) / MB)
-            record("python-cpl", "GB flowed", flowed / 1e9)
-            log(f"memory rep {rep + 1}/{reps} python-cpl: {m} products, {flowed / 1e9:.1f} GB, "
-                f"RSS +{(mem.end - mem.start) / MB:.0f} MB (peak +{(mem.peak - mem.start) / MB:.0f})")
+            measured("python-cpl", rep, m, mem, flowed)
             for p, c in kept:
                 for hdul in (getattr(p, tag), c.PRODUCT):
                     hdul.close()
