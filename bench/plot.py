@@ -164,9 +164,11 @@ def plot(report: dict, out: pathlib.Path) -> pathlib.Path:
         _missing(a6, "6. cold start", res)
 
     env = report["environment"]
+    runs = report.get("merged") or [f"{report['started']}, cpldask {env['git_commit']}"
+                                     f"{'+dirty' if env['git_dirty'] else ''}"]
     fig.suptitle(f"cpldask benchmarks — {env['cores']} cores, load {env['loadavg_start'][0]:.1f} "
-                 f"at start, {report['started']}{' (quick)' if report['quick'] else ''}, "
-                 f"cpldask {env['git_commit']}{'+dirty' if env['git_dirty'] else ''}"
+                 f"at start{' (quick)' if report['quick'] else ''}\n"
+                 + "\n".join(runs)
                  + ("\nmachine busy with other work: walls are not quiet-machine figures"
                     # (the benchmark itself keeps the load near the core count)
                     if env["loadavg_start"][0] > env["cores"] else ""),
@@ -192,8 +194,13 @@ def main(argv=None) -> int:
             return 1
         paths = [found[-1]]
     report = json.loads(paths[0].read_text())
-    for more in paths[1:]:
-        report["benchmarks"].update(json.loads(more.read_text())["benchmarks"])
+    if len(paths) > 1:  # name every run and the benchmarks it gave
+        report["merged"] = []
+        for path in paths:
+            run = json.loads(path.read_text())
+            report["benchmarks"].update(run["benchmarks"])
+            report["merged"].append(f"{run['started'][:16]} {run['environment']['git_commit']}"
+                                    f" ({', '.join(run['benchmarks'])})")
     print(plot(report, args.out))
     return 0
 

@@ -2,7 +2,7 @@
 
     python bench/profiling.py start     # what a recipe process costs to start
     python bench/profiling.py submit    # where the client's time per call goes
-    python bench/profiling.py percall   # CPU per call of each process of the cluster
+    python bench/profiling.py percall   # CPU per call of each process; slot time
     python bench/profiling.py all
 
 ``start``: CPU and wall of the steps a fresh recipe process goes through (``python -c
@@ -211,12 +211,14 @@ def percall(ctx, n: int = 600, maxthreads: bool = False) -> dict:
         for i in range(4):  # warm: fork servers started, recipe library loaded
             r(ctx.tiny_fits, param={"value": -1.0 - i}, cache=False)
         before, t0 = snapshot(), time.perf_counter()
-        rs = [r(ctx.tiny_fits, param={"value": float(i)}, cache=False, threaded=True)
-              for i in range(n)]
-        distributed.wait(rs)
+        with distributed.get_task_stream() as stream:
+            rs = [r(ctx.tiny_fits, param={"value": float(i)}, cache=False, threaded=True)
+                  for i in range(n)]
+            distributed.wait(rs)
         wall, after = time.perf_counter() - t0, snapshot()
         reports = [json.loads(p.read_text())
                    for p in pathlib.Path(rs[0].record.call_dir).parent.glob("*/report.json")]
+        slots = _slot_time(stream.data, {x.key: x.record for x in rs})
     roles: dict[str, float] = {}
     for pid, (role, own, children) in after.items():
         _, own0, children0 = before.get(pid, (role, 0.0, 0.0))
@@ -231,11 +233,40 @@ def percall(ctx, n: int = 600, maxthreads: bool = False) -> dict:
            "recipe_process_cpu_ms": {
                "runner": 1000 * (common.median([c["runner"] for c in runner]) or 0),
                "python-cpl recipe fork": 1000 * (common.median([c["recipe"] for c in runner])
-                                                 or 0)}}
+                                                 or 0)},
+           "slot_time_ms": slots}
     common.log(f"percall: {res['calls_per_s']:.1f} calls/s, "
                f"{res['total_cpu_ms_per_call']} ms CPU per call: {res['cpu_ms_per_call']}; "
-               f"recipe process {res['recipe_process_cpu_ms']}")
+               f"recipe process {res['recipe_process_cpu_ms']}; slot time {slots}")
     return res
+
+
+def _slot_time(task_stream: list[dict], records: dict) -> dict[str, float | None]:
+    """Where a slot's time goes (medians, ms): the task on the worker thread, the
+    recipe process's run of the recipe within it, the rest of the task after the
+    recipe ended (process exit, report, product header), and the idle gap between one
+    task's end and the next one's start on the same worker thread."""
+    import common
+
+    by_thread: dict[tuple, list] = {}
+    for d in task_stream:
+        for s in d["startstops"]:
+            if s["action"] == "compute" and d["key"] in records:
+                by_thread.setdefault((d["worker"], d.get("thread")), []).append(
+                    (s["start"], s["stop"], records[d["key"]]))
+    task, run, after, gap = [], [], [], []
+    for calls in by_thread.values():
+        calls.sort(key=lambda c: c[0])
+        for (start, stop, rec), nxt in zip(calls, calls[1:] + [None]):
+            task.append(stop - start)
+            run.append(rec.end - rec.start)
+            after.append(stop - rec.end)
+            if nxt is not None:
+                gap.append(nxt[0] - stop)
+    return {name: round(1000 * common.median(v), 2) if v else None
+            for name, v in (("task", task), ("recipe run", run),
+                            ("recipe end -> task end", after),
+                            ("gap between tasks", gap))}
 
 
 def _role(cmdline: list[str]) -> str:
