@@ -45,7 +45,7 @@ class _Batch:
 
     def add(self, call) -> distributed.Future:
         """The future of ``call``'s task, which is sent with the batch."""
-        client = self._client()
+        client = call.client
         with self._lock:
             if self._calls and call.resources != self._resources:
                 self._send(client)  # one map per set of resources
