@@ -34,7 +34,7 @@ import threading
 import time
 
 from . import _cache, _fitsheader, _runner, errors
-from ._spec import LOG_TOPIC, CallSpec, FileInput, Product, ProductRef, RunRecord
+from ._spec import LOG_TOPIC, CallSpec, FileInput, Product, RunRecord
 
 #: how often a waiting worker thread looks for a cancel or a time-out (seconds)
 POLL = 0.2
