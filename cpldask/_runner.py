@@ -180,7 +180,6 @@ def run(job: dict) -> dict:
     # error left behind): the log is named relative to the call directory, which is
     # this process's working directory and the recipe's
     os.chdir(call_dir)
-    log_file = os.path.join(call_dir, RECIPE_LOG)
     report = {"recipe": job["recipe"], "start": time.time()}
     try:
         # the child logs everything (level 0, DEBUG) to the file: the worker filters
@@ -190,11 +189,10 @@ def run(job: dict) -> dict:
             raise
         products = errors = stat = None  # the child died before sending its outcome
     report["end"] = time.time()
-    report["log"] = _read_log(log_file, job["recipe"])
-    backtrace = os.path.join(call_dir, BACKTRACE)
-    if os.path.exists(backtrace):  # python-cpl's crash handler ran (and gdb, if allowed)
-        os.replace(backtrace, os.path.join(call_dir, "recipe.backtrace"))
-        with open(os.path.join(call_dir, "recipe.backtrace"), errors="replace") as bt:
+    report["log"] = _read_log(RECIPE_LOG, job["recipe"])
+    if os.path.exists(BACKTRACE):  # python-cpl's crash handler ran (and gdb, if allowed)
+        os.replace(BACKTRACE, "recipe.backtrace")  # (in the call directory, our cwd)
+        with open("recipe.backtrace", errors="replace") as bt:
             lines = bt.readlines()
         report.update(kind="RecipeCrash", backtrace=lines, signal=_crash_signal(lines))
     elif stat is None:
