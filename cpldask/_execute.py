@@ -300,7 +300,9 @@ def _wait(proc: "_RecipeProcess", spec: CallSpec) -> None:
 
 
 class _RecipeProcess:
-    """A recipe process forked by the server: its pid, and its end."""
+    """A recipe process forked by the server: its pid, and its end: ``ended`` is set
+    once it has written its report (it then exits by itself) or once it has exited
+    without one (``returncode`` then says how)."""
 
     def __init__(self):
         self.started = threading.Event()
@@ -309,7 +311,8 @@ class _RecipeProcess:
         self.returncode: int | None = None
 
     def kill(self) -> None:
-        """Kill its process group (the runner, the recipe, gdb) and wait for the end."""
+        """Kill its process group (the runner, the recipe, gdb) unless it has ended,
+        and wait for the end."""
         self.started.wait()
         if self.pid is not None and not self.ended.is_set():
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -359,6 +362,9 @@ class _ForkServer:
             if "pid" in msg:
                 rp.pid = msg["pid"]
                 rp.started.set()
+            elif "done" in msg:  # the report is written; the exit status follows
+                rp.returncode = 0
+                rp.ended.set()
             else:
                 rp.returncode = os.waitstatus_to_exitcode(msg["status"])
                 del self.calls[msg["id"]]

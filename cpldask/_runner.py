@@ -31,6 +31,7 @@ one job without the server (for debugging).
 from __future__ import annotations
 
 import datetime
+import fcntl
 import importlib.machinery
 import importlib.util
 import json
@@ -40,8 +41,8 @@ import re
 import resource
 import signal
 import sys
-import threading
 import time
+from stat import S_ISFIFO
 
 
 LOG = ".cpldask-runner.log"
@@ -137,26 +138,31 @@ def _typed(types: dict, name: str, value):
 def _read_log(path: str, recipe: str) -> list:
     """CPL's message log as (logger name, level, function, message, time) entries, as
     python-cpl's LogServer makes its records (loggers ``cpl.<recipe>.<function>``)."""
-    entries: list = []
     try:
         with open(path, encoding="ascii", errors="replace") as lines:
-            today, now = datetime.date.today(), time.time()
-            for line in lines:
-                m = _LOG_LINE.match(line)
-                if m is not None:
-                    h, mi, s, level, func = m.groups()[:5]
-                    created = datetime.datetime.combine(
-                        today, datetime.time(int(h), int(mi), int(s))).timestamp()
-                    if created > now:  # logged before midnight
-                        created -= 86400
-                    entries.append((f"cpl.{recipe}.{func}", _LEVELS.get(level, 0), func,
-                                    m.group(8), created))
-                elif entries:
-                    name, level, func, _, created = entries[-1]
-                    entries.append((name, level, func, line.rstrip(), created))
+            entries = _parse_log(lines, recipe)
         os.remove(path)
     except FileNotFoundError:
-        pass  # the recipe child died before CPL opened its log
+        return []  # the recipe child died before CPL opened its log
+    return entries
+
+
+def _parse_log(lines, recipe: str) -> list:
+    entries: list = []
+    today, now = datetime.date.today(), time.time()
+    for line in lines:
+        m = _LOG_LINE.match(line)
+        if m is not None:
+            h, mi, s, level, func = m.groups()[:5]
+            created = datetime.datetime.combine(
+                today, datetime.time(int(h), int(mi), int(s))).timestamp()
+            if created > now:  # logged before midnight
+                created -= 86400
+            entries.append((f"cpl.{recipe}.{func}", _LEVELS.get(level, 0), func,
+                            m.group(8), created))
+        elif entries:
+            name, level, func, _, created = entries[-1]
+            entries.append((name, level, func, line.rstrip(), created))
     return entries
 
 
@@ -241,10 +247,11 @@ def execute(job_file: pathlib.Path) -> None:
 #
 # Protocol, one JSON object per line. In (stdin): {"id", "job", "env", "recipe",
 # "recipe_file"}. Out (stdout):
-# {"id", "pid"} once the process is forked, {"id", "status"} (as os.waitpid gives it)
-# once it has ended. EOF on stdin means the worker is gone: every recipe process group
-# is killed. Each recipe process watches a pipe from this server and kills its own
-# group when the server dies.
+# {"id", "pid"} once the process is forked; {"id", "done"}, written by the recipe
+# process itself, once its report is written; {"id", "status"} (as os.waitpid gives
+# it) once it has exited. EOF on stdin means the worker is gone: every recipe process
+# group is killed. Each recipe process holds the read end of a pipe from this server,
+# whose EOF makes the kernel kill its group when the server dies (:func:`_die_with`).
 
 
 def _preload(request: dict) -> None:
@@ -267,35 +274,66 @@ def _child(request: dict, lifeline: int, inherited: list[int]) -> None:
         for fd in inherited:  # the server's pipes: siblings' lifelines, its wake-up
             os.close(fd)
         os.setsid()  # our own process group: one killpg ends us, the recipe and gdb
+        _die_with(lifeline)
+        notify = os.dup(1)  # the server's stdout: the worker reads our "done" there
         job_file = pathlib.Path(request["job"])
         out = os.open(job_file.with_name(LOG), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(out, 1)
         os.dup2(out, 2)
         os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-        os.environ.clear()
-        os.environ.update(request["env"])  # before any recipe library (OpenMP) loads
+        _set_environ(request["env"])  # before any recipe library (OpenMP) loads
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
-        threading.Thread(target=_watch_fd, args=(lifeline,), daemon=True).start()
         execute(job_file)
+        # The report is written: the worker can go on without waiting for this
+        # process to exit and the server to reap it (~0.7 ms on a 2-core VM). One
+        # short write to a pipe is atomic: it never mixes with the server's lines.
+        os.write(notify, json.dumps({"id": request["id"], "done": True}).encode() + b"\n")
         code = 0
     finally:
         os._exit(code)
 
 
-def _watch_fd(fd: int) -> None:
-    """Kill our process group once ``fd`` reaches EOF (its writer is gone)."""
-    try:
-        while os.read(fd, 1024):
-            pass
-    finally:
-        os.killpg(os.getpgrp(), signal.SIGKILL)
+def _die_with(fd: int) -> None:
+    """Have the kernel SIGKILL our whole process group once the pipe ``fd`` reaches
+    EOF, i.e. once its writer (the fork server, or the worker) is gone.
+
+    The pipe is put in asynchronous mode, owned by our process group, with SIGKILL
+    as its signal: closing the last write end of a pipe signals its owner (Linux
+    ``pipe_release``). This is the watchdog thread it replaces, without a thread,
+    whose start cost 0.36 ms of every call."""
+    fcntl.fcntl(fd, fcntl.F_SETOWN, -os.getpgrp())
+    fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGKILL)
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_ASYNC)
+
+
+def _set_environ(env: dict) -> None:
+    """Make ``os.environ`` equal to ``env``, touching only what differs (each change
+    is a ``putenv``; usually the server's environment is the call's but for a few)."""
+    for name in [k for k in os.environ if k not in env]:
+        del os.environ[name]
+    for name, value in env.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
+
+
+def _warm() -> None:
+    """Do once in the server what every recipe process does first, so that each
+    fork inherits it done: the lazy imports and caches behind the log parser (the
+    ascii codec, datetime), JSON and the resource module. In each fork they cost
+    0.3 ms of CPU, on top of copying the pages they write."""
+    with open(os.devnull, encoding="ascii", errors="replace") as f:
+        f.read()
+    _parse_log(["00:00:00 [    INFO] warm: up\n", "more\n"], "warm")
+    json.loads(json.dumps({"warm": [1.0, "up"]}))
+    resource.getrusage(resource.RUSAGE_CHILDREN)
 
 
 def serve() -> None:
     import select
 
     _engine()  # loaded once here, inherited by every fork
+    _warm()
 
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
@@ -349,9 +387,11 @@ def main(argv: list[str]) -> int:
     if argv == ["--serve"]:
         serve()
         return 0
-    # EOF on stdin: whoever started us is gone (a raw read: a daemon thread blocked in
-    # sys.stdin's buffered read aborts the interpreter's exit)
-    threading.Thread(target=_watch_fd, args=(0,), daemon=True, name="watch-worker").start()
+    if S_ISFIFO(os.fstat(0).st_mode):
+        # started by a program holding a pipe to our stdin: its EOF means that the
+        # program is gone, and the recipe goes with it (from a terminal: nothing)
+        os.setsid()
+        _die_with(0)
     execute(pathlib.Path(argv[0]))
     return 0
 

@@ -8,23 +8,32 @@ checked here: recipe search on the path, parameter types, CPL's log as records.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import signal
 import subprocess
 import sys
 
 from astropy.io import fits
+from helpers import recipe_pids, wait_until
 
-from cpldask import _runner
+from cpldask import _execute, _runner
 
 
-def run_job(call_dir: pathlib.Path, **job) -> dict:
-    """Run one job with ``python _runner.py JOB`` (no fork server) and return its report."""
+def write_job(call_dir: pathlib.Path, **job) -> pathlib.Path:
+    """A job file for the runner in a new ``call_dir``."""
     call_dir.mkdir(parents=True)
     job = {"recipe": "cpldask_test", "version": None, "recipe_path": [], "recipe_file": None,
            "params": [], "raw": [], "calib": {}, "call_dir": str(call_dir),
            "memory_limit": None, **job}
     job_file = call_dir / ".cpldask-job.json"
     job_file.write_text(json.dumps(job))
+    return job_file
+
+
+def run_job(call_dir: pathlib.Path, **job) -> dict:
+    """Run one job with ``python _runner.py JOB`` (no fork server) and return its report."""
+    job_file = write_job(call_dir, **job)
     # stdin stays open while it runs: EOF on it means "the worker died, kill everything"
     proc = subprocess.Popen([sys.executable, _runner.__file__, str(job_file)],
                             stdin=subprocess.PIPE)
@@ -75,3 +84,35 @@ def test_cpl_log_lines_become_python_cpl_records(tmp_path):
     ]
     assert entries[0][4] == entries[1][4] < entries[2][4]
     assert not log.exists()
+
+
+def sleep_job(call_dir: pathlib.Path, testrecipe_dir, any_fits, value: float) -> pathlib.Path:
+    return write_job(call_dir, recipe_file=str(testrecipe_dir / "cpldask_test.so"),
+                     params=[["cpldask.cpldask_test.sleep", 60],
+                             ["cpldask.cpldask_test.value", value]],
+                     raw=[["RAW", [any_fits]]])
+
+
+def test_a_recipe_dies_with_its_fork_server(tmp_path, testrecipe_dir, any_fits):
+    """The kernel kills a recipe process group once its server is gone (the server
+    killed by the OOM killer, say): no recipe runs on as an orphan."""
+    before = recipe_pids("cpldask_test")
+    server = _execute._ForkServer(())
+    job = sleep_job(tmp_path / "call", testrecipe_dir, any_fits, 41.0)
+    proc = server.start(job, dict(os.environ), "cpldask_test", None)
+    recipe = wait_until(lambda: recipe_pids("cpldask_test") - before, 60, "the recipe")
+    server.proc.kill()
+    wait_until(lambda: not recipe_pids("cpldask_test") & recipe, 10, "the recipe to die")
+    proc.ended.wait(10)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_a_standalone_runner_dies_with_its_caller(tmp_path, testrecipe_dir, any_fits):
+    before = recipe_pids("cpldask_test")
+    job = sleep_job(tmp_path / "call", testrecipe_dir, any_fits, 42.0)
+    proc = subprocess.Popen([sys.executable, _runner.__file__, str(job)],
+                            stdin=subprocess.PIPE)
+    recipe = wait_until(lambda: recipe_pids("cpldask_test") - before, 60, "the recipe")
+    proc.stdin.close()  # as if the caller died
+    assert proc.wait(timeout=10) == -signal.SIGKILL
+    wait_until(lambda: not recipe_pids("cpldask_test") & recipe, 10, "the recipe to die")
