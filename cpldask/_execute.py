@@ -332,6 +332,7 @@ class _ForkServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith(_OMP_PREFIXES)}
         env.update(omp_env)
         env["OPENBLAS_NUM_THREADS"] = "1"  # keep the server single-threaded
+        self.env = env
         self.proc = subprocess.Popen(
             [sys.executable, _runner.__file__, "--serve"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, env=env, start_new_session=True)
@@ -349,7 +350,11 @@ class _ForkServer:
         with self.lock:
             self.next_id += 1
             self.calls[self.next_id] = rp
-            line = json.dumps({"id": self.next_id, "job": str(job_file), "env": env,
+            # the recipe process starts with the server's environment: only what the
+            # call's differs in travels (a few variables, not the whole environment)
+            line = json.dumps({"id": self.next_id, "job": str(job_file),
+                               "env": {k: v for k, v in env.items() if self.env.get(k) != v},
+                               "unset": [k for k in self.env if k not in env],
                                "recipe": recipe, "recipe_file": recipe_file})
             self.proc.stdin.write(line.encode() + b"\n")
             self.proc.stdin.flush()

@@ -245,8 +245,8 @@ def execute(job_file: pathlib.Path) -> None:
 # OMP_* settings. A fork of it starts a recipe process in milliseconds. It stays
 # single-threaded (it never runs a recipe itself) so that forking it is safe.
 #
-# Protocol, one JSON object per line. In (stdin): {"id", "job", "env", "recipe",
-# "recipe_file"}. Out (stdout):
+# Protocol, one JSON object per line. In (stdin): {"id", "job", "env" (the variables
+# to set), "unset" (those to remove), "recipe", "recipe_file"}. Out (stdout):
 # {"id", "pid"} once the process is forked; {"id", "done"}, written by the recipe
 # process itself, once its report is written; {"id", "status"} (as os.waitpid gives
 # it) once it has exited. EOF on stdin means the worker is gone: every recipe process
@@ -281,7 +281,7 @@ def _child(request: dict, lifeline: int, inherited: list[int]) -> None:
         os.dup2(out, 1)
         os.dup2(out, 2)
         os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-        _set_environ(request["env"])  # before any recipe library (OpenMP) loads
+        _set_environ(request["env"], request["unset"])  # before a library (OpenMP) loads
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
         execute(job_file)
@@ -307,14 +307,11 @@ def _die_with(fd: int) -> None:
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_ASYNC)
 
 
-def _set_environ(env: dict) -> None:
-    """Make ``os.environ`` equal to ``env``, touching only what differs (each change
-    is a ``putenv``; usually the server's environment is the call's but for a few)."""
-    for name in [k for k in os.environ if k not in env]:
-        del os.environ[name]
-    for name, value in env.items():
-        if os.environ.get(name) != value:
-            os.environ[name] = value
+def _set_environ(changes: dict, unset: list) -> None:
+    """Change ``os.environ`` (the server's, inherited) into the call's environment."""
+    for name in unset:
+        os.environ.pop(name, None)
+    os.environ.update(changes)
 
 
 def _warm() -> None:

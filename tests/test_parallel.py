@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import time
 
@@ -224,6 +225,23 @@ def test_omp_threads_set_before_the_recipe_loads(test_recipe, any_fits):
     assert fits.getheader(res.paths["PRODUCT"][0])["ESO QC ECHO OMP"] == "3"
     res = test_recipe(any_fits, param={"value": 8.0})  # default: cores // slots
     assert fits.getheader(res.paths["PRODUCT"][0])["ESO QC ECHO OMP"] == "1"
+
+
+def test_the_recipe_sees_the_calls_environment(test_recipe, any_fits, client):
+    """The recipe's environment is the worker's plus the call's ``env``: nothing of
+    the fork server's own (which keeps OpenBLAS single-threaded for itself; see also
+    test_runner.py::test_the_recipe_process_has_the_callers_environment)."""
+    def logged(res, name):
+        return [e.msg for e in res.log if f"ENV {name}=" in e.msg]
+
+    res = test_recipe(any_fits, env={"CPLDASK_TEST_GREETING": "hello there"},
+                      param={"envvar": "CPLDASK_TEST_GREETING", "value": 12.0})
+    assert logged(res, "CPLDASK_TEST_GREETING") == [
+        "cpldask_test: ENV CPLDASK_TEST_GREETING=hello there"]
+    res = test_recipe(any_fits, param={"envvar": "OPENBLAS_NUM_THREADS", "value": 13.0})
+    on_worker = client.run(lambda: os.environ.get("OPENBLAS_NUM_THREADS", "unset"))
+    assert logged(res, "OPENBLAS_NUM_THREADS") == [
+        f"cpldask_test: ENV OPENBLAS_NUM_THREADS={on_worker[res.record.worker]}"]
 
 
 def test_omp_threads_show_in_cpu_usage(test_recipe, any_fits):

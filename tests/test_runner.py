@@ -116,3 +116,24 @@ def test_a_standalone_runner_dies_with_its_caller(tmp_path, testrecipe_dir, any_
     proc.stdin.close()  # as if the caller died
     assert proc.wait(timeout=10) == -signal.SIGKILL
     wait_until(lambda: not recipe_pids("cpldask_test") & recipe, 10, "the recipe to die")
+
+
+def test_the_recipe_process_has_the_callers_environment(tmp_path, testrecipe_dir, any_fits,
+                                                        monkeypatch):
+    """A recipe process starts with its fork server's environment; what the call's
+    environment lacks is removed, what it has is set."""
+    monkeypatch.setenv("CPLDASK_TEST_GONE", "server only")
+    server = _execute._ForkServer(())
+    monkeypatch.delenv("CPLDASK_TEST_GONE")
+    entries = []
+    for name in ["CPLDASK_TEST_GONE", "CPLDASK_TEST_NEW"]:
+        job = write_job(tmp_path / name, recipe_file=str(testrecipe_dir / "cpldask_test.so"),
+                        params=[["cpldask.cpldask_test.envvar", name]],
+                        raw=[["RAW", [any_fits]]])
+        proc = server.start(job, {**os.environ, "CPLDASK_TEST_NEW": "call"}, "cpldask_test",
+                            None)
+        assert proc.ended.wait(60) and proc.returncode == 0
+        entries += json.loads((job.parent / "report.json").read_text())["log"]
+    server.proc.stdin.close()
+    assert [e[3] for e in entries if " ENV " in e[3]] == [
+        "cpldask_test: ENV CPLDASK_TEST_GONE=unset", "cpldask_test: ENV CPLDASK_TEST_NEW=call"]

@@ -17,6 +17,9 @@
  *                            filled with the product index
  *   value      (double)      echoed as ESO QC ECHO VALUE
  *   label      (string)      echoed as ESO QC ECHO LABEL
+ *   envvar     (string)      name of an environment variable whose value
+ *                            is logged: "cpldask_test: ENV NAME=value"
+ *                            ("unset" when it is not set)
  *   spin       (double, s)   burn this much CPU in each thread of an
  *                            OpenMP parallel region: the CPU time then
  *                            shows how many threads the runtime started
@@ -174,6 +177,10 @@ static int cpldask_test_create(cpl_plugin *plugin)
                   "String echoed as ESO QC ECHO LABEL",
                   RECIPE_CONTEXT, "x"), "label");
     add_param(list, cpl_parameter_new_value(
+                  RECIPE_CONTEXT ".envvar", CPL_TYPE_STRING,
+                  "Name of an environment variable whose value is logged",
+                  RECIPE_CONTEXT, ""), "envvar");
+    add_param(list, cpl_parameter_new_value(
                   RECIPE_CONTEXT ".spin", CPL_TYPE_DOUBLE,
                   "Seconds to busy-loop in an OpenMP parallel region",
                   RECIPE_CONTEXT, 0.0), "spin");
@@ -283,6 +290,8 @@ static int cpldask_test(cpl_frameset *frames, const cpl_parameterlist *pars)
         find_par(pars, RECIPE_CONTEXT ".value"));
     const char *label = cpl_parameter_get_string(
         find_par(pars, RECIPE_CONTEXT ".label"));
+    const char *envvar = cpl_parameter_get_string(
+        find_par(pars, RECIPE_CONTEXT ".envvar"));
     const int noproducts = cpl_parameter_get_bool(
         find_par(pars, RECIPE_CONTEXT ".noproducts"));
     const double spin_s = cpl_parameter_get_double(
@@ -304,6 +313,11 @@ static int cpldask_test(cpl_frameset *frames, const cpl_parameterlist *pars)
     const char *omp_env = getenv("OMP_NUM_THREADS");
     const char *omp = omp_env != NULL ? omp_env : "unset";
     cpl_msg_info(cpl_func, "cpldask_test: OMP_NUM_THREADS=%s", omp);
+    if (envvar != NULL && envvar[0] != '\0') {
+        const char *env_value = getenv(envvar);
+        cpl_msg_info(cpl_func, "cpldask_test: ENV %s=%s", envvar,
+                     env_value != NULL ? env_value : "unset");
+    }
     cpl_msg_info(cpl_func, "cpldask_test: pid=%ld sleep=%g alloc=%d MB "
                  "nproducts=%d crash=%s fail=%d noproducts=%d",
                  pid, sleep_s, alloc_mb, nproducts, crash, fail, noproducts);
