@@ -432,7 +432,9 @@ def _no_gdb_dir(base: pathlib.Path) -> pathlib.Path:
     gdb = d / "gdb"
     if not gdb.exists():
         d.mkdir(exist_ok=True)
-        tmp = d / f"gdb.{os.getpid()}"
+        # a name of this thread's own: the first calls in a new directory all get here
+        # at once, from several threads of a worker too
+        tmp = d / f"gdb.{os.getpid()}.{threading.get_ident()}"
         tmp.write_text("#!/bin/sh\nexit 1\n")
         tmp.chmod(0o755)
         os.replace(tmp, gdb)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 
 import dask
@@ -14,6 +15,7 @@ import pytest
 from astropy.io import fits
 
 import cpldask as cpl
+from cpldask import _execute
 from helpers import recipe_pids, wait_until
 
 
@@ -56,6 +58,32 @@ def test_cpl_error_carries_cause_and_log(test_recipe, any_fits):
 def test_success_without_products_raises(test_recipe, any_fits):
     with pytest.raises(cpl.NoProductsError, match="PRODUCT"):
         test_recipe(any_fits, param={"noproducts": True})
+
+
+def test_calls_starting_together_in_a_new_directory_do_not_trip(tmp_path):
+    """The first calls (backtrace off) in a new work directory all set up its failing
+    ``gdb`` at once, from the threads of one worker: none of them may fail for it.
+    (A benchmark run lost a call to this race: the threads shared a temporary name.)"""
+    errors = []
+
+    def one(base, barrier):
+        barrier.wait()
+        try:
+            _execute._no_gdb_dir(base)
+        except OSError as err:
+            errors.append(err)
+
+    for round_ in range(20):
+        base = tmp_path / str(round_)
+        base.mkdir()
+        barrier = threading.Barrier(8)
+        threads = [threading.Thread(target=one, args=(base, barrier)) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert os.access(base / ".cpldask-nogdb" / "gdb", os.X_OK)
+    assert not errors
 
 
 def test_timeout_kills_the_recipe(test_recipe, any_fits):
