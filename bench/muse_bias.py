@@ -8,7 +8,9 @@ the product there), so all three do the same work: the recipe and its files.
 
 Parallel efficiency = (sum of serial CPU seconds) / (cores x wall), where the serial CPU
 seconds are those of the recipe processes of the python-cpl serial run (the work
-itself) and cores = 2 = slots. Every recipe runs with one OpenMP thread (run.py sets
+itself) and cores = 2 = slots. It is the product of two rows also printed: how busy the
+variant kept the cores (its process tree's CPU / (cores x wall)), and how much CPU the
+same work took when two recipes ran at once (serial CPU / the variant's CPU). Every recipe runs with one OpenMP thread (run.py sets
 OMP_NUM_THREADS=1 for python-cpl; cpldask gives cores // slots = 1).
 """
 
@@ -98,6 +100,14 @@ def run(ctx: common.Context) -> dict:
             met=median(eff["cpldask"]) >= 0.95),
         row("CPU of the whole process tree", "s", values["cpu"],
             ratio_of=("cpldask", "python-cpl serial")),
+        # efficiency = cores busy x (serial CPU / CPU in parallel): what the tool keeps
+        # idle, and how much the recipes slow each other down on shared cores
+        row("cores busy (process-tree CPU / (cores x wall))", "", {
+            k: [c / (cores * w) for c, w in zip(values["cpu"][k], values["wall"][k])]
+            for k in eff}, ratio_of=("cpldask", "python-cpl threaded")),
+        row("serial recipe CPU / process-tree CPU in parallel", "", {
+            k: [serial_cpu / c for c in values["cpu"][k]] for k in eff},
+            ratio_of=("cpldask", "python-cpl threaded")),
     ]
     return common.result(
         "muse_bias", {"runs": n, "frames": len(bias), "slots": SLOTS, "reps": reps,

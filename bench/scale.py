@@ -165,6 +165,8 @@ def sleeping(ctx):
                 warm = [recipe(infile, param={"value": -1.0 - i}, cache=False)
                         for i in range(min(n, 4))]
                 distributed.wait([r.future for r in warm])
+                for r in warm:  # a failed warm-up call is a failure of the run
+                    r.result()
                 order = ["cpldask", "python-cpl threaded"]
                 for name in order if rep % 2 == 0 else order[::-1]:
                     t0 = time.perf_counter()
