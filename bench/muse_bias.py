@@ -10,8 +10,9 @@ Parallel efficiency = (sum of serial CPU seconds) / (cores x wall), where the se
 seconds are those of the recipe processes of the python-cpl serial run (the work
 itself) and cores = 2 = slots. It is the product of two rows also printed: how busy the
 variant kept the cores (its process tree's CPU / (cores x wall)), and how much CPU the
-same work took when two recipes ran at once (serial CPU / the variant's CPU). Every recipe runs with one OpenMP thread (run.py sets
-OMP_NUM_THREADS=1 for python-cpl; cpldask gives cores // slots = 1).
+same work took when two recipes ran at once (serial CPU / the variant's CPU). Every
+recipe runs with one OpenMP thread (run.py sets OMP_NUM_THREADS=1 for python-cpl;
+cpldask gives cores // slots = 1).
 """
 
 from __future__ import annotations
