@@ -17,10 +17,14 @@ cpldask gives cores // slots = 1).
 
 from __future__ import annotations
 
+import shutil
+
 import common
 from common import Timer, children_cpu, log, median, row
 
 SLOTS = 2
+#: each variant's directory under the scratch directory
+DIRS = {"cpldask": "cpldask", "python-cpl threaded": "threaded", "python-cpl serial": "serial"}
 
 
 def run(ctx: common.Context) -> dict:
@@ -49,8 +53,11 @@ def run(ctx: common.Context) -> dict:
         # start the workers' recipe machinery outside the timed part
         cpldask.Recipe("cpldask_test")(ctx.tiny_fits, cache=False)
 
+        def rep_dir(variant, rep):
+            return tmp / DIRS[variant] / f"rep{rep}"
+
         def dirs(variant, rep):
-            out = [tmp / variant / f"rep{rep}" / f"run{i}" for i in range(n)]
+            out = [rep_dir(variant, rep) / f"run{i}" for i in range(n)]
             for d in out:
                 d.mkdir(parents=True)
             return out
@@ -63,12 +70,13 @@ def run(ctx: common.Context) -> dict:
                 r.MASTER_BIAS  # raises the recipe's error, if any
 
         def run_threaded(rep):
-            results = [threaded(bias, output_dir=str(d)) for d in dirs("threaded", rep)]
+            results = [threaded(bias, output_dir=str(d))
+                       for d in dirs("python-cpl threaded", rep)]
             for r in results:
                 r.MASTER_BIAS
 
         def run_serial(rep):
-            for d in dirs("serial", rep):
+            for d in dirs("python-cpl serial", rep):
                 serial(bias, output_dir=str(d)).MASTER_BIAS
 
         variants = [("cpldask", run_cpldask), ("python-cpl threaded", run_threaded),
@@ -85,6 +93,10 @@ def run(ctx: common.Context) -> dict:
                     record(name, "recipe cpu", children_cpu() - c0)
                 log(f"muse_bias rep {rep + 1}/{reps} {name}: {n} runs in {t.wall:.1f} s, "
                     f"CPU {t.cpu:.1f} s")
+                # every run starts with the same disk state: otherwise a later run pays
+                # the write-back of the 1.6 GB of products each earlier one left dirty
+                # (deleting a file drops its unwritten pages)
+                shutil.rmtree(rep_dir(name, rep))
 
     serial_cpu = median(values["recipe cpu"]["python-cpl serial"])
     cores = SLOTS
