@@ -34,6 +34,7 @@ import threading
 import time
 
 import dask
+from distributed.diagnostics.plugin import WorkerPlugin
 
 from . import _cache, _fitsheader, _runner, errors
 from ._spec import LOG_TOPIC, CallSpec, FileInput, Product, RunRecord
@@ -410,6 +411,17 @@ def warm_up(omp_threads: int | None) -> None:
     _server(_recipe_env(omp_threads))
 
 
+class WarmUp(WorkerPlugin):
+    """:func:`warm_up` on every worker of the embedded cluster as it joins, those
+    added later included."""
+
+    def __init__(self, omp_threads: int | None):
+        self.omp_threads = omp_threads
+
+    def setup(self, worker) -> None:
+        warm_up(self.omp_threads)
+
+
 def _recipe_env(omp_threads: int | None, call_env: dict | None = None) -> dict:
     """The environment of a recipe process: the worker's, the OpenMP threads cpldask
     chose, then the call's own ``env`` (which wins, OMP_NUM_THREADS included). Also
@@ -430,8 +442,12 @@ def _worker_environ() -> dict:
     program's allocations: a muse_bias run then maps and zeroes its large buffers
     anew each time, and took 1.3 s of system CPU instead of 0.93 (python-cpl with and
     without the variable: 4-8 % longer). glibc reads it when a process starts, so the
-    fork server must start without it. Set to another value, it is the user's own."""
+    fork server must start without it. Set to another value, it is the user's own.
+
+    Nor the client's dask configuration that the embedded cluster hands its workers
+    (``DASK_INTERNAL_INHERIT_CONFIG``, with a TLS key when TLS is on): it is for Dask."""
     env = dict(os.environ)
+    env.pop("DASK_INTERNAL_INHERIT_CONFIG", None)
     nanny = dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {}
     name = "MALLOC_TRIM_THRESHOLD_"
     if name in nanny and env.get(name) == str(nanny[name]):
