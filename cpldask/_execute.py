@@ -37,13 +37,15 @@ import dask
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from . import _cache, _fitsheader, _runner, errors
-from ._spec import LOG_TOPIC, CallSpec, FileInput, Product, RunRecord
+from ._spec import LOG_TOPIC, CallSpec, FileInput, MemoryInput, Product, RunRecord
 
 #: how often a waiting worker thread looks for a cancel or a time-out (seconds)
 POLL = 0.2
 #: call directories in .cpldask-tmp younger than this are never taken for stale
 STALE_AFTER = 60.0
 TMP = ".cpldask-tmp"
+#: in-memory input frames written by this worker, in the work directory
+INPUTS = "inputs"
 LOCK = ".cpldask.lock"
 
 
@@ -60,6 +62,8 @@ def _resolve(spec: CallSpec, deps) -> list[tuple[str, list[str]]]:
     for tag, item in spec.frames:
         if isinstance(item, FileInput):
             paths = [item.path]
+        elif isinstance(item, MemoryInput):
+            paths = [_materialize(deps[item.dep], item.digest, spec.work_dir)]
         else:
             paths = _dep_paths(deps[item.dep], item.tag, tag, spec.recipe)
         for path in paths:
@@ -69,6 +73,23 @@ def _resolve(spec: CallSpec, deps) -> list[tuple[str, list[str]]]:
                     f"worker {socket.gethostname()}")
         out.append((tag, paths))
     return out
+
+
+def _materialize(data: bytes, digest: str, work_dir: str) -> str:
+    """The file of an in-memory input frame on this worker: written once per content
+    (under a temporary name, then renamed, so that calls sharing it never read a
+    half-written file). Its time stamp is renewed on each use: files unused for
+    ``work-dir-max-age`` are pruned like old call directories."""
+    d = pathlib.Path(work_dir) / INPUTS
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"{digest}.fits"
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        tmp = d / f".{digest}.{os.getpid()}.{threading.get_ident()}.tmp"
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    return str(path)
 
 
 def _dep_paths(value, want: str | None, tag: str, recipe: str) -> list[str]:
@@ -177,6 +198,7 @@ def _execute(spec: CallSpec, frames, call_dir: pathlib.Path, base: pathlib.Path)
     """Run the recipe; (products in call_dir, the runner's report)."""
     try:
         report = _spawn(spec, frames, call_dir)
+        report["log"] = _named(spec, report.get("log") or [])
         # the messages the client's logging shows, as they would be with python-cpl:
         # of a failed call too (whose exception also carries its whole log)
         _forward_log(spec, report.get("log") or [])
@@ -189,6 +211,14 @@ def _execute(spec: CallSpec, frames, call_dir: pathlib.Path, base: pathlib.Path)
                           f"{base} while the recipe ran (nothing was installed); free "
                           f"space and run the call again") from err
         raise
+
+
+def _named(spec: CallSpec, log: list) -> list:
+    """The recipe's log entries under the call's logger name (python-cpl's ``logname``:
+    ``<logname>.<function>``), without those below its ``loglevel``."""
+    base = spec.logname or f"cpl.{spec.recipe}"
+    return [(f"{base}.{func}", level, func, msg, created)
+            for _, level, func, msg, created in log if level >= spec.loglevel]
 
 
 def _forward_log(spec: CallSpec, log: list) -> None:
@@ -553,6 +583,11 @@ def _prune(base: pathlib.Path, max_age: float | None) -> None:
 
 
 def _prune_now(base: pathlib.Path, max_age: float | None, now: float) -> None:
+    if max_age is not None and (base / INPUTS).is_dir():
+        for f in (base / INPUTS).iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                if now - f.stat().st_mtime > max(max_age, STALE_AFTER):
+                    f.unlink()
     for d in base.iterdir() if base.is_dir() else ():
         if not d.is_dir() or d.name.startswith(".") or "-" not in d.name:
             continue

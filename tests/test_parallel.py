@@ -210,14 +210,14 @@ def test_log_messages_are_sent_only_where_logging_shows_them(monkeypatch):
 
     logger = logging.getLogger("cpl.threshold_check")
     monkeypatch.setattr(logger, "propagate", False)  # away from pytest's root handlers
-    assert log_threshold("threshold_check") == logging.WARNING  # Python's last resort
+    assert log_threshold("cpl.threshold_check") == logging.WARNING  # Python's last resort
     monkeypatch.setattr(logger, "handlers", [logging.NullHandler()])
-    assert log_threshold("threshold_check") > logging.CRITICAL  # python-cpl's default
+    assert log_threshold("cpl.threshold_check") > logging.CRITICAL  # python-cpl's default
     handler = logging.StreamHandler()
     handler.setLevel(logging.INFO)
     monkeypatch.setattr(logger, "handlers", [handler])
     monkeypatch.setattr(logger, "level", logging.DEBUG)
-    assert log_threshold("threshold_check") == logging.INFO
+    assert log_threshold("cpl.threshold_check") == logging.INFO
 
 
 def test_omp_threads_set_before_the_recipe_loads(test_recipe, any_fits):
