@@ -3,7 +3,10 @@
 # python-cpl's crash backtraces; SLURM + munge for the HPC tests; Chromium for the
 # dashboard check. Idempotent: skips apt when everything is there already.
 set -euo pipefail
-packages=(libcpl-dev esorex cpl-plugin-muse gdb gcc pkg-config slurm-wlm munge chromium graphviz)
+# cpl-plugin-uves and cpl-plugin-giraf: a normal Debian astronomy machine has several
+# pipelines beside MUSE, whose libraries print at load time (tests/test_python_cpl.py)
+packages=(libcpl-dev esorex cpl-plugin-muse cpl-plugin-uves cpl-plugin-giraf gdb gcc
+          pkg-config slurm-wlm munge chromium graphviz)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
