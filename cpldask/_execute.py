@@ -416,8 +416,10 @@ class _ForkServer:
             self.calls.clear()
 
 
-#: environment variables read by OpenMP runtimes when they load
-_OMP_PREFIXES = ("OMP_", "GOMP_", "KMP_")
+#: environment variables read once per process, when a library loads: by OpenMP
+#: runtimes, and CPL's memory mode (python-cpl's ``Recipe.memory_mode``), read when
+#: the fork server initialises CPL; a call that sets another value gets its own server
+_OMP_PREFIXES = ("OMP_", "GOMP_", "KMP_", "CPL_MEMORY_MODE")
 _servers: dict[tuple, _ForkServer] = {}
 _servers_lock = threading.Lock()
 
