@@ -198,10 +198,12 @@ def _execute(spec: CallSpec, frames, call_dir: pathlib.Path, base: pathlib.Path)
     """Run the recipe; (products in call_dir, the runner's report)."""
     try:
         report = _spawn(spec, frames, call_dir)
-        report["log"] = _named(spec, report.get("log") or [])
+        log = report.get("log") or []
         # the messages the client's logging shows, as they would be with python-cpl:
-        # of a failed call too (whose exception also carries its whole log)
-        _forward_log(spec, report.get("log") or [])
+        # of a failed call too (whose exception also carries its whole log); those
+        # sent while the recipe ran are not sent again
+        _forward_log(spec, _named(spec, log[report["forwarded"]:]))
+        report["log"] = _named(spec, log)
         if report["kind"] != "ok":
             raise errors.from_report(report)
         return _collect(spec, report, call_dir), report
@@ -306,8 +308,9 @@ def _spawn(spec: CallSpec, frames, call_dir: pathlib.Path) -> dict:
     if not spec.backtrace:
         env["PATH"] = f"{_no_gdb_dir(call_dir.parent)}:{env.get('PATH', '')}"
     proc = _server(env).start(job_file, env, spec.recipe, spec.recipe_file)
+    tail = _LogTail(spec, call_dir / _runner.RECIPE_LOG)
     try:
-        _wait(proc, spec)
+        _wait(proc, spec, tail)
     finally:
         proc.kill()
     report_file = call_dir / "report.json"
@@ -318,12 +321,47 @@ def _spawn(spec: CallSpec, frames, call_dir: pathlib.Path) -> dict:
             raise errors.crash(-proc.returncode, lines=[tail]) from None
         raise RuntimeError(f"{spec.recipe}: the recipe process ended with status "
                            f"{proc.returncode} without a report:\n{tail}")
-    return json.loads(report_file.read_text())
+    report = json.loads(report_file.read_text())
+    report["forwarded"] = tail.read  # entries of report["log"] the client already has
+    return report
 
 
-def _wait(proc: "_RecipeProcess", spec: CallSpec) -> None:
+class _LogTail:
+    """Sends the client the recipe's messages while it runs, as python-cpl's log
+    thread hands them to :mod:`logging`: every :data:`POLL` seconds the lines CPL
+    has added to the call's log file (it writes each message at once) are parsed and
+    those the client's logging would show are sent (:func:`_forward_log`). A call
+    that ends within one poll is not read here: its whole log goes with its end."""
+
+    def __init__(self, spec: CallSpec, path: pathlib.Path):
+        self.spec, self.path = spec, path
+        self.offset = 0  # bytes of the file read so far (whole lines only)
+        self.read = 0  # entries parsed so far: report["log"][:read]
+        self.last: tuple | None = None
+
+    def poll(self) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+        except FileNotFoundError:  # not yet opened, or read and removed at the end
+            return
+        whole = chunk[:chunk.rfind(b"\n") + 1]
+        if not whole:
+            return
+        self.offset += len(whole)
+        lines = whole.decode("ascii", errors="replace").splitlines(keepends=True)
+        entries = _runner._parse_log(lines, self.spec.recipe, self.last)
+        if entries:
+            self.read += len(entries)
+            self.last = entries[-1]
+            _forward_log(self.spec, _named(self.spec, entries))
+
+
+def _wait(proc: "_RecipeProcess", spec: CallSpec, tail: _LogTail) -> None:
     deadline = time.monotonic() + spec.timeout if spec.timeout else None
     while not proc.ended.wait(POLL):
+        tail.poll()
         if deadline is not None and time.monotonic() > deadline:
             proc.kill()
             raise errors.RecipeTimeout(spec.recipe, spec.timeout)
