@@ -269,6 +269,8 @@ def _provenance(spec: CallSpec, frames, report: dict, *, cache_hit: bool) -> dic
         entry = dict(info)
         if "from" in entry:  # a product of an upstream call: known here only
             entry.update(path=paths, md5=[_datamd5(p) for p in paths])
+        elif "in_memory" in entry:  # the file this worker wrote for an HDUList
+            entry.update(path=paths[0])
         inputs.append(entry)
     prov.update(
         key=spec.cache_key, inputs=inputs, cache_hit=cache_hit,
