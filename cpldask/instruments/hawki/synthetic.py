@@ -294,10 +294,11 @@ def _pixel_response(seed: int) -> np.ndarray:
 
 
 def _noisy(electrons: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """ADU from an expected number of electrons: Poisson noise plus read noise."""
+    """ADU from an expected number of photo/dark electrons: Poisson noise, read
+    noise, and the (noiseless) pedestal the dark subtracts."""
     e = rng.poisson(np.clip(electrons, 0, None)).astype(np.float64)
     e += rng.normal(0.0, READ_NOISE, size=e.shape)
-    return e / GAIN
+    return e / GAIN + DARK_LEVEL
 
 
 def _write(path: pathlib.Path, primary: fits.Header, chips, pointing) -> pathlib.Path:
@@ -308,7 +309,7 @@ def _write(path: pathlib.Path, primary: fits.Header, chips, pointing) -> pathlib
 
 
 def write_darks(directory: str | os.PathLike, *, n: int = 3, seed: int = 1,
-                mjd: float = 60000.5) -> list[pathlib.Path]:
+                mjd: float = 60001.45) -> list[pathlib.Path]:
     """``n`` raw darks of DIT s (OCA: DPR CATG=CALIB, TYPE=DARK, TECH=IMAGE).
 
     Example
@@ -323,7 +324,7 @@ def write_darks(directory: str | os.PathLike, *, n: int = 3, seed: int = 1,
     out = []
     for i in range(n):
         t = mjd + i * 30 / 86400
-        electrons = DARK_LEVEL * GAIN + DARK_CURRENT * DIT + hot * 5000.0
+        electrons = DARK_CURRENT * DIT + hot * 5000.0
         chips = [_noisy(np.full((CHIP_SIZE, CHIP_SIZE), 0.0) + electrons[k], rng)
                  for k in range(4)]
         h = _primary(catg="CALIB", typ="DARK", tech="IMAGE", mjd=t, tpl_start=start,
@@ -333,10 +334,13 @@ def write_darks(directory: str | os.PathLike, *, n: int = 3, seed: int = 1,
     return out
 
 
-def write_twilight_flats(directory: str | os.PathLike, *, n: int = 4, seed: int = 2,
-                         flat_seed: int = 7, mjd: float = 60000.45,
-                         levels: tuple[float, float] = (20000.0, 9000.0)) -> list[pathlib.Path]:
-    """``n`` raw twilight flats (OCA: CALIB / FLAT / IMAGE) of falling level.
+def write_twilight_flats(directory: str | os.PathLike, *, seed: int = 2,
+                         flat_seed: int = 7, mjd: float = 60000.98,
+                         levels=(18000.0, 17600.0, 12000.0, 9000.0)) -> list[pathlib.Path]:
+    """Raw twilight flats (OCA: CALIB / FLAT / IMAGE), one per level in ``levels``.
+
+    hawki_detector_noise takes the first two flats as a pair: its gain (from the
+    variance of their difference) assumes equal levels, so they nearly are.
 
     The levels stay inside hawki_twilight_flat_combine's accepted range (lthr 4000,
     hthr 30000 ADU, its man page); the sky moves a little between exposures as in
@@ -348,9 +352,10 @@ def write_twilight_flats(directory: str | os.PathLike, *, n: int = 4, seed: int 
     response = _pixel_response(flat_seed)
     start = Time(mjd, format="mjd").isot[:19]
     out = []
-    for i, level in enumerate(np.linspace(levels[0], levels[1], n)):
+    n = len(levels)
+    for i, level in enumerate(levels):
         t = mjd + i * 60 / 86400
-        chips = [_noisy(level * GAIN * response[k] + DARK_LEVEL * GAIN, rng) for k in range(4)]
+        chips = [_noisy(level * GAIN * response[k] + DARK_CURRENT * DIT, rng) for k in range(4)]
         h = _primary(catg="CALIB", typ="FLAT", tech="IMAGE", mjd=t, tpl_start=start,
                      nexp=n, expno=i + 1, tpl_id="HAWKI_img_cal_SkyFlats",
                      pointing=FIELD.moved(10.0 * i, 10.0 * i), obj="FLAT")
@@ -364,7 +369,7 @@ JITTER = ((0.0, 0.0), (2.0, 1.5), (-1.8, 2.2), (1.2, -2.4), (-2.5, -1.0))
 
 def write_science(directory: str | os.PathLike, stars: list[Star], *,
                   offsets=JITTER, seed: int = 3, flat_seed: int = 7,
-                  mjd: float = 60000.6) -> list[pathlib.Path]:
+                  mjd: float = 60001.1) -> list[pathlib.Path]:
     """A jittered sequence of the star field (OCA: SCIENCE / OBJECT / IMAGE).
 
     Each exposure's WCS (CRVAL) is the telescope pointing after its jitter offset, as
@@ -398,7 +403,7 @@ def write_science(directory: str | os.PathLike, stars: list[Star], *,
                 sub = np.exp(-((xx[y0:y1, x0:x1] - xs) ** 2 + (yy[y0:y1, x0:x1] - ys) ** 2)
                              / (2 * sigma ** 2))
                 image[y0:y1, x0:x1] += flux * sub / (2 * np.pi * sigma ** 2)
-            electrons = image * GAIN * response[k] + DARK_LEVEL * GAIN + DARK_CURRENT * DIT
+            electrons = image * GAIN * response[k] + DARK_CURRENT * DIT
             chips.append(_noisy(electrons, rng))
         h = _primary(catg="SCIENCE", typ="OBJECT", tech="IMAGE", mjd=t, tpl_start=start,
                      nexp=len(offsets), expno=i + 1, tpl_id="HAWKI_img_obs_AutoJitter",
@@ -465,6 +470,7 @@ def write_dust_maps(directory: str | os.PathLike) -> tuple[pathlib.Path, pathlib
     out = []
     for hemi in ("NORTH", "SOUTH"):
         h = fits.PrimaryHDU(np.zeros((2, 2), np.float32))
+        h.header["INSTRUME"] = "HAWKI"
         h.header["HIERARCH ESO PRO CATG"] = (f"SCHLEGEL_MAP_{hemi}", "reflex/hawki.oca")
         path = d / f"SCHLEGEL_MAP_{hemi}.fits"
         h.writeto(path, overwrite=True)
