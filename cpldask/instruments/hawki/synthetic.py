@@ -135,12 +135,19 @@ class Pointing:
 FIELD = Pointing(ra=150.1, dec=-30.2)
 
 
-def chip_wcs(ext: int, pointing: Pointing = FIELD) -> WCS:
+def chip_wcs(ext: int, pointing: Pointing = FIELD, *, distorted: bool = False) -> WCS:
     """The sky WCS of raw extension ``ext`` (1..4) for a pointing.
 
-    North up, East left (UM: position angle 0), TAN projection, CRVAL the pointing,
-    CRPIX the pointing's pixel in this extension. Extension 1 uses UM's CRPIX; the
-    others derive theirs and their CD matrix from SRC's ``FORWARD`` transforms.
+    North up, East left (UM: position angle 0), CRVAL the pointing, CRPIX the
+    pointing's pixel in this extension. Extension 1 uses UM's CRPIX; the others
+    derive theirs and their CD matrix from SRC's ``FORWARD`` transforms.
+
+    ``distorted=False`` gives the TAN WCS raw headers carry; ``distorted=True`` the
+    camera's real mapping, with which the stars are placed: the pipeline models
+    HAWK-I's field distortion as a ZPN projection with PV2_1 = 1, PV2_3 = 400
+    (SRC hawki_utils.h, applied to every raw frame by hawki_updatewcs), about 3
+    pixels at the corners of the field. Placing stars with plain TAN leaves a
+    0.05" (0.5 pixel) residual in the recipe's plate solution.
 
     Examples
     --------
@@ -154,7 +161,11 @@ def chip_wcs(ext: int, pointing: Pointing = FIELD) -> WCS:
     crpix = np.linalg.solve(m, np.array(POINTING_PIXEL) - t)
     cd1 = np.array([[-PIXEL_SCALE, 0.0], [0.0, PIXEL_SCALE]])
     w = WCS(naxis=2)
-    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    if distorted:
+        w.wcs.ctype = ["RA---ZPN", "DEC--ZPN"]
+        w.wcs.set_pv([(2, 1, 1.0), (2, 3, 400.0)])
+    else:
+        w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
     w.wcs.crval = [pointing.ra, pointing.dec]
     w.wcs.crpix = crpix
     w.wcs.cd = cd1 @ m
@@ -178,7 +189,7 @@ def star_field(*, per_chip: int = 30, seed: int = 1, margin: float = 40.0,
     rng = np.random.default_rng(seed)
     stars = []
     for ext in range(1, 5):
-        w = chip_wcs(ext)
+        w = chip_wcs(ext, distorted=True)
         xy = rng.uniform(margin, CHIP_SIZE - margin, size=(per_chip, 2))
         # keep stars apart (> 12 px) so no two blend
         keep: list[np.ndarray] = []
@@ -388,7 +399,7 @@ def write_science(directory: str | os.PathLike, stars: list[Star], *,
         t = mjd + i * 40 / 86400
         chips = []
         for k in range(4):
-            w = chip_wcs(k + 1, pointing)
+            w = chip_wcs(k + 1, pointing, distorted=True)
             image = np.full((CHIP_SIZE, CHIP_SIZE), SKY_LEVEL)
             ra = np.array([s.ra for s in stars])
             dec = np.array([s.dec for s in stars])
