@@ -77,27 +77,28 @@ FORWARD = (
 POINTING_PIXEL = (2163.0, 2164.0)
 #: UM: 0.106 arcsec per pixel.
 PIXEL_SCALE = 0.106 / 3600.0  # degrees
-#: Detector properties: typical of HAWK-I's HAWAII-2RG detectors (UM: gain
-#: ~1.7-2.0 e-/ADU, read noise ~5-12 e- in double-correlated read-out, dark current
-#: below 0.1 e-/s); the recipes measure them (hawki_detector_noise), nothing assumes them.
+#: Detector properties: assumed values of the order of a HAWAII-2RG's (not taken
+#: from a document found here). The recipes measure them (hawki_detector_noise) and
+#: nothing else assumes them; tests/test_hawki.py checks the measurement.
 GAIN = 1.8  # e-/ADU
 READ_NOISE = 10.0  # e-
 DARK_CURRENT = 0.05  # e-/s
 DARK_LEVEL = 50.0  # ADU: residual bias pedestal the dark removes
 DIT = 10.0  # s; one DIT for every frame, so one master dark serves all (OCA groups by DIT)
 FILTER = "Ks"  # DIC INS FILTi NAME; UM: broad-band Y, J, H, Ks
-SKY_LEVEL = 1500.0  # ADU per DIT in Ks (sky-dominated, well below the ~30000 ADU flat limit)
-ZERO_POINT = 24.0  # mag giving 1 ADU/s (HAWK-I's Ks zero point is ~23.8 for 1 e-/s)
+SKY_LEVEL = 1500.0  # ADU per DIT in Ks (assumed; recipes fit QC SKYBRIGHT 13.8 mag/arcsec2)
+ZERO_POINT = 24.0  # mag giving 1 ADU/s (assumed; the recipes fit it, the test checks)
 SEEING_FWHM = 0.7  # arcsec
 CATALOGUE_NAME = "SYNTHETIC"  # EXTNAME of the star catalogue = PHOTCAL_TAB extension
 
 _TELESCOPE = {  # primary keywords every raw frame carries (ESO archive headers)
-    "TELESCOP": ("ESO-VLT-U4", "HAWK-I is on UT4 (UM)"),
+    "TELESCOP": ("ESO-VLT-U4", "HAWK-I is on UT4"),
     "INSTRUME": ("HAWKI", "OCA: INSTRUME like '%HAWKI%'"),
     "ORIGIN": ("ESO-PARANAL", "European Southern Observatory"),
     "ESO OBS PROG ID": ("60.A-9800(A)", "SRC hawki_pfits_get_projid"),
     "ESO OBS ID": (200000001, "SRC hawki_science_process reads it"),
-    "ESO DET NCORRS NAME": ("Double", "OCA groups by it; UM: double-correlated read"),
+    # OCA groups frames by it; UM: double-correlated read-out
+    "ESO DET NCORRS NAME": ("Double", "read-out mode"),
     "ESO DET NDSAMPLES": (1, "SRC hawki_pfits_get_ndsamples"),
     "ESO DET CHIP NX": (2048, "UM: 2048 x 2048 pixel detectors"),
     "ESO DET CHIP NY": (2048, "UM"),
@@ -152,8 +153,8 @@ def chip_wcs(ext: int, pointing: Pointing = FIELD, *, distorted: bool = False) -
     Examples
     --------
     >>> w = chip_wcs(2)
-    >>> [round(v, 1) for v in w.wcs.crpix]
-    [-39.6, 2161.5]
+    >>> [round(float(v), 1) for v in w.wcs.crpix]   # UM: (-37.5, 2161.5)
+    [-38.0, 2161.7]
     """
     a, b, c, d, e, f = FORWARD[ext - 1]
     m = np.array([[a, b], [e, d]])  # (x1, y1) = m @ (x, y) + t
@@ -218,7 +219,7 @@ def _primary(*, catg: str, typ: str, tech: str, mjd: float, tpl_start: str, nexp
     h["DEC"] = (pointing.dec, "telescope pointing (deg)")
     h["EQUINOX"] = 2000.0
     h["ARCFILE"] = (f"HAWKI.{Time(mjd, format='mjd').isot[:23]}.fits",
-                    "archive name, ESO convention INSTRUME.DATE-OBS.fits")
+                    "ESO archive name")  # INSTRUME.DATE-OBS.fits
     for key, (value, comment) in _TELESCOPE.items():
         h[f"HIERARCH {key}"] = (value, comment)
     h["HIERARCH ESO DPR CATG"] = (catg, "OCA")
@@ -228,7 +229,7 @@ def _primary(*, catg: str, typ: str, tech: str, mjd: float, tpl_start: str, nexp
     h["HIERARCH ESO DET NDIT"] = (1, "hawki_detector_noise needs NDIT=1 (its man page)")
     # darks: the filter wheel's blank position (assumed; no recipe reads it for darks)
     h["HIERARCH ESO INS FILT1 NAME"] = (FILTER if typ != "DARK" else "Dark",
-                               "DIC; SRC hawki_pfits_get_filter: FILT1 unless OPEN")
+                               "DIC; SRC hawki_pfits_get_filter")
     h["HIERARCH ESO INS FILT2 NAME"] = ("OPEN", "DIC")
     h["HIERARCH ESO TPL ID"] = (tpl_id, "template (UM template guide)")
     h["HIERARCH ESO TPL START"] = (tpl_start, "SRC hawki_pfits_get_tplstart; OCA groups by it")
