@@ -242,12 +242,13 @@ def _grow(n: int) -> None:
     _embedded["threads"] = target * per_worker
 
 
-def track_unguarded(client: distributed.Client, future: distributed.Future) -> None:
-    """Remember a call on the embedded cluster that holds no semaphore (its limit is
-    the threads of the cluster), so that the cluster does not grow under it."""
+def track_unguarded(client: distributed.Client, result) -> None:
+    """Remember a call (its :class:`~cpldask.Result`) on the embedded cluster that
+    holds no semaphore (its limit is the threads of the cluster), so that the cluster
+    does not grow under it."""
     with _lock:
         if client is _embedded.get("client"):
-            _embedded["unguarded"].add(future)
+            _embedded["unguarded"].add(result)
 
 
 def slots_for_call(client: distributed.Client, *, direct: bool = False

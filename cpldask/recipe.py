@@ -467,11 +467,10 @@ class Recipe:
                            memory_limit=memory_limit, resources=resources, cache=cache,
                            logname=logname, loglevel=loglevel, direct=True)
         background = self.threaded if threaded is None else threaded
-        future = call.submit(batch=background)
+        res = Result(call.submit(batch=background), self.__name__,
+                     output=call.spec.output_dir, defaults=self._defaults)
         if call.spec.slots is None:
-            _cluster.track_unguarded(call.client, future)
-        res = Result(future, self.__name__, output=call.spec.output_dir,
-                     defaults=self._defaults, batched=background)
+            _cluster.track_unguarded(call.client, res)
         if not background:
             res.result()
         return res
@@ -688,10 +687,10 @@ class _Call:
             graph = HighLevelGraph.from_collections(self.key, layer, dependencies=upstream)
         return Delayed(self.key, graph)
 
-    def submit(self, *, batch: bool = False) -> Future:
+    def submit(self, *, batch: bool = False) -> Future | _submit.Pending:
         """Start the task; the future of its outcome. With ``batch`` (a background
-        call) the task may be sent with others a moment later (see
-        :mod:`cpldask._submit`)."""
+        call) the task may be sent with others a moment later: then the ticket of
+        its future (see :mod:`cpldask._submit`)."""
         client = self.client
         if batch and _submit.batchable(self):
             return _submit.add(self)

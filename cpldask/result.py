@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import logging
+import re
 import weakref
 
 from typing import Any, Callable
@@ -44,10 +45,11 @@ class Result:
     (4112, 4096)
     """
 
-    def __init__(self, future: distributed.Future, recipe: str, *, output: str | None,
-                 defaults: dict | None = None, batched: bool = False):
-        self._future = future
-        self._batched = batched  # its task may still wait in the client's batch
+    def __init__(self, call: distributed.Future | _submit.Pending, recipe: str, *,
+                 output: str | None, defaults: dict | None = None):
+        # a Future, or the ticket of a background call still waiting in its client's
+        # batch (cpldask._submit), whose Future comes when the batch is sent
+        self._call = call
         self._defaults = defaults or {}  # parameter defaults, for the display
         self.recipe = recipe
         self._path_products = output is not None
@@ -59,20 +61,25 @@ class Result:
     def future(self) -> distributed.Future:
         """The call's :class:`distributed.Future` (for ``distributed.wait``,
         ``as_completed``, ``client.submit(f, res.future)``, ...)."""
-        if self._batched:  # hand it out only once the scheduler knows its task
-            _submit.flush(self._future.client)
-            self._batched = False
-        return self._future
+        if isinstance(self._call, _submit.Pending):  # sent first: the scheduler must
+            self._call = self._call.sent()           # know a task before it is named
+        return self._call
 
     @property
     def key(self) -> str:
         """The Dask task key (``<recipe>-<token>``)."""
-        return self.future.key
+        return self._call.key
 
     @property
     def status(self) -> str:
-        """``'pending'``, ``'finished'``, ``'error'``, ``'cancelled'`` or ``'lost'``."""
-        return self.future.status
+        """``'pending'``, ``'finished'``, ``'error'``, ``'cancelled'`` or ``'lost'``
+        (from this client's own state: asks nobody)."""
+        call = self._call
+        if isinstance(call, _submit.Pending):
+            if call.future is None:
+                return "pending"
+            call = self._call = call.future
+        return call.status
 
     def done(self) -> bool:
         """True once the recipe has finished, failed or was cancelled."""
@@ -167,8 +174,11 @@ class Result:
         return self._value(tag)
 
     def __getattr__(self, tag: str):
-        if tag.startswith("_"):
-            raise AttributeError(tag)
+        # only product tags (ESO's are upper case: MASTER_BIAS, PIXTABLE_OBJECT) wait
+        # for the recipe; any other name is a plain miss, so that getattr(res,
+        # 'compute', None) and other duck-typing probes return at once
+        if not _TAG.fullmatch(tag):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {tag!r}")
         try:
             return self._value(tag)
         except KeyError:
@@ -225,13 +235,23 @@ class Result:
         rec = self._get()
         return {tag: rec.paths(tag) for tag in rec.tags}
 
-    # -- display ------------------------------------------------------------------------
+    # -- display: from this client's own state, as distributed.Future's --------------
+    def _known_record(self) -> RunRecord | None:
+        """The record if this client has it; else None, and it is fetched in the
+        background once the call has finished, for the next display."""
+        if self._record is None and self.status not in ("error", "cancelled", "lost"):
+            if not getattr(self, "_fetching", False):
+                self._fetching = True
+                self.add_done_callback(_fetch_record)
+        return self._record
+
     def __repr__(self) -> str:
-        extra = ""
-        if self.status == "finished":
-            rec = self._get()
+        status, rec, extra = self.status, None, ""
+        if status == "finished":
+            rec = self._known_record()
+        if rec is not None:
             extra = f" products={rec.tags} {rec.end - rec.start:.1f}s"
-        return f"<Result {self.recipe} status={self.status}{extra} key={self.key!r}>"
+        return f"<Result {self.recipe} status={status}{extra} key={self.key!r}>"
 
     def _repr_html_(self) -> str:
         """Jupyter's display: status, recipe, the parameters that differ from the
@@ -244,8 +264,8 @@ class Result:
         rows = [("status", f"<b style='color:{colour}'>{e(status)}</b>"),
                 ("recipe", f"<b>{e(self.recipe)}</b>"),
                 ("key", f"<code>{e(self.key)}</code>")]
-        if status == "finished":
-            rec = self._get()
+        rec = self._known_record() if status == "finished" else None
+        if rec is not None:
             changed = [(name.rsplit(".", 1)[-1], value) for name, value in rec.params
                        if name not in self._defaults or value != self._defaults[name]]
             rows.append(("parameters", e(", ".join(f"{k}={v!r}" for k, v in changed)
@@ -259,7 +279,7 @@ class Result:
             took = f"{rec.end - rec.start:.1f} s on {rec.host}"
             rows.append(("duration", e(took + (" (product cache)" if rec.cache_hit else ""))))
         elif status == "error":
-            err = self.future.exception()
+            err = self.future.exception()  # held by the client with the error status
             rows.append(("error", e(f"{type(err).__name__}: {err}")))
             log = [getattr(r, "msg", r) for r in list(getattr(err, "log", None) or [])[-8:]]
             if log:
@@ -268,6 +288,20 @@ class Result:
         cells = "".join(f"<tr><th style='text-align:left;vertical-align:top'>{a}</th>"
                         f"<td style='text-align:left'>{b}</td></tr>" for a, b in rows)
         return f"<table>{cells}</table>"
+
+
+#: what a product tag looks like (ESO's PRO CATG values): upper case, digits, _
+_TAG = re.compile(r"[A-Z][A-Z0-9_]*")
+
+
+def _fetch_record(res: "Result") -> None:
+    """Done callback (distributed's callback thread): keep the finished call's record,
+    which ``repr`` then shows."""
+    if res.future.status == "finished":
+        try:
+            res._get()
+        except Exception:  # noqa: BLE001  (closed meanwhile: nothing to show)
+            pass
 
 
 class Stat(dict):

@@ -338,3 +338,16 @@ def test_background_calls_in_a_burst_share_graphs(test_recipe, any_fits, client,
     assert twin.key == results[0].key and twin.paths == results[0].paths
     assert call_dir.result() == results[-2].record.call_dir
     assert sum(sizes) == 40 and max(sizes) > 1  # 40 tasks in fewer graphs than calls
+
+
+def test_a_running_result_answers_from_local_state(test_recipe, any_fits):
+    """repr, HTML, key, status and duck-typing probes of a running call return at
+    once, as distributed.Future's do; only product names wait for the recipe."""
+    res = test_recipe(any_fits, threaded=True, param={"sleep": 5.0}, cache=False)
+    t0 = time.monotonic()
+    assert getattr(res, "compute", None) is None  # not a product name: no wait
+    assert "status=pending" in repr(res) and "pending" in res._repr_html_()
+    assert res.key.startswith("cpldask_test-") and res.status == "pending"
+    assert time.monotonic() - t0 < 1.0 and not res.done()
+    assert "PRODUCT" in res  # a product: waits
+    assert "products=['PRODUCT']" in repr(res)
