@@ -298,6 +298,11 @@ class Recipe:
         self.temp_dir: str | None = None
         """Work directory for calls without ``output_dir``; None: ``cpldask.work-dir``."""
         self.threaded = threaded
+        self.optional_calib: set[str] = set()
+        """Calibration tags a call may leave out although the recipe declares at least
+        one (cpldask refuses such a call on the client; python-cpl does not check).
+        muse_scipost declares STD_RESPONSE so, and makes an uncalibrated cube without
+        it: ``muse_scipost.optional_calib = {'STD_RESPONSE', 'EXTINCT_TABLE'}``."""
         self.memory_dump = 0
         """python-cpl's memory dump after the run (0, 1, 2): accepted, not used (the
         dump went to the recipe process's stdout, which a worker does not show)."""
@@ -567,7 +572,8 @@ class Recipe:
         out = []
         for ctag, frames, minimum in self._calib._aslist(calib):
             if frames is None or (isinstance(frames, list) and not frames):
-                if (minimum or 0) > 0 and ctag not in dict(raw_frames):
+                if (minimum or 0) > 0 and ctag not in dict(raw_frames) \
+                        and ctag not in self.optional_calib:
                     raise ValueError(f"{self.__name__} needs calibration {ctag} "
                                      f"(at least {minimum}); give calib={{'{ctag}': ...}}")
                 continue

@@ -273,3 +273,17 @@ def test_an_hdulist_changed_in_memory_is_what_the_recipe_reads(test_recipe, any_
 
 def _inputs(res) -> list[str]:
     return [i["path"] for i in res.provenance["inputs"] if "path" in i]
+
+
+def test_a_required_calibration_can_be_declared_optional(any_fits):
+    """muse_scipost declares STD_RESPONSE as required (min 1) but makes an
+    uncalibrated cube without it: a workflow says so with ``optional_calib``."""
+    scipost = cpldask.Recipe("muse_scipost")
+    with pytest.raises(ValueError, match="needs calibration"):
+        scipost.delayed(any_fits, tag="PIXTABLE_OBJECT")
+    scipost.optional_calib = {"STD_RESPONSE"}
+    with pytest.raises(ValueError, match="needs calibration EXTINCT_TABLE"):
+        scipost.delayed(any_fits, tag="PIXTABLE_OBJECT")
+    scipost.optional_calib.add("EXTINCT_TABLE")
+    node = scipost.delayed(any_fits, tag="PIXTABLE_OBJECT")  # built, nothing run
+    assert node.key.startswith("muse_scipost-")
