@@ -4,7 +4,7 @@ Tests come in two tiers (markers declared in pyproject.toml):
 
 * the fast tier, ``pytest -m "not requires_cpl"``: no CPL library, no recipe, a few
   seconds — rules and classification on hand-written headers, call keys, config, job
-  scripts, graph building. ci/test-fast.sh runs it in a virtualenv without python-cpl
+  scripts, graph building. ci/test-venvs.sh runs it in a virtualenv without python-cpl
   (``-m "not requires_cpl and not requires_python_cpl"``).
 * ``requires_cpl``: runs a real recipe (the C test recipe, or ``muse``/``hawki``
   recipes). Such a test gets the recipe search path (:func:`recipe_path`: compiles the
@@ -71,7 +71,7 @@ _NOT_COLLECTED = pytest.StashKey[list]()
 
 
 def pytest_ignore_collect(collection_path: pathlib.Path, config):
-    """Without python-cpl (ci/test-fast.sh), modules marked as a whole as needing it or
+    """Without python-cpl (ci/test-venvs.sh), modules marked as a whole as needing it or
     CPL are not imported: their imports would fail. Any other module must import
     without python-cpl — if it does not, collection fails and says which import."""
     if HAVE_PYTHON_CPL or collection_path.suffix != ".py" \

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# The fast tier (tests not marked requires_cpl) where there is no CPL, in two
-# virtualenvs of their own:
+# Tests in virtualenvs of their own, next to the project's .venv (ci/test.sh runs this
+# before the whole suite):
 #
 #   .venv-fast    cpldask's dependencies and test extras at their newest, WITHOUT
-#                 python-cpl (cpldask itself installed with --no-deps): proves that the
-#                 fast tier needs neither the CPL library nor python-cpl; runs
-#                 -m "not requires_cpl and not requires_python_cpl"
+#                 python-cpl (cpldask itself installed with --no-deps). Runs the fast
+#                 tier, -m "not requires_cpl and not requires_python_cpl": proves it
+#                 needs neither the CPL library nor python-cpl.
 #   .venv-oldest  every ">=" floor of pyproject.toml pinned exactly (dask, distributed,
-#                 dask-jobqueue, astropy, numpy, ...), python-cpl included: proves the
-#                 floors; runs -m "not requires_cpl"
+#                 dask-jobqueue, astropy, numpy, matplotlib, ...), python-cpl included.
+#                 Runs the fast tier and the test-recipe tier (requires_cpl, but not
+#                 muse/hawki/slurm/slow): proves the floors, private APIs of dask and
+#                 distributed included, in a few minutes.
 #
-#   bash ci/test-fast.sh [fast|oldest ...] [-- PYTEST ARGS]   (default: both)
+#   bash ci/test-venvs.sh [fast] [oldest] [-- PYTEST ARGS]   (default: both)
 #
 # The requirement lists are read from pyproject.toml, so they never drift from it.
 # Re-running only reinstalls a virtualenv when pyproject.toml changed.
@@ -60,8 +62,8 @@ run() {  # run KIND PYTEST-ARGS...
   shift
   case $kind in
     fast) marks="not requires_cpl and not requires_python_cpl" ;;
-    oldest) marks="not requires_cpl" ;;
-    *) echo "ci/test-fast.sh: unknown environment '$kind' (fast, oldest)" >&2; return 2 ;;
+    oldest) marks="not muse and not hawki and not slurm and not slow" ;;
+    *) echo "ci/test-venvs.sh: unknown environment '$kind' (fast, oldest)" >&2; return 2 ;;
   esac
   setup "$kind" || { echo "[$kind] could not set up .venv-$kind" >&2; return 1; }
   ".venv-$kind/bin/python" -c "
