@@ -18,11 +18,9 @@ import pytest
 from astropy.io import fits
 from helpers import recipe_pids, wait_until
 
-from cpldask import _execute, _runner
-
-#: cpldask._execute imports python-cpl (errors.py); the tests marked requires_cpl run
-#: the test recipe, the log parser runs nothing
-pytestmark = pytest.mark.requires_python_cpl
+# only _runner here: _execute (the fork server) imports python-cpl through errors.py,
+# and the log parser's test belongs to the fast tier
+from cpldask import _runner
 
 
 def write_job(call_dir: pathlib.Path, **job) -> pathlib.Path:
@@ -105,6 +103,8 @@ def test_a_recipe_dies_with_its_fork_server(tmp_path, testrecipe_dir, any_fits):
     """The kernel kills a recipe process group once its server is gone (the server
     killed by the OOM killer, say): no recipe runs on as an orphan."""
     before = recipe_pids("cpldask_test")
+    from cpldask import _execute
+
     server = _execute._ForkServer(())
     job = sleep_job(tmp_path / "call", testrecipe_dir, any_fits, 41.0)
     proc = server.start(job, dict(os.environ), "cpldask_test", None)
@@ -133,6 +133,8 @@ def test_the_recipe_process_has_the_callers_environment(tmp_path, testrecipe_dir
     """A recipe process starts with its fork server's environment; what the call's
     environment lacks is removed, what it has is set."""
     monkeypatch.setenv("CPLDASK_TEST_GONE", "server only")
+    from cpldask import _execute
+
     server = _execute._ForkServer(())
     monkeypatch.delenv("CPLDASK_TEST_GONE")
     entries = []
