@@ -20,20 +20,28 @@ __version__ = "0.1.0"
 # recipe.py and errors.py import python-cpl, _cluster.py distributed, and code that
 # needs neither must import without them — a worker unpickling cpldask._execute,
 # cpldask.cluster.job_script(), the rules and the workflow, the tests of the fast tier
-# (docs: tests in two tiers). ``from cpldask import Recipe`` works as before.
+# (tests/conftest.py). ``from cpldask import Recipe`` works as before.
+# name -> "module" (the name is that module) or "module:attribute"
 _LAZY = {
-    "Recipe": ".recipe",
-    "Result": ".result",
-    "RunRecord": "._spec",
-    "CplError": ".errors",
-    "RecipeCrash": ".errors",
-    "RecipeTimeout": ".errors",
-    "NoProductsError": ".errors",
-    "InputError": ".errors",
-    "get_client": "._cluster",
-    "dashboard_link": "._cluster",
-    "close": "._cluster",
-    "provenance": ".provenance",  # a module
+    # python-cpl's names
+    "Recipe": ".recipe:Recipe",
+    "Parameter": "cpl.param:Parameter",
+    "Result": ".result:Result",
+    "esorex": ".esorex",
+    "dfs": ".dfs",
+    "logger": "cpl.logger",
+    "cpl_versions": ".recipe:cpl_versions",
+    "CplError": ".errors:CplError",
+    "RecipeCrash": ".errors:RecipeCrash",
+    # cpldask's own
+    "RunRecord": "._spec:RunRecord",
+    "RecipeTimeout": ".errors:RecipeTimeout",
+    "NoProductsError": ".errors:NoProductsError",
+    "InputError": ".errors:InputError",
+    "get_client": "._cluster:get_client",
+    "dashboard_link": "._cluster:dashboard_link",
+    "close": "._cluster:close",
+    "provenance": ".provenance",
 }
 
 __all__ = list(_LAZY)
@@ -41,10 +49,11 @@ __all__ = list(_LAZY)
 
 def __getattr__(name: str) -> Any:
     try:
-        module = importlib.import_module(_LAZY[name], __name__)
+        module_name, _, attribute = _LAZY[name].partition(":")
     except KeyError:
         raise AttributeError(f"module 'cpldask' has no attribute {name!r}") from None
-    value = module if module.__name__ == f"{__name__}.{name}" else getattr(module, name)
+    module = importlib.import_module(module_name, __name__)
+    value = getattr(module, attribute) if attribute else module
     globals()[name] = value  # later look-ups skip this function
     return value
 

@@ -363,7 +363,8 @@ class Reduction:
             recipe = self._recipes.get(step.recipe)
             if recipe is None:
                 recipe = self._recipes[step.recipe] = Recipe(step.recipe, threaded=True)
-                _declare_optional(recipe, step.optional_calib)
+                # calibrations the rules' workflow.optional_calibrations lets go
+                recipe.optional_calib |= set(step.optional_calib)
             raw = {tag: [self._input(v) for v in values] for tag, values in step.raw.items()}
             calib = {tag: [self._input(v) for v in values]
                      for tag, values in step.calib.items()}
@@ -490,27 +491,6 @@ class Reduction:
             "done" if self.done else "running")
         return (f"<Reduction {len(self.steps)} steps, IFUs {_ranges(self.ifus)}, {state}, "
                 f"output_dir={self.output_dir!r}>")
-
-
-def _declare_optional(recipe, tags: Iterable[str]) -> None:
-    """Let a call go without calibrations the recipe declares as required but runs
-    without (rules: ``workflow.optional_calibrations``).
-
-    cpldask refuses on the client a call that lacks a calibration of declared minimum
-    1; python-cpl does not check. muse_scipost declares STD_RESPONSE and
-    EXTINCT_TABLE so, yet makes an uncalibrated cube without them.
-    TODO: replace with a public Recipe option once recipe.py has one.
-    """
-    tags = frozenset(tags)
-    if not tags:
-        return
-    from .recipe import _Calib
-
-    class _Calibrations(_Calib):
-        def _aslist(self, frames):
-            return [(t, f, None if t in tags else m) for t, f, m in super()._aslist(frames)]
-
-    recipe._calib = _Calibrations(recipe._cpl)
 
 
 # ---------------------------------------------------------------------------------
@@ -669,7 +649,8 @@ def demo(workdir: str | os.PathLike = "cpldask-demo", ifus: Iterable[int] = (1, 
     ifus = parse_ifus(ifus)
     raw = workdir / "raw"
     stamp = raw / ".cpldask-demo.json"
-    want = {"ifus": list(ifus), "seed": seed}
+    # the generator's version too: data of an older generator (other headers) are remade
+    want = {"ifus": list(ifus), "seed": seed, "synthetic": synthetic.VERSION}
     if not (stamp.exists() and json.loads(stamp.read_text()) == want):
         log.info("writing a synthetic exposure of IFUs %s to %s", _ranges(ifus), raw)
         if stamp.exists():
@@ -884,7 +865,7 @@ def _main(argv: list[str] | None = None) -> int:
     work = pathlib.Path(args.workdir).absolute()
     raw = work / "raw"
     stamp = raw / ".cpldask-demo.json"
-    want = {"ifus": list(ifus), "seed": args.seed}
+    want = {"ifus": list(ifus), "seed": args.seed, "synthetic": synthetic.VERSION}
     if not (stamp.exists() and json.loads(stamp.read_text()) == want):
         synthetic.make_exposure(raw, ifus=ifus, seed=args.seed, lingain=False)
         stamp.write_text(json.dumps(want))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import logging
+import re
 import weakref
 
 from typing import Any, Callable
@@ -44,10 +45,11 @@ class Result:
     (4112, 4096)
     """
 
-    def __init__(self, future: distributed.Future, recipe: str, *, output: str | None,
-                 defaults: dict | None = None, batched: bool = False):
-        self._future = future
-        self._batched = batched  # its task may still wait in the client's batch
+    def __init__(self, call: distributed.Future | _submit.Pending, recipe: str, *,
+                 output: str | None, defaults: dict | None = None):
+        # a Future, or the ticket of a background call still waiting in its client's
+        # batch (cpldask._submit), whose Future comes when the batch is sent
+        self._call = call
         self._defaults = defaults or {}  # parameter defaults, for the display
         self.recipe = recipe
         self._path_products = output is not None
@@ -59,20 +61,25 @@ class Result:
     def future(self) -> distributed.Future:
         """The call's :class:`distributed.Future` (for ``distributed.wait``,
         ``as_completed``, ``client.submit(f, res.future)``, ...)."""
-        if self._batched:  # hand it out only once the scheduler knows its task
-            _submit.flush(self._future.client)
-            self._batched = False
-        return self._future
+        if isinstance(self._call, _submit.Pending):  # sent first: the scheduler must
+            self._call = self._call.sent()           # know a task before it is named
+        return self._call
 
     @property
     def key(self) -> str:
         """The Dask task key (``<recipe>-<token>``)."""
-        return self.future.key
+        return self._call.key
 
     @property
     def status(self) -> str:
-        """``'pending'``, ``'finished'``, ``'error'``, ``'cancelled'`` or ``'lost'``."""
-        return self.future.status
+        """``'pending'``, ``'finished'``, ``'error'``, ``'cancelled'`` or ``'lost'``
+        (from this client's own state: asks nobody)."""
+        call = self._call
+        if isinstance(call, _submit.Pending):
+            if call.future is None:
+                return "pending"
+            call = self._call = call.future
+        return call.status
 
     def done(self) -> bool:
         """True once the recipe has finished, failed or was cancelled."""
@@ -167,8 +174,11 @@ class Result:
         return self._value(tag)
 
     def __getattr__(self, tag: str):
-        if tag.startswith("_"):
-            raise AttributeError(tag)
+        # only product tags (ESO's are upper case: MASTER_BIAS, PIXTABLE_OBJECT) wait
+        # for the recipe; any other name is a plain miss, so that getattr(res,
+        # 'compute', None) and other duck-typing probes return at once
+        if not _TAG.fullmatch(tag):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {tag!r}")
         try:
             return self._value(tag)
         except KeyError:
@@ -194,9 +204,22 @@ class Result:
         return errors.loglist(self._get().log)
 
     @property
-    def stat(self) -> dict:
-        """Run statistics: return_code, user_time, sys_time, wall_time, max_rss."""
-        return dict(self._get().stat)
+    def stat(self) -> "Stat":
+        """Run statistics: return_code, user_time, sys_time, wall_time, max_rss, as
+        attributes (python-cpl's ``res.stat.user_time``) and items."""
+        return Stat(self._get().stat)
+
+    @property
+    def dir(self) -> str:
+        """The directory the products are in (python-cpl's ``Result.dir``)."""
+        rec = self._get()
+        return rec.output_dir or rec.call_dir
+
+    @property
+    def error(self) -> None:
+        """python-cpl's ``Result.error``: None, since a failed call raises instead."""
+        self._get()
+        return None
 
     @property
     def provenance(self) -> dict:
@@ -212,13 +235,23 @@ class Result:
         rec = self._get()
         return {tag: rec.paths(tag) for tag in rec.tags}
 
-    # -- display ------------------------------------------------------------------------
+    # -- display: from this client's own state, as distributed.Future's --------------
+    def _known_record(self) -> RunRecord | None:
+        """The record if this client has it; else None, and it is fetched in the
+        background once the call has finished, for the next display."""
+        if self._record is None and self.status not in ("error", "cancelled", "lost"):
+            if not getattr(self, "_fetching", False):
+                self._fetching = True
+                self.add_done_callback(_fetch_record)
+        return self._record
+
     def __repr__(self) -> str:
-        extra = ""
-        if self.status == "finished":
-            rec = self._get()
+        status, rec, extra = self.status, None, ""
+        if status == "finished":
+            rec = self._known_record()
+        if rec is not None:
             extra = f" products={rec.tags} {rec.end - rec.start:.1f}s"
-        return f"<Result {self.recipe} status={self.status}{extra} key={self.key!r}>"
+        return f"<Result {self.recipe} status={status}{extra} key={self.key!r}>"
 
     def _repr_html_(self) -> str:
         """Jupyter's display: status, recipe, the parameters that differ from the
@@ -231,8 +264,8 @@ class Result:
         rows = [("status", f"<b style='color:{colour}'>{e(status)}</b>"),
                 ("recipe", f"<b>{e(self.recipe)}</b>"),
                 ("key", f"<code>{e(self.key)}</code>")]
-        if status == "finished":
-            rec = self._get()
+        rec = self._known_record() if status == "finished" else None
+        if rec is not None:
             changed = [(name.rsplit(".", 1)[-1], value) for name, value in rec.params
                        if name not in self._defaults or value != self._defaults[name]]
             rows.append(("parameters", e(", ".join(f"{k}={v!r}" for k, v in changed)
@@ -246,7 +279,7 @@ class Result:
             took = f"{rec.end - rec.start:.1f} s on {rec.host}"
             rows.append(("duration", e(took + (" (product cache)" if rec.cache_hit else ""))))
         elif status == "error":
-            err = self.future.exception()
+            err = self.future.exception()  # held by the client with the error status
             rows.append(("error", e(f"{type(err).__name__}: {err}")))
             log = [getattr(r, "msg", r) for r in list(getattr(err, "log", None) or [])[-8:]]
             if log:
@@ -255,6 +288,36 @@ class Result:
         cells = "".join(f"<tr><th style='text-align:left;vertical-align:top'>{a}</th>"
                         f"<td style='text-align:left'>{b}</td></tr>" for a, b in rows)
         return f"<table>{cells}</table>"
+
+
+#: what a product tag looks like (ESO's PRO CATG values): upper case, digits, _
+_TAG = re.compile(r"[A-Z][A-Z0-9_]*")
+
+
+def _fetch_record(res: "Result") -> None:
+    """Done callback (distributed's callback thread): keep the finished call's record,
+    which ``repr`` then shows."""
+    if res.future.status == "finished":
+        try:
+            res._get()
+        except Exception:  # noqa: BLE001  (closed meanwhile: nothing to show)
+            pass
+
+
+class Stat(dict):
+    """A call's run statistics: a dict that also reads as python-cpl's ``Stat``
+    object (``stat.return_code``, ``stat.user_time``, ``stat.sys_time``,
+    ``stat.memory_is_empty``), with cpldask's ``wall_time`` and ``max_rss`` (bytes).
+    """
+
+    def __init__(self, values: dict):
+        super().__init__({"memory_is_empty": None, "mtrace": None, **values})
+
+    def __getattr__(self, name: str):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"no statistic {name!r}; there are {sorted(self)}") from None
 
 
 def _open(product, record: RunRecord | None = None, client=None) -> fits.HDUList:
@@ -285,13 +348,13 @@ def listen_to_logs(client: distributed.Client) -> None:
 _listening: weakref.WeakSet = weakref.WeakSet()
 
 
-def log_threshold(recipe: str) -> int:
-    """The lowest level of a ``cpl.<recipe>`` message that the client's logging would
-    emit somewhere; above ``CRITICAL`` when none would be.
+def log_threshold(logname: str) -> int:
+    """The lowest level of a message to ``logname`` (``cpl.<recipe>``) that the
+    client's logging would emit somewhere; above ``CRITICAL`` when none would be.
 
     python-cpl sets the root logger to DEBUG and gives ``cpl`` a NullHandler, so by
     default every message is "enabled" and none is shown: then nothing is sent."""
-    logger = logging.getLogger(f"cpl.{recipe}")
+    logger = logging.getLogger(logname)
     levels, found, node = [], False, logger
     while node is not None:
         found = found or bool(node.handlers)
@@ -312,7 +375,7 @@ def _replay_event(event: tuple) -> None:
 
 def _replay(recipe: str, entries) -> None:
     for name, levelno, func, msg, created in entries:
-        logger = logging.getLogger(f"cpl.{recipe}.{func}")
+        logger = logging.getLogger(name)  # <logname>.<function>
         if logger.isEnabledFor(levelno):
             rec = logger.makeRecord(logger.name, levelno, func, 0, msg, None, None, func)
             rec.created = created

@@ -219,20 +219,53 @@ def test_recipe_log_reaches_python_logging(test_recipe, any_fits, caplog):
     assert any("OMP_NUM_THREADS" in line for line in res.log.info)
 
 
+@pytest.mark.requires_cpl
+def test_recipe_messages_reach_logging_while_it_runs(test_recipe, any_fits, caplog):
+    """python-cpl hands each CPL message to logging as the recipe writes it; so does
+    cpldask, from the worker, while the recipe still runs (here: burns 6 s of CPU
+    after its first messages). Latency: from the recipe's start (its own clock, in
+    the product) to the message in the client's logging."""
+    with caplog.at_level(logging.INFO, logger="cpl.cpldask_test"):
+        res = test_recipe(any_fits, param={"spin": 6.0, "label": "live"}, threaded=True,
+                          cache=False)
+        wait_until(lambda: any("OMP_NUM_THREADS" in r.getMessage() for r in caplog.records),
+                   60, "a message of the running recipe")
+        seen = time.time()
+        assert not res.done()
+    start = fits.getheader(res.paths["PRODUCT"][0])["ESO QC ECHO TSTART"]
+    print(f"live log latency: {seen - start:.2f} s")
+    assert 0 <= seen - start < 1.0
+    # each message once: those sent live are not sent again at the end
+    live = [r for r in caplog.records if "OMP_NUM_THREADS" in r.getMessage()]
+    assert len(live) == 1 and live[0].name == "cpl.cpldask_test.cpldask_test"
+    assert sum("OMP_NUM_THREADS" in line for line in res.log.info) == 1
+
+
+@pytest.mark.requires_cpl
+def test_logname_and_loglevel_as_in_python_cpl(test_recipe, any_fits, caplog):
+    with caplog.at_level(logging.DEBUG, logger="my.reduction"):
+        res = test_recipe(any_fits, logname="my.reduction", loglevel=logging.INFO,
+                          cache=False)
+        wait_until(lambda: any(r.name.startswith("my.reduction.") for r in caplog.records),
+                   10, "the messages under logname")
+    assert all(r.levelno >= logging.INFO for r in res.log)
+    assert {r.name.split(".")[0] for r in res.log} == {"my"}
+
+
 @pytest.mark.requires_python_cpl
 def test_log_messages_are_sent_only_where_logging_shows_them(monkeypatch):
     from cpldask.result import log_threshold
 
     logger = logging.getLogger("cpl.threshold_check")
     monkeypatch.setattr(logger, "propagate", False)  # away from pytest's root handlers
-    assert log_threshold("threshold_check") == logging.WARNING  # Python's last resort
+    assert log_threshold("cpl.threshold_check") == logging.WARNING  # Python's last resort
     monkeypatch.setattr(logger, "handlers", [logging.NullHandler()])
-    assert log_threshold("threshold_check") > logging.CRITICAL  # python-cpl's default
+    assert log_threshold("cpl.threshold_check") > logging.CRITICAL  # python-cpl's default
     handler = logging.StreamHandler()
     handler.setLevel(logging.INFO)
     monkeypatch.setattr(logger, "handlers", [handler])
     monkeypatch.setattr(logger, "level", logging.DEBUG)
-    assert log_threshold("threshold_check") == logging.INFO
+    assert log_threshold("cpl.threshold_check") == logging.INFO
 
 
 @pytest.mark.requires_cpl
@@ -328,3 +361,17 @@ def test_background_calls_in_a_burst_share_graphs(test_recipe, any_fits, client,
     assert twin.key == results[0].key and twin.paths == results[0].paths
     assert call_dir.result() == results[-2].record.call_dir
     assert sum(sizes) == 40 and max(sizes) > 1  # 40 tasks in fewer graphs than calls
+
+
+@pytest.mark.requires_cpl
+def test_a_running_result_answers_from_local_state(test_recipe, any_fits):
+    """repr, HTML, key, status and duck-typing probes of a running call return at
+    once, as distributed.Future's do; only product names wait for the recipe."""
+    res = test_recipe(any_fits, threaded=True, param={"sleep": 5.0}, cache=False)
+    t0 = time.monotonic()
+    assert getattr(res, "compute", None) is None  # not a product name: no wait
+    assert "status=pending" in repr(res) and "pending" in res._repr_html_()
+    assert res.key.startswith("cpldask_test-") and res.status == "pending"
+    assert time.monotonic() - t0 < 1.0 and not res.done()
+    assert "PRODUCT" in res  # a product: waits
+    assert "products=['PRODUCT']" in repr(res)
