@@ -8,7 +8,7 @@ PY=${PYTHON:-python3}
 stamp=.venv/.cpldask-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e '.[test]'
+  .venv/bin/pip install -q -e '.[test,bench]'
   touch "$stamp"
 fi
 .venv/bin/python -c "import cpldask, cpl; print('cpldask', cpldask.__version__, 'python-cpl', cpl.__version__)"

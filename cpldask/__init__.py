@@ -6,37 +6,57 @@
 >>> res.MASTER_BIAS.writeto('master_bias.fits')   # waits for the worker
 """
 
-from cpl import logger
-from cpl.param import Parameter
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from . import _config  # noqa: F401  (loads the cpldask.* defaults into dask.config)
-from . import dfs, esorex, provenance
-from ._cluster import close, dashboard_link, get_client
-from ._spec import RunRecord
-from .errors import CplError, InputError, NoProductsError, RecipeCrash, RecipeTimeout
-from .recipe import Recipe, cpl_versions
-from .result import Result
 
+#: the one place the version is written (pyproject.toml reads it from here)
 __version__ = "0.1.0"
 
-__all__ = [
+# The public names are imported on first use (PEP 562), not by ``import cpldask``:
+# recipe.py and errors.py import python-cpl, _cluster.py distributed, and code that
+# needs neither must import without them — a worker unpickling cpldask._execute,
+# cpldask.cluster.job_script(), the rules and the workflow, the tests of the fast tier
+# (tests/conftest.py). ``from cpldask import Recipe`` works as before.
+# name -> "module" (the name is that module) or "module:attribute"
+_LAZY = {
     # python-cpl's names
-    "Recipe",
-    "Parameter",
-    "Result",
-    "esorex",
-    "dfs",
-    "logger",
-    "cpl_versions",
-    "CplError",
-    "RecipeCrash",
+    "Recipe": ".recipe:Recipe",
+    "Parameter": "cpl.param:Parameter",
+    "Result": ".result:Result",
+    "esorex": ".esorex",
+    "dfs": ".dfs",
+    "logger": "cpl.logger",
+    "cpl_versions": ".recipe:cpl_versions",
+    "CplError": ".errors:CplError",
+    "RecipeCrash": ".errors:RecipeCrash",
     # cpldask's own
-    "RunRecord",
-    "RecipeTimeout",
-    "NoProductsError",
-    "InputError",
-    "get_client",
-    "dashboard_link",
-    "close",
-    "provenance",
-]
+    "RunRecord": "._spec:RunRecord",
+    "RecipeTimeout": ".errors:RecipeTimeout",
+    "NoProductsError": ".errors:NoProductsError",
+    "InputError": ".errors:InputError",
+    "get_client": "._cluster:get_client",
+    "dashboard_link": "._cluster:dashboard_link",
+    "close": "._cluster:close",
+    "provenance": ".provenance",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module_name, _, attribute = _LAZY[name].partition(":")
+    except KeyError:
+        raise AttributeError(f"module 'cpldask' has no attribute {name!r}") from None
+    module = importlib.import_module(module_name, __name__)
+    value = getattr(module, attribute) if attribute else module
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

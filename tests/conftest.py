@@ -1,5 +1,16 @@
 """Shared fixtures: synthetic data and reference reductions are made once per session.
 
+Tests come in two tiers (markers declared in pyproject.toml):
+
+* the fast tier, ``pytest -m "not requires_cpl"``: no CPL library, no recipe, a few
+  seconds — rules and classification on hand-written headers, call keys, config, job
+  scripts, graph building. ci/test-venvs.sh runs it in a virtualenv without python-cpl
+  (``-m "not requires_cpl and not requires_python_cpl"``).
+* ``requires_cpl``: runs a real recipe (the C test recipe, or ``muse``/``hawki``
+  recipes). Such a test gets the recipe search path (:func:`recipe_path`: compiles the
+  test recipe once) without asking; a test that asks for a CPL fixture without the
+  marker, or is marked ``muse``/``hawki`` without it, stops the run at collection.
+
 Under ``--cpldask-no-skip`` (set by ci/test.sh when CI=true) a skipped test counts as
 a failure: in CI every component is installed by the project's own scripts, so a skip
 would hide a missing install step.
@@ -7,6 +18,8 @@ would hide a missing install step.
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import pathlib
 import sys
 
@@ -14,6 +27,13 @@ import pytest
 
 HERE = pathlib.Path(__file__).parent
 MUSE_PLUGINS = "/usr/lib/x86_64-linux-gnu/cpl/plugins"
+
+#: fixtures that need the CPL library (a test using one, directly or through another
+#: fixture, must be marked requires_cpl)
+CPL_FIXTURES = ("testrecipe_dir", "recipe_path")
+#: markers that say which real recipes a test runs: each implies requires_cpl
+RECIPE_MARKERS = ("muse", "hawki")
+HAVE_PYTHON_CPL = importlib.util.find_spec("cpl") is not None
 
 
 def pytest_addoption(parser):
@@ -28,6 +48,62 @@ def pytest_runtest_makereport(item, call):
     if report.skipped and item.config.getoption("--cpldask-no-skip"):
         report.outcome = "failed"
         report.longrepr = f"skipped under CI (a component is missing?): {report.longrepr}"
+
+
+def _module_marks(path: pathlib.Path) -> set[str]:
+    """Names of the marks in a test module's top-level ``pytestmark``, read from its
+    source (the module is not imported)."""
+    try:
+        tree = ast.parse(path.read_text(), str(path))
+    except (OSError, SyntaxError):
+        return set()  # pytest reports the error when it collects the module
+    names = set()
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "pytestmark" for t in node.targets):
+            names |= {n.attr for n in ast.walk(node.value) if isinstance(n, ast.Attribute)
+                      and isinstance(n.value, ast.Attribute) and n.value.attr == "mark"}
+    return names
+
+
+#: test modules left out because python-cpl is missing (for the summary)
+_NOT_COLLECTED = pytest.StashKey[list]()
+
+
+def pytest_ignore_collect(collection_path: pathlib.Path, config):
+    """Without python-cpl (ci/test-venvs.sh), modules marked as a whole as needing it or
+    CPL are not imported: their imports would fail. Any other module must import
+    without python-cpl — if it does not, collection fails and says which import."""
+    if HAVE_PYTHON_CPL or collection_path.suffix != ".py" \
+            or not collection_path.name.startswith("test_"):
+        return None
+    if _module_marks(collection_path) & {"requires_cpl", "requires_python_cpl"}:
+        config.stash.setdefault(_NOT_COLLECTED, []).append(collection_path.name)
+        return True
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    wrong = []
+    for item in items:
+        marks = {m.name for m in item.iter_markers()}
+        if "requires_cpl" in marks:
+            continue
+        why = [f"fixture {f}" for f in CPL_FIXTURES if f in item.fixturenames]
+        why += [f"marker {m}" for m in RECIPE_MARKERS if m in marks]
+        if why:
+            wrong.append(f"{item.nodeid} ({', '.join(why)})")
+    if wrong:
+        raise pytest.UsageError("these tests need CPL but are not marked requires_cpl "
+                                "(@pytest.mark.requires_cpl):\n  " + "\n  ".join(wrong))
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    left_out = sorted(set(config.stash.get(_NOT_COLLECTED, [])))
+    if left_out:
+        terminalreporter.write_line(
+            "without python-cpl, not collected (marked requires_cpl or requires_python_cpl "
+            f"as a whole): {', '.join(left_out)}")
 
 
 @pytest.fixture(scope="session")
@@ -54,20 +130,23 @@ def isolated_config(tmp_path_factory):
         yield base
 
 
-@pytest.fixture(scope="session", autouse=True)
-def recipe_path(request, isolated_config):
-    """MUSE recipes plus the test recipe, for the whole session.
-
-    A session of only ``nocpl`` tests (the fast tier: headers, rules, no recipe
-    run) builds no test recipe and starts nothing."""
-    if all(item.get_closest_marker("nocpl") for item in request.session.items):
-        yield None
-        return
+@pytest.fixture(scope="session")
+def recipe_path(testrecipe_dir, isolated_config):
+    """MUSE recipes plus the test recipe, from the first test that needs CPL to the end
+    of the session."""
     import cpldask
 
-    cpldask.Recipe.path = [MUSE_PLUGINS, str(request.getfixturevalue("testrecipe_dir"))]
+    cpldask.Recipe.path = [MUSE_PLUGINS, str(testrecipe_dir)]
     yield cpldask.Recipe.path
     cpldask.close()
+
+
+@pytest.fixture(autouse=True)
+def _recipe_path_for_cpl_tests(request):
+    """Tests marked requires_cpl get :func:`recipe_path` without naming it; the fast
+    tier never compiles the test recipe nor imports python-cpl through it."""
+    if request.node.get_closest_marker("requires_cpl") is not None:
+        request.getfixturevalue("recipe_path")
 
 
 @pytest.fixture(scope="session")
@@ -86,7 +165,7 @@ def any_fits(bias_files) -> str:
 
 
 @pytest.fixture(scope="session")
-def bias_result(bias_files):
+def bias_result(bias_files, recipe_path):
     """One real muse_bias run through cpldask, shared by many tests."""
     import cpldask
 
@@ -104,7 +183,7 @@ def client(recipe_path):
 
 
 @pytest.fixture
-def test_recipe():
+def test_recipe(recipe_path):
     import cpldask
 
     return cpldask.Recipe("cpldask_test")

@@ -17,6 +17,9 @@ import cpldask
 from cpldask import _cache
 from helpers import wait_until
 
+#: every test here runs the test recipe (one runs muse_bias)
+pytestmark = pytest.mark.requires_cpl
+
 
 @pytest.fixture
 def cache_dir(tmp_path, monkeypatch):
@@ -173,6 +176,7 @@ def test_prov_export_and_replay(test_recipe, any_fits, tmp_path):
     assert fits.getheader(namespace["res1"].paths["PRODUCT"][0])["ESO QC ECHO VALUE"] == 2.5
 
 
+@pytest.mark.muse
 @pytest.mark.slow
 def test_from_product_recreates_the_call(bias_result, bias_files):
     recipe, raw = cpldask.provenance.from_product(

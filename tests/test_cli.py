@@ -26,6 +26,10 @@ from cpldask._cli import _demo, _run
 from cpldask._cli._inputs import UsageError, read_sof
 from helpers import max_overlap
 
+#: cpldask._cli imports python-cpl; the tests marked requires_cpl run recipes, the
+#: others (help, SOF parsing, dry runs) none
+pytestmark = pytest.mark.requires_python_cpl
+
 MUSE_PLUGINS = "/usr/lib/x86_64-linux-gnu/cpl/plugins"
 CPLDASK = pathlib.Path(sys.executable).with_name("cpldask")
 
@@ -45,6 +49,8 @@ def echo(path, key: str):
 
 
 # -- list and info -------------------------------------------------------------------
+@pytest.mark.requires_cpl
+@pytest.mark.muse
 def test_list(capsys):
     assert handle_args(["list"]) == 0
     out = capsys.readouterr().out
@@ -68,6 +74,7 @@ def test_help_and_version(capsys):
     assert cpldask.__version__ in capsys.readouterr().out
 
 
+@pytest.mark.requires_cpl
 def test_info(capsys):
     assert handle_args(["info", "cpldask_test"]) == 0
     out = capsys.readouterr().out
@@ -78,6 +85,8 @@ def test_info(capsys):
     assert "RAW" in out and "PRODUCT" in out
 
 
+@pytest.mark.requires_cpl
+@pytest.mark.muse
 def test_info_json(capsys):
     assert handle_args(["info", "muse_bias", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
@@ -97,6 +106,7 @@ def test_info_json(capsys):
 
 
 # -- run -------------------------------------------------------------------------------
+@pytest.mark.requires_cpl
 def test_run_files(any_fits, tmp_path, capsys):
     out_dir = tmp_path / "out"
     # options after the file, as esorex users write them
@@ -113,6 +123,7 @@ def test_run_files(any_fits, tmp_path, capsys):
     assert "[1/1] done" in captured.err  # without a terminal: one line per call
 
 
+@pytest.mark.requires_cpl
 def test_run_sofs_in_parallel(bias_files, tmp_path, monkeypatch, capsys):
     """Several SOFs: one call each, products in OUTPUT_DIR/<sof stem>/; an rc file
     sets parameters, --param overrides it."""
@@ -138,6 +149,8 @@ def test_run_sofs_in_parallel(bias_files, tmp_path, monkeypatch, capsys):
     assert out.count("done") == 3
 
 
+@pytest.mark.requires_cpl
+@pytest.mark.muse
 def test_run_sof_given_as_file_and_calibrations(bias_files, tmp_path):
     """esorex's spelling (`RECIPE FILE.sof`) works; raw and calibration frames are
     sorted by the recipe's tags; --calib replaces a SOF's frames of its tag."""
@@ -156,9 +169,11 @@ def test_run_sof_given_as_file_and_calibrations(bias_files, tmp_path):
     assert call.calib == {"BADPIX_TABLE": ["/other.fits"]}
 
 
-def test_read_sof(tmp_path, any_fits):
+def test_read_sof(tmp_path):
     sof = tmp_path / "sub" / "x.sof"
     sof.parent.mkdir()
+    any_fits = str(tmp_path / "frame.fits")  # read_sof checks paths, not contents
+    fits.PrimaryHDU().writeto(any_fits)
     rel = os.path.relpath(any_fits, sof.parent)
     sof.write_text(f"# comment\n\n  {rel}   RAW  RAW\n{rel} RAW\n")
     parsed = read_sof(sof)
@@ -169,6 +184,7 @@ def test_read_sof(tmp_path, any_fits):
         read_sof(sof)
 
 
+@pytest.mark.requires_cpl
 def test_run_failure_shows_recipe_log(any_fits, tmp_path, capsys):
     sof = write_sof(tmp_path / "bad.sof", [(any_fits, "RAW")])
     code = handle_args(["run", "cpldask_test", "--sof", str(sof), "--param", "fail=true",
@@ -181,6 +197,7 @@ def test_run_failure_shows_recipe_log(any_fits, tmp_path, capsys):
     assert "Traceback" not in captured.err
 
 
+@pytest.mark.requires_cpl
 def test_run_on_a_scheduler_with_slots(any_fits, tmp_path, capsys):
     """--scheduler sends the calls to that cluster, --slots 1 runs them one at a time
     (the limit is kept per scheduler: the session's cluster is not affected)."""
@@ -243,6 +260,8 @@ BAD = {
 }
 
 
+@pytest.mark.requires_cpl
+@pytest.mark.muse
 @pytest.mark.parametrize("argv, message", list(BAD.values()), ids=list(BAD))
 def test_bad_input(argv, message, any_fits, tmp_path, capsys):
     (tmp_path / "malformed.sof").write_text(f"# ok\n{any_fits}\n")
@@ -262,6 +281,8 @@ def test_bad_input(argv, message, any_fits, tmp_path, capsys):
 
 
 # -- demo ----------------------------------------------------------------------------
+@pytest.mark.requires_cpl
+@pytest.mark.muse
 @pytest.mark.slow
 def test_demo(tmp_path, capsys):
     code = handle_args(["demo", "--bias", "--sets", "2", "--workdir", str(tmp_path)])
@@ -284,6 +305,8 @@ def test_demo(tmp_path, capsys):
 
 
 # -- the console script, end to end --------------------------------------------------
+@pytest.mark.requires_cpl
+@pytest.mark.muse
 @pytest.mark.slow
 def test_console_script_runs_muse_bias_over_sofs(bias_files, tmp_path):
     sofs = [write_sof(tmp_path / "sofs" / f"night{i}.sof",

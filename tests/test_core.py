@@ -14,6 +14,10 @@ import cpl as pycpl
 import cpldask
 from cpldask import errors
 
+#: python-cpl is the reference here; the tests marked requires_cpl run recipes, the
+#: search-path ones none
+pytestmark = pytest.mark.requires_python_cpl
+
 
 @pytest.fixture(scope="session")
 def direct_master_bias(bias_files, tmp_path_factory):
@@ -25,6 +29,8 @@ def direct_master_bias(bias_files, tmp_path_factory):
     return r(bias_files).MASTER_BIAS
 
 
+@pytest.mark.requires_cpl
+@pytest.mark.muse
 @pytest.mark.slow
 def test_master_bias_equals_python_cpl(bias_result, direct_master_bias):
     ours = bias_result.MASTER_BIAS
@@ -35,6 +41,8 @@ def test_master_bias_equals_python_cpl(bias_result, direct_master_bias):
     assert abs(np.median(ours["DATA"].data)) < 1  # overscan-subtracted bias
 
 
+@pytest.mark.requires_cpl
+@pytest.mark.muse
 def test_recipe_ran_in_a_worker_process(bias_result, client):
     rec = bias_result.record
     assert rec.worker in client.scheduler_info()["workers"]
@@ -43,6 +51,8 @@ def test_recipe_ran_in_a_worker_process(bias_result, client):
     assert bias_result.log.info  # the recipe's own messages came back
 
 
+@pytest.mark.requires_cpl
+@pytest.mark.muse
 def test_python_cpl_result_access(bias_result):
     assert bias_result.tags == {"MASTER_BIAS"}
     assert "MASTER_BIAS" in bias_result and "MASTER_DARK" not in bias_result
@@ -53,6 +63,8 @@ def test_python_cpl_result_access(bias_result):
         bias_result.MASTER_FLAT
 
 
+@pytest.mark.requires_cpl
+@pytest.mark.muse
 def test_products_open_lazily(bias_files):
     r = cpldask.Recipe("muse_bias")
     res = r(bias_files, param={"nifu": 1})
@@ -62,6 +74,7 @@ def test_products_open_lazily(bias_files):
     assert res.paths["MASTER_BIAS"][0] == hdul.filename()
 
 
+@pytest.mark.requires_cpl
 def test_output_dir_gives_paths(test_recipe, any_fits, tmp_path):
     res = test_recipe(any_fits, output_dir=tmp_path, param={"nproducts": 1})
     assert isinstance(res.PRODUCT, str) and res.PRODUCT.startswith(str(tmp_path))
@@ -72,6 +85,7 @@ def test_output_dir_gives_paths(test_recipe, any_fits, tmp_path):
     assert not any((tmp_path / ".cpldask-tmp").iterdir())
 
 
+@pytest.mark.requires_cpl
 def test_list_rule_for_several_frames(test_recipe, any_fits, tmp_path):
     res = test_recipe(any_fits, output_dir=tmp_path, param={"nproducts": 3})
     assert isinstance(res.PRODUCT, list) and len(res.PRODUCT) == 3
@@ -79,6 +93,7 @@ def test_list_rule_for_several_frames(test_recipe, any_fits, tmp_path):
     assert isinstance(one.PRODUCT, list)  # python-cpl: a list of one in, a list out
 
 
+@pytest.mark.requires_cpl
 def test_two_concurrent_calls_share_output_dir(test_recipe, any_fits, tmp_path):
     a = test_recipe(any_fits, output_dir=tmp_path, threaded=True,
                     param={"value": 1.0, "sleep": 1.0})
@@ -90,6 +105,7 @@ def test_two_concurrent_calls_share_output_dir(test_recipe, any_fits, tmp_path):
     assert fits.getheader(pb)["ESO QC ECHO VALUE"] == 2.0
 
 
+@pytest.mark.requires_cpl
 def test_later_call_replaces_earlier_product(test_recipe, any_fits, tmp_path):
     first = test_recipe(any_fits, output_dir=tmp_path, param={"value": 1.0})
     second = test_recipe(any_fits, output_dir=tmp_path, param={"value": 2.0})
@@ -97,6 +113,8 @@ def test_later_call_replaces_earlier_product(test_recipe, any_fits, tmp_path):
     assert fits.getheader(second.PRODUCT)["ESO QC ECHO VALUE"] == 2.0
 
 
+@pytest.mark.requires_cpl
+@pytest.mark.muse
 def test_product_summary_matches_astropy(bias_result, bias_files, tmp_path):
     """The worker reads product headers without astropy; it must say what astropy says."""
     from cpldask import _fitsheader
@@ -141,12 +159,16 @@ def no_submit(monkeypatch):
     monkeypatch.setattr(client, "submit", refuse)
 
 
+@pytest.mark.requires_cpl
+@pytest.mark.muse
 def test_missing_input_file(no_submit, tmp_path):
     r = cpldask.Recipe("muse_bias")
     with pytest.raises(errors.InputError, match="does not exist"):
         r([str(tmp_path / "nope.fits")])
 
 
+@pytest.mark.requires_cpl
+@pytest.mark.muse
 def test_unreadable_input_file(no_submit, any_fits, monkeypatch):
     # the suite may run as root, who can read anything: let os.access say no
     real = os.access
@@ -155,11 +177,15 @@ def test_unreadable_input_file(no_submit, any_fits, monkeypatch):
         cpldask.Recipe("muse_bias")([any_fits])
 
 
+@pytest.mark.requires_cpl
+@pytest.mark.muse
 def test_no_raw_frames(no_submit):
     with pytest.raises(ValueError, match="no raw frames"):
         cpldask.Recipe("muse_bias")([])
 
 
+@pytest.mark.requires_cpl
+@pytest.mark.muse
 def test_unknown_recipe_names_the_path():
     with pytest.raises(OSError) as info:
         cpldask.Recipe("muse_biass")
@@ -167,6 +193,8 @@ def test_unknown_recipe_names_the_path():
     assert "/usr/lib/x86_64-linux-gnu/cpl/plugins" in msg and "muse_bias" in msg
 
 
+@pytest.mark.requires_cpl
+@pytest.mark.muse
 def test_unknown_parameter_lists_valid_names(no_submit, bias_files):
     r = cpldask.Recipe("muse_bias")
     with pytest.raises(KeyError, match="nifu") as info:
@@ -176,6 +204,8 @@ def test_unknown_parameter_lists_valid_names(no_submit, bias_files):
         r(bias_files, param={"combin": "median"})
 
 
+@pytest.mark.requires_cpl
+@pytest.mark.muse
 def test_wrong_type_range_enum(no_submit, bias_files):
     r = cpldask.Recipe("muse_bias")
     with pytest.raises(TypeError, match="nifu.*int"):
@@ -191,6 +221,8 @@ def test_wrong_type_range_enum(no_submit, bias_files):
     assert r.param.nifu.value is None  # reset to default
 
 
+@pytest.mark.requires_cpl
+@pytest.mark.muse
 def test_unknown_calib_tag_and_missing_calib(no_submit, bias_files):
     dark = cpldask.Recipe("muse_dark")
     with pytest.raises(KeyError, match="MASTER_BIAS"):
@@ -199,11 +231,15 @@ def test_unknown_calib_tag_and_missing_calib(no_submit, bias_files):
         dark(bias_files)
 
 
+@pytest.mark.requires_cpl
+@pytest.mark.muse
 def test_unknown_raw_tag(no_submit, bias_files):
     with pytest.raises(KeyError, match="BIAS"):
         cpldask.Recipe("muse_bias")(bias_files, tag="BAIS")
 
 
+@pytest.mark.requires_cpl
+@pytest.mark.muse
 def test_unwritable_output_dir(no_submit, bias_files, tmp_path):
     target = tmp_path / "file"
     target.write_text("not a directory")
@@ -237,6 +273,7 @@ def test_search_path_from_dask_config(monkeypatch):
         assert cpldask.Recipe.search_path() == ["/x", "/y"]
 
 
+@pytest.mark.requires_cpl
 def test_current_directory_is_not_searched(testrecipe_dir, monkeypatch):
     monkeypatch.setattr(cpldask.Recipe, "path", None)
     monkeypatch.chdir(testrecipe_dir)
@@ -246,6 +283,7 @@ def test_current_directory_is_not_searched(testrecipe_dir, monkeypatch):
     assert cpldask.Recipe("cpldask_test").name == "cpldask_test"
 
 
+@pytest.mark.requires_cpl
 def test_workers_use_the_clients_path(testrecipe_dir, any_fits, tmp_path, monkeypatch):
     # the test recipe is on no path the workers were configured with
     monkeypatch.setattr(cpldask.Recipe, "path", [str(testrecipe_dir)])
@@ -253,6 +291,7 @@ def test_workers_use_the_clients_path(testrecipe_dir, any_fits, tmp_path, monkey
     assert os.path.exists(res.PRODUCT)
 
 
+@pytest.mark.requires_cpl
 def test_an_hdulist_changed_in_memory_is_what_the_recipe_reads(test_recipe, any_fits):
     """python-cpl's tutorial patches a frame in memory and passes the HDUList: each
     call gets the frame as it is at that moment (its content is part of the key), and
@@ -275,6 +314,8 @@ def _inputs(res) -> list[str]:
     return [i["path"] for i in res.provenance["inputs"] if "path" in i]
 
 
+@pytest.mark.requires_cpl
+@pytest.mark.muse
 def test_a_required_calibration_can_be_declared_optional(any_fits):
     """muse_scipost declares STD_RESPONSE as required (min 1) but makes an
     uncalibrated cube without it: a workflow says so with ``optional_calib``."""

@@ -33,6 +33,9 @@ import uuid
 
 import pytest
 
+#: the dashboard shows test-recipe runs
+pytestmark = pytest.mark.requires_cpl
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking",

@@ -18,6 +18,10 @@ import cpldask as cpl
 from cpldask import _execute
 from helpers import recipe_pids, wait_until
 
+#: cpldask._execute imports python-cpl (errors.py); the tests marked requires_cpl run
+#: recipes
+pytestmark = pytest.mark.requires_python_cpl
+
 
 @pytest.fixture
 def fast_crashes():
@@ -26,6 +30,7 @@ def fast_crashes():
         yield
 
 
+@pytest.mark.requires_cpl
 @pytest.mark.parametrize("how, sig", [("segv", signal.SIGSEGV), ("abort", signal.SIGABRT),
                                       ("kill", signal.SIGKILL)])
 def test_crash_raises_recipecrash_with_signal(test_recipe, any_fits, how, sig, fast_crashes):
@@ -38,6 +43,7 @@ def test_crash_raises_recipecrash_with_signal(test_recipe, any_fits, how, sig, f
     assert os.path.exists(test_recipe(any_fits, param={"value": 2.0}).paths["PRODUCT"][0])
 
 
+@pytest.mark.requires_cpl
 @pytest.mark.slow
 def test_crash_with_gdb_backtrace(test_recipe, any_fits):
     with pytest.raises(cpl.RecipeCrash) as info:
@@ -48,6 +54,7 @@ def test_crash_with_gdb_backtrace(test_recipe, any_fits):
     assert info.value.elements
 
 
+@pytest.mark.requires_cpl
 def test_cpl_error_carries_cause_and_log(test_recipe, any_fits):
     with pytest.raises(cpl.CplError) as info:
         test_recipe(any_fits, param={"fail": True})
@@ -55,6 +62,7 @@ def test_cpl_error_carries_cause_and_log(test_recipe, any_fits):
     assert any("OMP_NUM_THREADS" in line for line in info.value.log.info)
 
 
+@pytest.mark.requires_cpl
 def test_success_without_products_raises(test_recipe, any_fits):
     with pytest.raises(cpl.NoProductsError, match="PRODUCT"):
         test_recipe(any_fits, param={"noproducts": True})
@@ -86,6 +94,7 @@ def test_calls_starting_together_in_a_new_directory_do_not_trip(tmp_path):
     assert not errors
 
 
+@pytest.mark.requires_cpl
 def test_timeout_kills_the_recipe(test_recipe, any_fits):
     before = recipe_pids("cpldask_test")
     t0 = time.monotonic()
@@ -95,6 +104,7 @@ def test_timeout_kills_the_recipe(test_recipe, any_fits):
     assert not recipe_pids("cpldask_test") - before  # no orphan
 
 
+@pytest.mark.requires_cpl
 def test_memory_limit(test_recipe, any_fits):
     with pytest.raises(cpl.CplError, match="could not allocate"):
         test_recipe(any_fits, memory_limit="1500 MiB", param={"alloc": 3000})
@@ -102,6 +112,7 @@ def test_memory_limit(test_recipe, any_fits):
     assert ok.stat["max_rss"] > 100 * 2**20
 
 
+@pytest.mark.requires_cpl
 def test_resources_route_calls_and_unknown_ones_are_refused(test_recipe, any_fits):
     with pytest.raises(ValueError, match="no worker offers memory"):
         test_recipe(any_fits, resources={"memory": "1 TiB"})
@@ -114,6 +125,7 @@ def test_resources_route_calls_and_unknown_ones_are_refused(test_recipe, any_fit
         assert res.record.worker in big
 
 
+@pytest.mark.requires_cpl
 def test_stale_state_does_not_break_a_later_run(test_recipe, any_fits, tmp_path):
     stale = tmp_path / ".cpldask-tmp" / "cpldask_test-old"
     stale.mkdir(parents=True)
@@ -128,6 +140,7 @@ def test_stale_state_does_not_break_a_later_run(test_recipe, any_fits, tmp_path)
     wait_until(lambda: not stale.exists(), 20, "the stale call directory to go")
 
 
+@pytest.mark.requires_cpl
 def test_full_disk_leaves_no_partial_product(test_recipe, any_fits, tmp_path):
     mnt = tmp_path / "small"
     mnt.mkdir()
@@ -145,6 +158,7 @@ def test_full_disk_leaves_no_partial_product(test_recipe, any_fits, tmp_path):
         subprocess.run(["umount", str(mnt)], check=True)
 
 
+@pytest.mark.requires_cpl
 def test_servers_bind_to_localhost(client):
     assert client.scheduler.address.startswith("tcp://127.0.0.1:")
     assert client.dashboard_link.startswith("http://127.0.0.1:")
@@ -152,6 +166,7 @@ def test_servers_bind_to_localhost(client):
         assert addr.startswith("tcp://127.0.0.1:")
 
 
+@pytest.mark.requires_cpl
 def test_tls(test_recipe, any_fits):
     security = distributed.Security.temporary()
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1",
@@ -163,6 +178,8 @@ def test_tls(test_recipe, any_fits):
         assert fits.getheader(res.paths["PRODUCT"][0])["ESO QC ECHO VALUE"] == 9.0
 
 
+@pytest.mark.requires_cpl
+@pytest.mark.muse
 @pytest.mark.slow
 def test_worker_killed_mid_run_is_retried(bias_files, bias_result):
     """SIGKILL the worker running a real muse_bias: the recipe process dies with it
@@ -185,6 +202,7 @@ def test_worker_killed_mid_run_is_retried(bias_files, bias_result):
         assert res.record.worker != where[0]
 
 
+@pytest.mark.requires_cpl
 @pytest.mark.slow
 def test_stress_shared_output_dir_with_faults(test_recipe, any_fits, tmp_path, fast_crashes):
     """200 calls submitted together into one output_dir, faults mixed in: every call

@@ -24,6 +24,8 @@ import cpldask as cpl
 from cpldask import _classify
 from cpldask.instruments.hawki import synthetic
 
+#: the real chain takes minutes; the rules test needs no CPL but writes the 210 MB
+#: synthetic set (leave it out with -m "not slow")
 pytestmark = pytest.mark.slow
 
 RULES = pathlib.Path(synthetic.__file__).with_name("rules.yaml")
@@ -52,7 +54,7 @@ def hawki_data(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="session")
-def hawki_products(hawki_data, tmp_path_factory) -> dict[str, cpl.Result]:
+def hawki_products(hawki_data, tmp_path_factory, recipe_path) -> dict[str, cpl.Result]:
     """The real chain on the synthetic data, once per session."""
     out = tmp_path_factory.mktemp("hawki_products")
     d = hawki_data
@@ -121,6 +123,8 @@ def _check_positions(offsets: np.ndarray, where: str) -> None:
     assert dist.max() < 1.0, f"{where}: worst star {dist.max():.2f} px from its WCS position"
 
 
+@pytest.mark.requires_cpl
+@pytest.mark.hawki
 def test_stacked_pawprint_has_the_stars_where_its_wcs_says(hawki_products, hawki_data):
     """JITTERED_IMAGE_SCI: each detector's stack, its WCS fitted by the recipe
     against the star catalogue; every injected star lies within 1 px of its WCS
@@ -138,6 +142,8 @@ def test_stacked_pawprint_has_the_stars_where_its_wcs_says(hawki_products, hawki
         assert n == len(stars)
 
 
+@pytest.mark.requires_cpl
+@pytest.mark.hawki
 def test_tile_has_the_stars_where_its_wcs_says(hawki_products, hawki_data):
     """TILED_IMAGE: the four detectors of the jitter sequence in one image."""
     stars = Table.read(hawki_data["MASTER_LOCAL_CATALOGUE_ASTROM"][0])
@@ -149,6 +155,8 @@ def test_tile_has_the_stars_where_its_wcs_says(hawki_products, hawki_data):
         _check_positions(offsets, tile)
 
 
+@pytest.mark.requires_cpl
+@pytest.mark.hawki
 def test_wcs_and_zero_point_fitted_on_the_injected_stars(hawki_products):
     """The recipe matched its detections to the catalogue (QC WCS_RMS, arcsec) and
     found the zero point the generator used (ZERO_POINT, mag for 1 ADU/s)."""
@@ -160,6 +168,8 @@ def test_wcs_and_zero_point_fitted_on_the_injected_stars(hawki_products):
         assert h["ESO DRS MAGNZPTIM"] >= 20, hdu.name
 
 
+@pytest.mark.requires_cpl
+@pytest.mark.hawki
 def test_read_noise_and_gain_measured_as_injected(hawki_products):
     """hawki_detector_noise measures the detector model of the generator."""
     (table,) = _as_list(hawki_products["noise"].MASTER_READGAIN)

@@ -3,7 +3,7 @@
 Every frame here is written by hand from ESO's documentation of MUSE raw data (the
 table of values and their sources is in docs/reduce.md, "Raw MUSE frames"), not with
 cpldask.synthetic; the generator's frames must then get the same tags. Only headers
-are written and read: no CPL, no recipe (marker ``nocpl``, the fast tier).
+are written and read: no CPL, no recipe (the fast tier: no ``requires_cpl`` marker).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from astropy.io import fits
 from cpldask import reduce as R
 from cpldask import synthetic
 
-pytestmark = pytest.mark.nocpl
 
 #: Raw frame -> (DPR CATG, DPR TYPE, TPL ID, tag the recipes take it under).
 #: CATG/TYPE and templates: recipes/muse_raw_frames.xml (cpl-plugin-muse 2.8.7) and

@@ -115,6 +115,8 @@ def test_notebook_is_stripped(path):
 
 
 # -- running them -------------------------------------------------------------------------
+@pytest.mark.requires_cpl
+@pytest.mark.muse
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_quickstart_notebook(kernel_env):
@@ -134,6 +136,8 @@ def test_quickstart_notebook(kernel_env):
     assert _images(nb) >= 1  # the master bias
 
 
+@pytest.mark.requires_cpl
+@pytest.mark.muse
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_muse_cascade_notebook(kernel_env):
@@ -164,6 +168,8 @@ def slurm():
                        capture_output=True)
 
 
+@pytest.mark.requires_cpl
+@pytest.mark.muse
 @pytest.mark.slow
 @pytest.mark.slurm
 @pytest.mark.timeout(1200)

@@ -16,6 +16,8 @@ import cpldask as cpl
 from helpers import intervals, max_overlap, recipe_pids, wait_until
 
 
+@pytest.mark.requires_cpl
+@pytest.mark.muse
 @pytest.mark.slow
 def test_seed_three_ways_to_run_in_background(bias_files, tmp_path, monkeypatch, client):
     # (the client fixture: the embedded cluster is up before the clock starts; the
@@ -44,6 +46,7 @@ def test_seed_three_ways_to_run_in_background(bias_files, tmp_path, monkeypatch,
         assert not res.is_alive() and res.status == "finished"
 
 
+@pytest.mark.requires_cpl
 def test_seed_results_list_and_maxthreads(test_recipe, any_fits, tmp_path, monkeypatch):
     # the seed's second example, with the test recipe standing in for muse_focus
     monkeypatch.chdir(tmp_path)
@@ -62,6 +65,7 @@ def test_seed_results_list_and_maxthreads(test_recipe, any_fits, tmp_path, monke
         cpl.Recipe.set_maxthreads(2)
 
 
+@pytest.mark.requires_cpl
 def test_failure_raised_on_access(test_recipe, any_fits):
     res = test_recipe(any_fits, threaded=True, param={"fail": True})
     with pytest.raises(cpl.CplError):
@@ -72,6 +76,7 @@ def test_failure_raised_on_access(test_recipe, any_fits):
     assert isinstance(res.exception(), cpl.CplError)
 
 
+@pytest.mark.requires_cpl
 @pytest.mark.parametrize("n", [1, 3])
 def test_maxthreads_limits_overlap_embedded(test_recipe, any_fits, n):
     cpl.Recipe.set_maxthreads(n)
@@ -84,6 +89,7 @@ def test_maxthreads_limits_overlap_embedded(test_recipe, any_fits, n):
         cpl.Recipe.set_maxthreads(2)
 
 
+@pytest.mark.requires_cpl
 def test_embedded_cluster_grows_only_after_earlier_calls(test_recipe, any_fits, client):
     """A limit of at least the embedded cluster's threads needs no semaphore (the
     threads are the limit); a larger limit set while such calls are pending adds
@@ -111,6 +117,7 @@ def test_embedded_cluster_grows_only_after_earlier_calls(test_recipe, any_fits, 
         cpl.Recipe.set_maxthreads(2)
 
 
+@pytest.mark.requires_cpl
 def test_maxthreads_on_a_cluster_the_user_brought(test_recipe, any_fits):
     with distributed.LocalCluster(n_workers=2, threads_per_worker=2, host="127.0.0.1",
                                   dashboard_address=":0") as cluster, \
@@ -128,6 +135,7 @@ def test_maxthreads_on_a_cluster_the_user_brought(test_recipe, any_fits):
     assert cpl.get_client() is not client  # back to the embedded cluster
 
 
+@pytest.mark.requires_cpl
 def test_future_interface(test_recipe, any_fits):
     res = test_recipe(any_fits, threaded=True, param={"sleep": 0.3})
     assert isinstance(res.future, distributed.Future)
@@ -142,6 +150,7 @@ def test_future_interface(test_recipe, any_fits):
     assert "cpldask_test" in html and "PRODUCT" in html and "finished" in html
 
 
+@pytest.mark.requires_cpl
 def test_join_with_timeout_does_not_raise(test_recipe, any_fits):
     res = test_recipe(any_fits, threaded=True, param={"sleep": 30, "value": 7.0})
     res.join(timeout=0.2)
@@ -149,6 +158,7 @@ def test_join_with_timeout_does_not_raise(test_recipe, any_fits):
     res.cancel()
 
 
+@pytest.mark.requires_cpl
 def test_await(test_recipe, any_fits):
     import asyncio
 
@@ -160,6 +170,7 @@ def test_await(test_recipe, any_fits):
     assert asyncio.run(main()) is res and res.status == "finished"
 
 
+@pytest.mark.requires_cpl
 def test_cancel_kills_the_recipe_process(test_recipe, any_fits):
     before = recipe_pids("cpldask_test")
     res = test_recipe(any_fits, threaded=True, param={"sleep": 120, "value": 99.0})
@@ -171,6 +182,7 @@ def test_cancel_kills_the_recipe_process(test_recipe, any_fits):
     assert res.cancelled()
 
 
+@pytest.mark.requires_cpl
 def test_identical_calls_share_a_task_key(test_recipe, any_fits, tmp_path):
     a = test_recipe.delayed(any_fits, output_dir=tmp_path, param={"value": 5.0})
     b = test_recipe.delayed(any_fits, output_dir=tmp_path, param={"value": 5.0})
@@ -181,6 +193,7 @@ def test_identical_calls_share_a_task_key(test_recipe, any_fits, tmp_path):
     assert ra.PRODUCT == rb.PRODUCT  # ran once
 
 
+@pytest.mark.requires_cpl
 def test_graph_of_results_resolved_on_workers(test_recipe, any_fits, tmp_path):
     first = test_recipe(any_fits, threaded=True, param={"sleep": 1.0, "value": 1.0})
     # a background result, a delayed one and one product of a delayed one as inputs,
@@ -196,6 +209,7 @@ def test_graph_of_results_resolved_on_workers(test_recipe, any_fits, tmp_path):
     assert len(pickle.dumps(rec)) < 50_000
 
 
+@pytest.mark.requires_cpl
 def test_recipe_log_reaches_python_logging(test_recipe, any_fits, caplog):
     with caplog.at_level(logging.INFO, logger="cpl.cpldask_test"):
         res = test_recipe(any_fits, param={"value": 4.0})
@@ -205,6 +219,7 @@ def test_recipe_log_reaches_python_logging(test_recipe, any_fits, caplog):
     assert any("OMP_NUM_THREADS" in line for line in res.log.info)
 
 
+@pytest.mark.requires_cpl
 def test_recipe_messages_reach_logging_while_it_runs(test_recipe, any_fits, caplog):
     """python-cpl hands each CPL message to logging as the recipe writes it; so does
     cpldask, from the worker, while the recipe still runs (here: burns 6 s of CPU
@@ -226,6 +241,7 @@ def test_recipe_messages_reach_logging_while_it_runs(test_recipe, any_fits, capl
     assert sum("OMP_NUM_THREADS" in line for line in res.log.info) == 1
 
 
+@pytest.mark.requires_cpl
 def test_logname_and_loglevel_as_in_python_cpl(test_recipe, any_fits, caplog):
     with caplog.at_level(logging.DEBUG, logger="my.reduction"):
         res = test_recipe(any_fits, logname="my.reduction", loglevel=logging.INFO,
@@ -236,6 +252,7 @@ def test_logname_and_loglevel_as_in_python_cpl(test_recipe, any_fits, caplog):
     assert {r.name.split(".")[0] for r in res.log} == {"my"}
 
 
+@pytest.mark.requires_python_cpl
 def test_log_messages_are_sent_only_where_logging_shows_them(monkeypatch):
     from cpldask.result import log_threshold
 
@@ -251,6 +268,7 @@ def test_log_messages_are_sent_only_where_logging_shows_them(monkeypatch):
     assert log_threshold("cpl.threshold_check") == logging.INFO
 
 
+@pytest.mark.requires_cpl
 def test_omp_threads_set_before_the_recipe_loads(test_recipe, any_fits):
     res = test_recipe(any_fits, env={"OMP_NUM_THREADS": "3"})
     assert fits.getheader(res.paths["PRODUCT"][0])["ESO QC ECHO OMP"] == "3"
@@ -258,6 +276,7 @@ def test_omp_threads_set_before_the_recipe_loads(test_recipe, any_fits):
     assert fits.getheader(res.paths["PRODUCT"][0])["ESO QC ECHO OMP"] == "1"
 
 
+@pytest.mark.requires_cpl
 def test_the_recipe_sees_the_calls_environment(test_recipe, any_fits, client):
     """The recipe's environment is the worker's plus the call's ``env``: nothing of
     the fork server's own (which keeps OpenBLAS single-threaded for itself; see also
@@ -275,6 +294,7 @@ def test_the_recipe_sees_the_calls_environment(test_recipe, any_fits, client):
         f"cpldask_test: ENV OPENBLAS_NUM_THREADS={on_worker[res.record.worker]}"]
 
 
+@pytest.mark.requires_cpl
 def test_recipes_run_without_the_nannys_malloc_setting(test_recipe, any_fits, client):
     """Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_ (for Python workers);
     glibc reads it when a process starts, and with it muse_bias took 1.3 s of system
@@ -296,6 +316,7 @@ def test_recipes_run_without_the_nannys_malloc_setting(test_recipe, any_fits, cl
                 assert b"MALLOC_TRIM_THRESHOLD_=" not in f.read()
 
 
+@pytest.mark.requires_cpl
 def test_omp_threads_show_in_cpu_usage(test_recipe, any_fits):
     """python-cpl's per-call env is too late for OpenMP; ours is not: the runtime
     starts as many threads as the call's OMP_NUM_THREADS says, and each of them
@@ -309,6 +330,7 @@ def test_omp_threads_show_in_cpu_usage(test_recipe, any_fits):
     assert 0.4 < cpu[1] < 0.9 and 0.9 < cpu[2] < 1.6
 
 
+@pytest.mark.requires_cpl
 def test_a_failed_background_call_logs_its_errors_unasked(test_recipe, any_fits, caplog):
     # python-cpl logs a recipe's messages as it runs, failed or not: nobody has to
     # read the result for them to appear
@@ -319,6 +341,7 @@ def test_a_failed_background_call_logs_its_errors_unasked(test_recipe, any_fits,
     assert res.status == "error"
 
 
+@pytest.mark.requires_cpl
 def test_background_calls_in_a_burst_share_graphs(test_recipe, any_fits, client,
                                                   monkeypatch):
     from cpldask import _submit
@@ -340,6 +363,7 @@ def test_background_calls_in_a_burst_share_graphs(test_recipe, any_fits, client,
     assert sum(sizes) == 40 and max(sizes) > 1  # 40 tasks in fewer graphs than calls
 
 
+@pytest.mark.requires_cpl
 def test_a_running_result_answers_from_local_state(test_recipe, any_fits):
     """repr, HTML, key, status and duck-typing probes of a running call return at
     once, as distributed.Future's do; only product names wait for the recipe."""

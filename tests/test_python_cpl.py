@@ -26,7 +26,8 @@ import xml.etree.ElementTree as ET
 import pytest
 from astropy.io import fits
 
-pytestmark = [pytest.mark.slow]
+#: every test here runs real recipes (python-cpl's own rtest, or MUSE's)
+pytestmark = [pytest.mark.requires_cpl, pytest.mark.slow]
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MUSE_PLUGINS = "/usr/lib/x86_64-linux-gnu/cpl/plugins"
@@ -157,6 +158,7 @@ def _run_script(code: str, where: pathlib.Path, name: str, tmp: pathlib.Path,
                           capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.muse
 def test_readme_examples_run_as_plain_scripts(user_dir, tmp_path):
     blocks = [b for b in _python_blocks((ROOT / "README.md").read_text(), "md")
               if "cpl.Recipe" in b]
@@ -170,6 +172,7 @@ def test_readme_examples_run_as_plain_scripts(user_dir, tmp_path):
         assert hdus["DATA"].data.shape == (4112, 4096)
 
 
+@pytest.mark.muse
 def test_seed_examples_run_as_plain_scripts(python_cpl_sdist, user_dir, tmp_path):
     """python-cpl's parallel-mode page (the seed): its first example (three ways to
     run muse_bias in the background) runs; its second one's recipe, muse_focus, is
@@ -191,6 +194,7 @@ def test_seed_examples_run_as_plain_scripts(python_cpl_sdist, user_dir, tmp_path
         assert re.search(r"(OS|IO)Error: Recipe 'muse_focus'", proc.stderr), proc.stderr
 
 
+@pytest.mark.muse
 def test_python_cpls_tutorial_script_runs(python_cpl_sdist, user_dir, tmp_path):
     """The tutorial's opening script (command-line options, ``cpl.esorex.init()``
     reading ``~/.esorex/esorex.rc``), as ``python bias.py -o out.fits bias*.fits``."""
@@ -216,6 +220,7 @@ def _descendants(pid: int) -> list[int]:
     return [p.pid for p in psutil.Process(pid).children(recursive=True)]
 
 
+@pytest.mark.muse
 @pytest.mark.parametrize("how", ["script", "-c", "stdin", "-m", "multiprocessing"])
 def test_a_plain_script_starts_and_a_killed_one_leaves_nothing(user_dir, tmp_path, how):
     """A script without a guard, ``python -c``, ``python - < file``, ``python -m
@@ -277,6 +282,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.muse
 def test_other_pipelines_chatter_stays_out_of_the_terminal(tmp_path):
     """With UVES and GIRAFFE installed beside MUSE, python-cpl prints their libraries'
     start-up messages when it looks for a recipe; cpldask keeps them in its debug log."""

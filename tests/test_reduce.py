@@ -338,6 +338,8 @@ def demo_run(tmp_path_factory, recipe_path):
     return red, finished, work
 
 
+@pytest.mark.requires_cpl
+@pytest.mark.muse
 @pytest.mark.slow
 def test_reduction_products_cube_and_star(demo_run):
     red, _, work = demo_run
@@ -370,6 +372,8 @@ def test_reduction_products_cube_and_star(demo_run):
     assert red.png == work / "white_light.png" and red.png.read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.requires_cpl
+@pytest.mark.muse
 @pytest.mark.slow
 def test_reduction_ran_each_recipe_once_per_ifu_in_parallel(demo_run):
     red, finished, work = demo_run
@@ -410,6 +414,8 @@ def test_reduction_ran_each_recipe_once_per_ifu_in_parallel(demo_run):
     assert "muse_scipost" in table and "wall time" in table
 
 
+@pytest.mark.requires_cpl
+@pytest.mark.muse
 @pytest.mark.slow
 def test_white_light_png_marks_the_star(demo_run, tmp_path):
     red, _, _ = demo_run
@@ -421,6 +427,8 @@ def test_white_light_png_marks_the_star(demo_run, tmp_path):
     assert img.shape[1] == 1100 and img.shape[0] > 200
 
 
+@pytest.mark.requires_cpl
+@pytest.mark.muse
 @pytest.mark.slow
 def test_rerun_is_served_from_the_cache(demo_run):
     """Issue 10: re-running the cascade with unchanged inputs starts no recipe and

@@ -14,10 +14,13 @@ import signal
 import subprocess
 import sys
 
+import pytest
 from astropy.io import fits
 from helpers import recipe_pids, wait_until
 
-from cpldask import _execute, _runner
+# only _runner here: _execute (the fork server) imports python-cpl through errors.py,
+# and the log parser's test belongs to the fast tier
+from cpldask import _runner
 
 
 def write_job(call_dir: pathlib.Path, **job) -> pathlib.Path:
@@ -42,6 +45,7 @@ def run_job(call_dir: pathlib.Path, **job) -> dict:
     return json.loads((call_dir / "report.json").read_text())
 
 
+@pytest.mark.requires_cpl
 def test_a_library_missing_on_this_node_is_found_on_the_path(tmp_path, testrecipe_dir,
                                                              any_fits):
     # a long call directory too: CPL refuses log names over 72 characters
@@ -58,6 +62,7 @@ def test_a_library_missing_on_this_node_is_found_on_the_path(tmp_path, testrecip
     assert not (call_dir / _runner.RECIPE_LOG).exists()  # read into the report
 
 
+@pytest.mark.requires_cpl
 def test_an_unknown_parameter_is_an_error_not_ignored(tmp_path, testrecipe_dir, any_fits):
     report = run_job(tmp_path / "call", recipe_file=str(testrecipe_dir / "cpldask_test.so"),
                      params=[["cpldask.cpldask_test.valu", 1.0]], raw=[["RAW", [any_fits]]])
@@ -93,10 +98,13 @@ def sleep_job(call_dir: pathlib.Path, testrecipe_dir, any_fits, value: float) ->
                      raw=[["RAW", [any_fits]]])
 
 
+@pytest.mark.requires_cpl
 def test_a_recipe_dies_with_its_fork_server(tmp_path, testrecipe_dir, any_fits):
     """The kernel kills a recipe process group once its server is gone (the server
     killed by the OOM killer, say): no recipe runs on as an orphan."""
     before = recipe_pids("cpldask_test")
+    from cpldask import _execute
+
     server = _execute._ForkServer(())
     job = sleep_job(tmp_path / "call", testrecipe_dir, any_fits, 41.0)
     proc = server.start(job, dict(os.environ), "cpldask_test", None)
@@ -107,6 +115,7 @@ def test_a_recipe_dies_with_its_fork_server(tmp_path, testrecipe_dir, any_fits):
     assert proc.returncode == -signal.SIGKILL
 
 
+@pytest.mark.requires_cpl
 def test_a_standalone_runner_dies_with_its_caller(tmp_path, testrecipe_dir, any_fits):
     before = recipe_pids("cpldask_test")
     job = sleep_job(tmp_path / "call", testrecipe_dir, any_fits, 42.0)
@@ -118,11 +127,14 @@ def test_a_standalone_runner_dies_with_its_caller(tmp_path, testrecipe_dir, any_
     wait_until(lambda: not recipe_pids("cpldask_test") & recipe, 10, "the recipe to die")
 
 
+@pytest.mark.requires_cpl
 def test_the_recipe_process_has_the_callers_environment(tmp_path, testrecipe_dir, any_fits,
                                                         monkeypatch):
     """A recipe process starts with its fork server's environment; what the call's
     environment lacks is removed, what it has is set."""
     monkeypatch.setenv("CPLDASK_TEST_GONE", "server only")
+    from cpldask import _execute
+
     server = _execute._ForkServer(())
     monkeypatch.delenv("CPLDASK_TEST_GONE")
     entries = []

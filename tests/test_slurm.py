@@ -1,8 +1,9 @@
 """Issue 7: cpldask on SLURM through dask-jobqueue, tested against a real single-node
 SLURM (ci/slurm-start.sh), and products read through the worker that wrote them.
 
-The first group needs no SLURM (job scripts, config, reading products through a
-worker on the embedded LocalCluster). The ``slurm`` group starts SLURM once per
+The first group needs no SLURM (reading products through a worker on the embedded
+LocalCluster; job scripts and their configuration are in test_jobqueue.py, the fast
+tier). The ``slurm`` group starts SLURM once per
 session, submits real muse_bias calls as SLURM jobs, scales 0 -> 2 -> 0 jobs and
 scancels a job in the middle of a call.
 """
@@ -13,7 +14,6 @@ import dataclasses
 import os
 import pathlib
 import subprocess
-import sys
 import time
 import uuid
 
@@ -26,6 +26,9 @@ import cpldask as cpl
 import cpldask.cluster
 from cpldask import _transfer
 from helpers import recipe_pids, wait_until
+
+#: every test here runs recipes (most muse_bias); job scripts: test_jobqueue.py
+pytestmark = pytest.mark.requires_cpl
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 #: in every call's env: no call here shares a task with another test's call
@@ -45,78 +48,8 @@ def _same_hdus(a: fits.HDUList, b: fits.HDUList) -> None:
             np.testing.assert_array_equal(x.data, y.data)
 
 
-# -- job scripts and configuration (no SLURM) ------------------------------------------
-def test_job_script_maps_recipe_slots_onto_a_job():
-    script = cpldask.cluster.job_script("slurm", slots_per_job=2, cores_per_slot=3,
-                                        memory_per_slot="3 GiB", walltime="02:00:00")
-    assert "#SBATCH --cpus-per-task=6" in script  # 2 slots x 3 cores
-    assert "#SBATCH --mem=6G" in script  # 2 slots x 3 GiB
-    assert "#SBATCH -t 02:00:00" in script
-    assert "export OMP_NUM_THREADS=3" in script  # per slot
-    worker = script.strip().splitlines()[-1]
-    assert worker.startswith(sys.executable)  # the venv's python runs the worker
-    assert worker.count("--nthreads") == 1 and "--nthreads 2" in worker  # 1 thread/slot
-    assert "--nworkers" not in worker  # one worker process per job
-    # retire 5 minutes (give or take 1) before the walltime
-    assert "--lifetime 6900s --lifetime-stagger 60s" in worker
-    assert "--interface lo" in worker  # nothing listens beyond this machine by default
-
-
-def test_walltime_forms_and_lifetime():
-    ws = cpldask.cluster.walltime_seconds
-    assert ws("00:10:00") == ws("10") == ws("10:00") == ws("10 minutes") == 600
-    assert ws("1-02:30", "slurm") == 95400 and ws("02:30", "lsf") == 9000
-    assert ws(3600, "pbs") == ws("3600", "pbs") == 3600
-    fw = cpldask.cluster.format_walltime
-    assert fw(3599.5, "slurm") == "01:00:00" and fw(3599, "lsf") == "01:00"
-    # margin capped at a quarter of the walltime, stagger at half the margin
-    assert cpldask.cluster.lifetime(3600) == (3300, 60)
-    assert cpldask.cluster.lifetime(600) == (450, 60)
-    assert cpldask.cluster.lifetime(120, stagger="1 minute") == (90, 15)
-    assert cpldask.cluster.lifetime(3600, margin=None) == (3300, 60)
-    with dask.config.set({"cpldask.jobqueue.lifetime-margin": None}):
-        assert cpldask.cluster.lifetime(3600) is None
-        assert "--lifetime" not in cpldask.cluster.job_script("slurm")
-
-
-@pytest.mark.parametrize("system, header, wall", [
-    ("pbs", "#PBS -l select=1:ncpus=4:mem=8192MB", "#PBS -l walltime=01:30:00"),
-    ("sge", "#$ -N cpldask", "#$ -l h_rt=01:30:00"),
-    ("lsf", "#BSUB -n 4", "#BSUB -W 01:30"),
-])
-def test_pbs_sge_lsf_through_the_same_path(system, header, wall):
-    script = cpldask.cluster.job_script(system, slots_per_job=2, cores_per_slot=2,
-                                        memory_per_slot="4 GiB", walltime="90 minutes")
-    assert header in script and wall in script
-    assert "export OMP_NUM_THREADS=2" in script
-    assert "--nthreads 2" in script and "--lifetime 5100s" in script
-
-
-def test_defaults_come_from_yaml_and_environment(tmp_path):
-    """~/.config/dask/*.yaml and DASK_CPLDASK__JOBQUEUE__* drive the defaults, and
-    dask-jobqueue's own jobqueue.slurm section still applies."""
-    (tmp_path / "site.yaml").write_text(
-        "cpldask:\n  jobqueue:\n    memory-per-slot: 6 GiB\n    walltime: 4 hours\n"
-        "jobqueue:\n  slurm:\n    queue: muse\n    account: eso\n")
-    env = {**os.environ, "DASK_CONFIG": str(tmp_path),
-           "DASK_CPLDASK__JOBQUEUE__CORES_PER_SLOT": "4"}
-    out = subprocess.run(
-        [sys.executable, "-c", "import cpldask.cluster as c; print(c.job_script())"],
-        env=env, capture_output=True, text=True, check=True, timeout=60).stdout
-    for line in ("#SBATCH -p muse", "#SBATCH -A eso", "#SBATCH --mem=6G",
-                 "#SBATCH -t 04:00:00", "#SBATCH --cpus-per-task=4",
-                 "export OMP_NUM_THREADS=4", "--lifetime 14100s"):
-        assert line in out, (line, out)
-
-
-def test_unknown_system_and_raw_job_sizes_are_refused():
-    with pytest.raises(ValueError, match="slurm, pbs, sge, lsf"):
-        cpldask.cluster.job_script("condor")
-    with pytest.raises(TypeError, match="slots_per_job, cores_per_slot"):
-        cpldask.cluster.job_script("slurm", cores=8)
-
-
 # -- products read through the worker that has them (embedded LocalCluster) -------------
+@pytest.mark.muse
 def test_product_is_fetched_through_its_worker_without_shared_filesystem(bias_result):
     direct = bias_result.MASTER_BIAS
     product = bias_result.record.products[0]
@@ -128,6 +61,7 @@ def test_product_is_fetched_through_its_worker_without_shared_filesystem(bias_re
     assert fetched[0].header["DATAMD5"] == direct[0].header["DATAMD5"]
 
 
+@pytest.mark.muse
 def test_shared_filesystem_opens_products_in_place(bias_result):
     path = bias_result.record.products[0].path
     for setting in (True, "auto"):
@@ -135,6 +69,7 @@ def test_shared_filesystem_opens_products_in_place(bias_result):
             assert _fresh(bias_result).MASTER_BIAS.filename() == path  # no copy
 
 
+@pytest.mark.muse
 def test_auto_fetches_what_this_host_cannot_see(bias_result, monkeypatch):
     # as if the worker had written to a node-local disk: the path is not here
     monkeypatch.setattr(_transfer, "_exists_here", lambda path, size: False)
@@ -143,6 +78,7 @@ def test_auto_fetches_what_this_host_cannot_see(bias_result, monkeypatch):
     _same_hdus(bias_result.MASTER_BIAS, fetched)
 
 
+@pytest.mark.muse
 def test_copy_products_to_a_local_directory(bias_result, tmp_path):
     with dask.config.set({"cpldask.jobqueue.shared-filesystem": False}):
         copied = cpldask.cluster.copy_products(bias_result, tmp_path / "out")
@@ -151,6 +87,7 @@ def test_copy_products_to_a_local_directory(bias_result, tmp_path):
     assert pathlib.Path(path).read_bytes() == pathlib.Path(original).read_bytes()
 
 
+@pytest.mark.muse
 def test_a_product_of_a_worker_that_left_says_so(bias_result):
     record = bias_result.record
     product = record.products[0]
@@ -261,6 +198,7 @@ def test_omp_threads_per_slot_reach_the_recipe(slurm, test_recipe, any_fits):
     wait_until(lambda: squeue() == [], 30, "the job to leave the queue")
 
 
+@pytest.mark.muse
 @pytest.mark.slurm
 @pytest.mark.slow
 @pytest.mark.timeout(600)
@@ -292,6 +230,7 @@ def test_scale_from_zero_to_two_jobs_and_run_muse_bias(slurm_cluster, muse_bias,
     _same_hdus(reference, fetched)
 
 
+@pytest.mark.muse
 @pytest.mark.slurm
 @pytest.mark.slow
 @pytest.mark.timeout(600)
@@ -340,6 +279,7 @@ def test_scancel_of_a_job_mid_call_is_survived(slurm_cluster, muse_bias, bias_fi
         assert sorted(slurm_cluster.job_ids().values()) == jobs
 
 
+@pytest.mark.muse
 @pytest.mark.slurm
 @pytest.mark.slow
 @pytest.mark.timeout(120)

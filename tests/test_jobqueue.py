@@ -1,0 +1,155 @@
+"""Batch job scripts and their configuration (cpldask.cluster, through dask-jobqueue):
+the fast tier — nothing is submitted, no SLURM, no CPL.
+
+``job_script()`` renders the script dask-jobqueue would submit for one job, so what a
+user configures can be checked against the batch systems' own directives: SLURM's
+``sbatch`` options (``--cpus-per-task``, ``--mem``, ``-t`` in ``D-HH:MM:SS`` forms),
+PBS ``select=...:ncpus=...:mem=...``, SGE ``h_rt``, LSF ``-n``/``-W HH:MM``. The
+running clusters are tested in test_slurm.py.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import dask
+import pytest
+
+import cpldask.cluster
+
+
+def test_job_script_maps_recipe_slots_onto_a_job():
+    script = cpldask.cluster.job_script("slurm", slots_per_job=2, cores_per_slot=3,
+                                        memory_per_slot="3 GiB", walltime="02:00:00")
+    assert "#SBATCH --cpus-per-task=6" in script  # 2 slots x 3 cores
+    assert "#SBATCH --mem=6G" in script  # 2 slots x 3 GiB
+    assert "#SBATCH -t 02:00:00" in script
+    assert "export OMP_NUM_THREADS=3" in script  # per slot
+    worker = script.strip().splitlines()[-1]
+    assert worker.startswith(sys.executable)  # the venv's python runs the worker
+    assert worker.count("--nthreads") == 1 and "--nthreads 2" in worker  # 1 thread/slot
+    assert "--nworkers" not in worker  # one worker process per job
+    # retire 5 minutes (give or take 1) before the walltime
+    assert "--lifetime 6900s --lifetime-stagger 60s" in worker
+    assert "--interface lo" in worker  # nothing listens beyond this machine by default
+
+
+def test_walltime_forms_and_lifetime():
+    ws = cpldask.cluster.walltime_seconds
+    assert ws("00:10:00") == ws("10") == ws("10:00") == ws("10 minutes") == 600
+    assert ws("1-02:30", "slurm") == 95400 and ws("02:30", "lsf") == 9000
+    assert ws(3600, "pbs") == ws("3600", "pbs") == 3600
+    fw = cpldask.cluster.format_walltime
+    assert fw(3599.5, "slurm") == "01:00:00" and fw(3599, "lsf") == "01:00"
+    # margin capped at a quarter of the walltime, stagger at half the margin
+    assert cpldask.cluster.lifetime(3600) == (3300, 60)
+    assert cpldask.cluster.lifetime(600) == (450, 60)
+    assert cpldask.cluster.lifetime(120, stagger="1 minute") == (90, 15)
+    assert cpldask.cluster.lifetime(3600, margin=None) == (3300, 60)
+    with dask.config.set({"cpldask.jobqueue.lifetime-margin": None}):
+        assert cpldask.cluster.lifetime(3600) is None
+        assert "--lifetime" not in cpldask.cluster.job_script("slurm")
+
+
+@pytest.mark.parametrize("system, header, wall", [
+    ("pbs", "#PBS -l select=1:ncpus=4:mem=8192MB", "#PBS -l walltime=01:30:00"),
+    ("sge", "#$ -N cpldask", "#$ -l h_rt=01:30:00"),
+    ("lsf", "#BSUB -n 4", "#BSUB -W 01:30"),
+])
+def test_pbs_sge_lsf_through_the_same_path(system, header, wall):
+    script = cpldask.cluster.job_script(system, slots_per_job=2, cores_per_slot=2,
+                                        memory_per_slot="4 GiB", walltime="90 minutes")
+    assert header in script and wall in script
+    assert "export OMP_NUM_THREADS=2" in script
+    assert "--nthreads 2" in script and "--lifetime 5100s" in script
+
+
+def test_defaults_come_from_yaml_and_environment(tmp_path):
+    """~/.config/dask/*.yaml and DASK_CPLDASK__JOBQUEUE__* drive the defaults, and
+    dask-jobqueue's own jobqueue.slurm section still applies."""
+    (tmp_path / "site.yaml").write_text(
+        "cpldask:\n  jobqueue:\n    memory-per-slot: 6 GiB\n    walltime: 4 hours\n"
+        "jobqueue:\n  slurm:\n    queue: muse\n    account: eso\n")
+    env = {**os.environ, "DASK_CONFIG": str(tmp_path),
+           "DASK_CPLDASK__JOBQUEUE__CORES_PER_SLOT": "4"}
+    out = subprocess.run(
+        [sys.executable, "-c", "import cpldask.cluster as c; print(c.job_script())"],
+        env=env, capture_output=True, text=True, check=True, timeout=60).stdout
+    for line in ("#SBATCH -p muse", "#SBATCH -A eso", "#SBATCH --mem=6G",
+                 "#SBATCH -t 04:00:00", "#SBATCH --cpus-per-task=4",
+                 "export OMP_NUM_THREADS=4", "--lifetime 14100s"):
+        assert line in out, (line, out)
+
+
+def test_unknown_system_and_raw_job_sizes_are_refused():
+    with pytest.raises(ValueError, match="slurm, pbs, sge, lsf"):
+        cpldask.cluster.job_script("condor")
+    with pytest.raises(TypeError, match="slots_per_job, cores_per_slot"):
+        cpldask.cluster.job_script("slurm", cores=8)
+
+
+def _worker_line(script: str) -> list[str]:
+    """The dask worker command of a job script, split into arguments."""
+    return script.strip().splitlines()[-1].split()
+
+
+def test_users_worker_arguments_come_after_ours_so_theirs_win():
+    # dask's worker CLI (click) takes the last of a repeated option
+    with dask.config.set({"jobqueue.slurm.worker-extra-args": ["--lifetime", "100s"]}):
+        args = _worker_line(cpldask.cluster.job_script("slurm", walltime="01:00:00"))
+    positions = [i for i, a in enumerate(args) if a == "--lifetime"]
+    assert [args[i + 1] for i in positions] == ["3300s", "100s"]
+
+
+def test_prologue_from_config_runs_before_the_omp_export():
+    with dask.config.set({"jobqueue.slurm.job-script-prologue": ["module load muse"]}):
+        lines = cpldask.cluster.job_script("slurm", cores_per_slot=4).splitlines()
+    assert lines.index("module load muse") < lines.index("export OMP_NUM_THREADS=4")
+
+
+def test_interface_from_config_and_scheduler_host():
+    with dask.config.set({"cpldask.jobqueue.interface": "ib0"}):
+        assert _worker_line(cpldask.cluster.job_script("slurm"))[-2:] == ["--interface", "ib0"]
+    # a scheduler host named in dask-jobqueue's own section: no loopback default
+    with dask.config.set({"jobqueue.slurm.scheduler-options": {"host": "10.0.0.1"}}):
+        kw = cpldask.cluster.options("slurm")
+    assert kw["interface"] is None and kw["scheduler_options"]["host"] == "10.0.0.1"
+
+
+def test_slurm_walltime_forms_reach_the_script():
+    # sbatch --time: "minutes", "minutes:seconds", "hours:minutes:seconds",
+    # "days-hours", "days-hours:minutes", "days-hours:minutes:seconds"
+    for given, directive in (("90", "01:30:00"), ("90:30", "01:30:30"),
+                             ("1-00", "24:00:00"), ("1-02:30", "26:30:00"),
+                             ("2 hours", "02:00:00")):
+        script = cpldask.cluster.job_script("slurm", walltime=given)
+        assert f"#SBATCH -t {directive}" in script, given
+
+
+def test_batch_cpu_request_can_be_configured_in_dask_jobqueues_section():
+    with dask.config.set({"jobqueue.slurm.job-cpu": 16}):
+        script = cpldask.cluster.job_script("slurm", slots_per_job=2, cores_per_slot=3)
+    assert "#SBATCH --cpus-per-task=16" in script
+    assert "export OMP_NUM_THREADS=3" in script  # the recipes' threads stay per slot
+
+
+def test_options_pass_dask_jobqueue_arguments_through():
+    kw = cpldask.cluster.options("pbs", slots_per_job=3, memory_per_slot="2 GiB",
+                                 queue="long", account="eso")
+    assert kw["queue"] == "long" and kw["account"] == "eso"
+    assert kw["cores"] == 3 and kw["processes"] == 1  # one worker, a thread per slot
+    assert kw["memory"] == f"{3 * 2 * 2**30}B"
+    assert kw["job_script_prologue"][-1] == "export OMP_NUM_THREADS=1"
+
+
+def test_without_dask_jobqueue_the_error_names_the_extra():
+    # a Python without dask-jobqueue (None in sys.modules makes its import fail)
+    code = ("import sys; sys.modules['dask_jobqueue'] = None\n"
+            "import cpldask.cluster\n"
+            "try:\n    cpldask.cluster.job_script('slurm')\n"
+            "except ImportError as err:\n    print(err)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    assert "pip install 'cpldask[hpc]'" in out

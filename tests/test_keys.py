@@ -1,0 +1,103 @@
+"""Call keys: the digests that name a call's task and its product-cache entry, and the
+checksums of its inputs — the fast tier, no recipe runs.
+
+A content key must be the same in every session and on every machine (the product
+cache is shared between them), and must change whenever what the recipe would see
+changes. The functions live in cpldask/recipe.py, which imports python-cpl at module
+level: hence requires_python_cpl until they move to a module of their own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+pytestmark = pytest.mark.requires_python_cpl
+
+
+def _digest(value):
+    from cpldask.recipe import _digest
+
+    return _digest(value)
+
+
+def _checksum(path):
+    from cpldask.recipe import _checksum
+
+    return _checksum(str(path))
+
+
+def test_digest_is_the_md5_of_compact_sorted_json():
+    # the form is part of the cache's format: changing it orphans every cached product
+    value = {"recipe": "muse_bias", "params": [["nifu", 1]], "env": {"B": "2", "A": "1"}}
+    text = '{"env":{"A":"1","B":"2"},"params":[["nifu",1]],"recipe":"muse_bias"}'
+    assert _digest(value) == hashlib.md5(text.encode()).hexdigest()
+    assert _digest({"b": 1, "a": 2}) == _digest({"a": 2, "b": 1})
+
+
+def test_digest_tells_apart_values_python_calls_equal():
+    # 1 == 1.0 == True in Python, but a recipe parameter of another type is another call
+    keys = {_digest(v) for v in (1, 1.0, True, "1", [1], None)}
+    assert len(keys) == 6
+
+
+def test_digest_is_the_same_in_another_process():
+    value = {"inputs": [["BIAS", "0f" * 16]], "params": {"combine": "sigclip", "nifu": 3},
+             "env": {"OMP_NUM_THREADS": "2"}}
+    code = ("import sys, json; from cpldask.recipe import _digest; "
+            "print(_digest(json.loads(sys.argv[1])))")
+    # string hashing differs there (this process's seed is random, PYTHONHASHSEED=0
+    # turns it off): a digest must not depend on it
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(value)],
+                         env={**os.environ, "PYTHONHASHSEED": "0"}, text=True,
+                         capture_output=True, check=True, timeout=60).stdout.strip()
+    assert out == _digest(value)
+
+
+def _fits(path, *, datamd5=None, fill=0.0):
+    header = fits.Header()
+    if datamd5 is not None:
+        header["DATAMD5"] = datamd5
+    fits.PrimaryHDU(np.full((4, 4), fill, np.float32), header=header).writeto(
+        path, overwrite=True)
+    return path
+
+
+def _md5(path):
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def test_checksum_is_cpls_datamd5_where_the_file_has_one(tmp_path):
+    # every CPL product carries DATAMD5, the MD5 of its data (libcpldfs writes it)
+    product = _fits(tmp_path / "product.fits", datamd5="a" * 32)
+    assert _checksum(product) == "a" * 32
+    # the placeholder libcpldfs writes until the sum is known (its string "Not
+    # computed"): not a checksum
+    pending = _fits(tmp_path / "pending.fits", datamd5="Not computed")
+    assert _checksum(pending) == _md5(pending)
+    raw = _fits(tmp_path / "raw.fits")
+    assert _checksum(raw) == _md5(raw)
+    text = tmp_path / "catalog.txt"
+    text.write_text("not FITS at all\n")
+    assert _checksum(text) == _md5(text)
+
+
+def test_checksum_follows_a_file_rewritten_in_place(tmp_path):
+    path = _fits(tmp_path / "raw.fits", fill=1.0)
+    first = _checksum(path)
+    stat = os.stat(path)
+    _fits(path, fill=2.0)  # same size, new content
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert os.path.getsize(path) == stat.st_size
+    assert _checksum(path) == _md5(path) != first
+    # the content is what counts, not the file's name
+    copy = tmp_path / "copy.fits"
+    copy.write_bytes(path.read_bytes())
+    assert _checksum(copy) == _checksum(path)
