@@ -232,7 +232,8 @@ def _primary(*, catg: str, typ: str, tech: str, mjd: float, tpl_start: str, nexp
                                "DIC; SRC hawki_pfits_get_filter")
     h["HIERARCH ESO INS FILT2 NAME"] = ("OPEN", "DIC")
     h["HIERARCH ESO TPL ID"] = (tpl_id, "template (UM template guide)")
-    h["HIERARCH ESO TPL START"] = (tpl_start, "SRC hawki_pfits_get_tplstart; OCA groups by it")
+    # SRC hawki_pfits_get_tplstart; OCA groups frames by it
+    h["HIERARCH ESO TPL START"] = (tpl_start, "template start")
     h["HIERARCH ESO TPL NEXP"] = (nexp, "reflex/hawki.oca: DARK and FLAT need TPL NEXP > 2")
     h["HIERARCH ESO TPL EXPNO"] = (expno, "")
     h["HIERARCH ESO OBS START"] = (tpl_start, "OCA groups flats by it")
