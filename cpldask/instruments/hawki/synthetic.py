@@ -237,16 +237,18 @@ def _primary(*, catg: str, typ: str, tech: str, mjd: float, tpl_start: str, nexp
     h["HIERARCH ESO TPL NEXP"] = (nexp, "reflex/hawki.oca: DARK and FLAT need TPL NEXP > 2")
     h["HIERARCH ESO TPL EXPNO"] = (expno, "")
     h["HIERARCH ESO OBS START"] = (tpl_start, "OCA groups flats by it")
-    h["HIERARCH ESO TEL TARG ALPHA"] = (_hhmmss(pointing.ra - pointing.dra / 3600.0
-                                       / math.cos(math.radians(pointing.dec))),
-                               "HHMMSS.sss, the target (before offsets)")
-    h["HIERARCH ESO TEL TARG DELTA"] = (_ddmmss(pointing.dec - pointing.ddec / 3600.0), "DDMMSS.sss")
+    # the target, the same in every frame of a sequence (hawki_sci_jitter compares
+    # these values for equality)
+    h["HIERARCH ESO TEL TARG ALPHA"] = (_hhmmss(FIELD.ra), "HHMMSS.sss")
+    h["HIERARCH ESO TEL TARG DELTA"] = (_ddmmss(FIELD.dec), "DDMMSS.sss")
     h["HIERARCH ESO TEL AIRM START"] = (airmass, "casu_photcal_extinct reads the airmass")
     h["HIERARCH ESO TEL AIRM END"] = (airmass, "")
     # Jitter offsets (UM template guide, HAWKI_img_obs_AutoJitter): cumulative
     # offsets from the first exposure in arcsec (A, D) and detector pixels (X, Y).
     # x grows to the West (East left), so a telescope offset of +A arcsec to the East
-    # moves the sky on the detector by +A/0.106 pixels in x.
+    # moves the sky on the detector by +A/0.106 pixels in x: X, Y are the sky's shift
+    # on the detector. hawki_sci_jitter, which stacks by these keywords, agrees
+    # (tests/test_hawki.py: coherent stack; with the signs flipped the test fails).
     h["HIERARCH ESO SEQ CUMOFFSETA"] = (pointing.dra, "arcsec")
     h["HIERARCH ESO SEQ CUMOFFSETD"] = (pointing.ddec, "arcsec")
     h["HIERARCH ESO SEQ CUMOFFSETX"] = (pointing.dra / 0.106, "pixels")
@@ -259,7 +261,7 @@ def _hhmmss(ra: float) -> float:
     hh = int(hours)
     mm = int((hours - hh) * 60)
     ss = ((hours - hh) * 60 - mm) * 60
-    return hh * 10000 + mm * 100 + ss
+    return round(hh * 10000 + mm * 100 + ss, 3)
 
 
 def _ddmmss(dec: float) -> float:
@@ -268,7 +270,7 @@ def _ddmmss(dec: float) -> float:
     dd = int(dec)
     mm = int((dec - dd) * 60)
     ss = ((dec - dd) * 60 - mm) * 60
-    return sign * (dd * 10000 + mm * 100 + ss)
+    return round(sign * (dd * 10000 + mm * 100 + ss), 3)
 
 
 def _extension(data: np.ndarray, ext: int, pointing: Pointing | None) -> fits.ImageHDU:
