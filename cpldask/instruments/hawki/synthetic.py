@@ -229,9 +229,11 @@ def _primary(*, catg: str, typ: str, tech: str, mjd: float, tpl_start: str, nexp
     h["HIERARCH ESO DET NDIT"] = (1, "hawki_detector_noise needs NDIT=1 (its man page)")
     # darks: the filter wheel's blank position (assumed; no recipe reads it for darks)
     h["HIERARCH ESO INS FILT1 NAME"] = (FILTER if typ != "DARK" else "Dark",
-                               "DIC; SRC hawki_pfits_get_filter")
+                                        "DIC; SRC hawki_pfits_get_filter")
     h["HIERARCH ESO INS FILT2 NAME"] = ("OPEN", "DIC")
-    h["HIERARCH ESO TPL ID"] = (tpl_id, "template (UM template guide)")
+    # template names follow the template guide's HAWKI_img_<kind>_<name> pattern
+    # (the exact names are assumed; no recipe reads TPL ID)
+    h["HIERARCH ESO TPL ID"] = (tpl_id, "template")
     # SRC hawki_pfits_get_tplstart; OCA groups frames by it
     h["HIERARCH ESO TPL START"] = (tpl_start, "template start")
     h["HIERARCH ESO TPL NEXP"] = (nexp, "reflex/hawki.oca: DARK and FLAT need TPL NEXP > 2")
@@ -243,8 +245,8 @@ def _primary(*, catg: str, typ: str, tech: str, mjd: float, tpl_start: str, nexp
     h["HIERARCH ESO TEL TARG DELTA"] = (_ddmmss(FIELD.dec), "DDMMSS.sss")
     h["HIERARCH ESO TEL AIRM START"] = (airmass, "casu_photcal_extinct reads the airmass")
     h["HIERARCH ESO TEL AIRM END"] = (airmass, "")
-    # Jitter offsets (UM template guide, HAWKI_img_obs_AutoJitter): cumulative
-    # offsets from the first exposure in arcsec (A, D) and detector pixels (X, Y).
+    # Jitter offsets: cumulative offsets from the first exposure in arcsec (A, D)
+    # and detector pixels (X, Y) (SRC hawki_pfits_legacy.c reads all four).
     # x grows to the West (East left), so a telescope offset of +A arcsec to the East
     # moves the sky on the detector by +A/0.106 pixels in x: X, Y are the sky's shift
     # on the detector. hawki_sci_jitter, which stacks by these keywords, agrees
