@@ -73,8 +73,8 @@ def hawki_products(hawki_data, tmp_path_factory, recipe_path) -> dict[str, cpl.R
                     "MASTER_CONF": flat.MASTER_CONF,
                     "MASTER_READGAIN": noise.MASTER_READGAIN, **static}, out)
     # stk_fast: the recipe's "auto" picks its row-by-row algorithm for more than 10
-    # images (here 5 exposures x 4 detectors), which ran > 10 min; "fast" takes
-    # 2-4 min but holds all inputs at tile size: 11 GB peak RSS (docs/hawki.md)
+    # images (here 5 exposures x 4 detectors): 677 s, 1.1 GB; "fast": 226 s but it
+    # holds all inputs at tile size, 11.2 GB peak RSS (docs/hawki.md)
     tile = _run("hawki_science_postprocess",
                 {"BASIC_CALIBRATED_SCI": science.BASIC_CALIBRATED_SCI,
                  "BASIC_VAR_MAP": science.BASIC_VAR_MAP, "MASTER_CONF": flat.MASTER_CONF,
@@ -173,7 +173,7 @@ def test_wcs_and_zero_point_fitted_on_the_injected_stars(hawki_products):
 def test_read_noise_and_gain_measured_as_injected(hawki_products):
     """hawki_detector_noise measures the detector model of the generator."""
     (table,) = _as_list(hawki_products["noise"].MASTER_READGAIN)
-    t = Table.read(table)
+    t = Table.read(table, unit_parse_strict="silent")  # units 'ADUs', 'e-/ADU'
     assert sorted(t["EXTNAME"]) == sorted(name for name, _ in synthetic.EXTENSIONS)
     assert np.allclose(t["GAIN"], synthetic.GAIN, rtol=0.1)
     assert np.allclose(t["READNOISE"], synthetic.READ_NOISE / synthetic.GAIN, rtol=0.1)
@@ -193,3 +193,54 @@ def test_rules_classify_and_associate_the_synthetic_data(hawki_data):
     a = _classify.associate(c)
     assert [f.path for f in a.frames("DARK")] == [str(p) for p in hawki_data["DARK"]]
     assert [f.path for f in a.frames("FLAT_TWILIGHT")] == [str(p) for p in hawki_data["FLAT_TWILIGHT"]]
+
+
+@pytest.fixture(scope="session")
+def hawki_jitter(hawki_data, hawki_products, tmp_path_factory) -> cpl.Result:
+    """The obsolete chain's stacking recipe on the same raw frames: hawki_sci_jitter
+    (tags JITTER_OBS, DARK_IM, BPM, FLAT_IM) with hawki_cal_dark's dark (8 s) and the
+    current chain's master flat (hawki_cal_flat would take 3 min). Unlike the current
+    chain it stacks by the header offsets ESO SEQ CUMOFFSETX/Y, not by WCS."""
+    out = tmp_path_factory.mktemp("hawki_jitter")
+    dark = _run("hawki_cal_dark", {"DARK": hawki_data["DARK"]}, out)
+    return _run("hawki_sci_jitter",
+                {"JITTER_OBS": hawki_data["OBJECT"], "DARK_IM": dark.DARK_IM,
+                 "BPM": dark.BPM_HOT,
+                 "FLAT_IM": hawki_products["flat"].MASTER_TWILIGHT_FLAT}, out)
+
+
+def _aperture(img: np.ndarray, x: np.ndarray, y: np.ndarray, r: int = 3) -> float:
+    """Median over stars of the background-subtracted flux in a (2r+1)^2 box."""
+    fluxes = []
+    for xi, yi in zip(np.rint(x).astype(int), np.rint(y).astype(int)):
+        box = img[yi - r:yi + r + 1, xi - r:xi + r + 1]
+        sky = np.median(img[yi - 5 * r:yi + 5 * r + 1, xi - 5 * r:xi + 5 * r + 1])
+        fluxes.append(box.sum() - box.size * sky)
+    return float(np.median(fluxes))
+
+
+def test_header_jitter_offsets_stack_coherently(hawki_jitter, hawki_data):
+    """ESO SEQ CUMOFFSETX/Y as the generator writes them (the sky's shift on the
+    detector, pixels) are what hawki_sci_jitter expects: each star's light adds up
+    at one place, nothing lands where offsets of the opposite sign would put it."""
+    stars = Table.read(hawki_data["MASTER_LOCAL_CATALOGUE_ASTROM"][0])
+    bright = stars[stars["Ksmag"] < 16]
+    offsets = [(fits.getval(f, "ESO SEQ CUMOFFSETX"), fits.getval(f, "ESO SEQ CUMOFFSETY"))
+               for f in hawki_data["OBJECT"]]
+    (combined,) = _as_list(hawki_jitter.COMBINED)
+    with fits.open(combined) as hdul:
+        for ext, hdu in enumerate(hdul[1:], start=1):
+            img = np.nan_to_num(hdu.data)
+            # the stack is in the first exposure's pixels, less the rejected borders
+            x, y = synthetic.chip_wcs(ext, distorted=True).wcs_world2pix(
+                bright["RA"], bright["Dec"], 0)
+            keep = (x > 80) & (x < img.shape[1] - 80) & (y > 80) & (y < img.shape[0] - 80)
+            x, y = x[keep], y[keep]
+            shift = max(((dx, dy) for dx in range(-8, 1) for dy in range(-8, 1)),
+                        key=lambda s: _aperture(img, x + s[0], y + s[1]))
+            x, y = x + shift[0], y + shift[1]
+            star = _aperture(img, x, y)
+            assert star > 5000, f"{hdu.name}: stars carry {star:.0f} ADU"
+            for ox, oy in offsets[1:]:
+                ghost = _aperture(img, x + 2 * ox, y + 2 * oy)
+                assert abs(ghost) < 0.02 * star, f"{hdu.name}: {ghost:.0f} ADU at a ghost"

@@ -229,23 +229,28 @@ def _primary(*, catg: str, typ: str, tech: str, mjd: float, tpl_start: str, nexp
     h["HIERARCH ESO DET NDIT"] = (1, "hawki_detector_noise needs NDIT=1 (its man page)")
     # darks: the filter wheel's blank position (assumed; no recipe reads it for darks)
     h["HIERARCH ESO INS FILT1 NAME"] = (FILTER if typ != "DARK" else "Dark",
-                               "DIC; SRC hawki_pfits_get_filter")
+                                        "DIC; SRC hawki_pfits_get_filter")
     h["HIERARCH ESO INS FILT2 NAME"] = ("OPEN", "DIC")
-    h["HIERARCH ESO TPL ID"] = (tpl_id, "template (UM template guide)")
-    h["HIERARCH ESO TPL START"] = (tpl_start, "SRC hawki_pfits_get_tplstart; OCA groups by it")
+    # template names follow the template guide's HAWKI_img_<kind>_<name> pattern
+    # (the exact names are assumed; no recipe reads TPL ID)
+    h["HIERARCH ESO TPL ID"] = (tpl_id, "template")
+    # SRC hawki_pfits_get_tplstart; OCA groups frames by it
+    h["HIERARCH ESO TPL START"] = (tpl_start, "template start")
     h["HIERARCH ESO TPL NEXP"] = (nexp, "reflex/hawki.oca: DARK and FLAT need TPL NEXP > 2")
     h["HIERARCH ESO TPL EXPNO"] = (expno, "")
     h["HIERARCH ESO OBS START"] = (tpl_start, "OCA groups flats by it")
-    h["HIERARCH ESO TEL TARG ALPHA"] = (_hhmmss(pointing.ra - pointing.dra / 3600.0
-                                       / math.cos(math.radians(pointing.dec))),
-                               "HHMMSS.sss, the target (before offsets)")
-    h["HIERARCH ESO TEL TARG DELTA"] = (_ddmmss(pointing.dec - pointing.ddec / 3600.0), "DDMMSS.sss")
+    # the target, the same in every frame of a sequence (hawki_sci_jitter compares
+    # these values for equality)
+    h["HIERARCH ESO TEL TARG ALPHA"] = (_hhmmss(FIELD.ra), "HHMMSS.sss")
+    h["HIERARCH ESO TEL TARG DELTA"] = (_ddmmss(FIELD.dec), "DDMMSS.sss")
     h["HIERARCH ESO TEL AIRM START"] = (airmass, "casu_photcal_extinct reads the airmass")
     h["HIERARCH ESO TEL AIRM END"] = (airmass, "")
-    # Jitter offsets (UM template guide, HAWKI_img_obs_AutoJitter): cumulative
-    # offsets from the first exposure in arcsec (A, D) and detector pixels (X, Y).
+    # Jitter offsets: cumulative offsets from the first exposure in arcsec (A, D)
+    # and detector pixels (X, Y) (SRC hawki_pfits_legacy.c reads all four).
     # x grows to the West (East left), so a telescope offset of +A arcsec to the East
-    # moves the sky on the detector by +A/0.106 pixels in x.
+    # moves the sky on the detector by +A/0.106 pixels in x: X, Y are the sky's shift
+    # on the detector. hawki_sci_jitter, which stacks by these keywords, agrees
+    # (tests/test_hawki.py: coherent stack; with the signs flipped the test fails).
     h["HIERARCH ESO SEQ CUMOFFSETA"] = (pointing.dra, "arcsec")
     h["HIERARCH ESO SEQ CUMOFFSETD"] = (pointing.ddec, "arcsec")
     h["HIERARCH ESO SEQ CUMOFFSETX"] = (pointing.dra / 0.106, "pixels")
@@ -258,7 +263,7 @@ def _hhmmss(ra: float) -> float:
     hh = int(hours)
     mm = int((hours - hh) * 60)
     ss = ((hours - hh) * 60 - mm) * 60
-    return hh * 10000 + mm * 100 + ss
+    return round(hh * 10000 + mm * 100 + ss, 3)
 
 
 def _ddmmss(dec: float) -> float:
@@ -267,7 +272,7 @@ def _ddmmss(dec: float) -> float:
     dd = int(dec)
     mm = int((dec - dd) * 60)
     ss = ((dec - dd) * 60 - mm) * 60
-    return sign * (dd * 10000 + mm * 100 + ss)
+    return round(sign * (dd * 10000 + mm * 100 + ss), 3)
 
 
 def _extension(data: np.ndarray, ext: int, pointing: Pointing | None) -> fits.ImageHDU:
