@@ -15,7 +15,8 @@ import cpl
 from cpl import CplError
 from cpl.logger import LogList
 
-__all__ = ["CplError", "RecipeCrash", "RecipeTimeout", "NoProductsError", "InputError"]
+__all__ = ["CplError", "RecipeCrash", "RecipeTimeout", "NoProductsError", "InputError",
+           "CacheWarning"]
 
 
 class RecipeCrash(cpl.RecipeCrash):
@@ -78,6 +79,12 @@ class InputError(ValueError):
     Raised on the client before any work is submitted (and on the worker for inputs
     that only exist there, e.g. products of an upstream call).
     """
+
+
+class CacheWarning(UserWarning):
+    """The product cache could not be used for a call, which ran its recipe instead: an
+    entry was damaged (and removed), the cache directory is full or read-only, or an
+    input changed while the recipe ran (its products were not kept)."""
 
 
 def loglist(entries) -> LogList:

@@ -15,6 +15,7 @@ import os
 import pathlib
 from typing import Iterable
 
+from . import _call
 from .recipe import Recipe
 from .result import Result
 
@@ -25,8 +26,11 @@ def record(result: Result) -> dict:
     """The provenance record of a finished call (waits for it).
 
     Keys: recipe, recipe_version, cpl_version, params (every parameter, defaults
-    included), inputs (tag, path, md5), env, key (the content key), cache_hit, run
-    (host, worker, start, end, wall/user/sys time, max_rss, return_code), products.
+    included), inputs (tag, path, and hash: the xxh3-128 of the file's bytes; for a
+    product of another call, from: that call's key, product, and the DATAMD5 of each
+    file), env, key (the content key, see docs/cache.md), hash (the algorithm),
+    cache_hit, run (host, worker, start, end, wall/user/sys time, max_rss,
+    return_code), products.
 
     Examples
     --------
@@ -44,9 +48,10 @@ def _iso(t: float) -> str:
 
 
 def to_prov(results: Iterable[Result]) -> dict:
-    """W3C PROV-JSON of a set of calls: files are entities (identified by their MD5),
-    recipe runs are activities, with ``used`` and ``wasGeneratedBy`` relations."""
-    doc = {"prefix": {"cpldask": "urn:cpldask:", "file": "urn:md5:"},
+    """W3C PROV-JSON of a set of calls: files are entities (identified by the xxh3-128
+    hash of their bytes), recipe runs are activities, with ``used`` and
+    ``wasGeneratedBy`` relations."""
+    doc = {"prefix": {"cpldask": "urn:cpldask:", "file": "urn:xxh3-128:"},
            "entity": {}, "activity": {}, "used": {}, "wasGeneratedBy": {}}
     for res in results:
         prov = record(res)
@@ -60,8 +65,7 @@ def to_prov(results: Iterable[Result]) -> dict:
             "cpldask:cache_hit": prov["cache_hit"]}
         for i, inp in enumerate(prov["inputs"]):
             paths = inp["path"] if isinstance(inp["path"], list) else [inp["path"]]
-            md5s = inp["md5"] if isinstance(inp["md5"], list) else [inp["md5"]]
-            for path, md5 in zip(paths, md5s):
+            for path, md5 in zip(paths, _input_hashes(inp)):
                 ent = f"file:{md5}"
                 doc["entity"].setdefault(ent, {"prov:label": path, "cpldask:tag": inp["tag"]})
                 doc["used"][f"cpldask:used-{prov['key']}-{i}-{md5}"] = {
@@ -76,9 +80,18 @@ def to_prov(results: Iterable[Result]) -> dict:
 
 
 def _md5_of(path: str) -> str:
-    from .recipe import _checksum
+    """The content hash of a file (it names the file as a PROV entity)."""
+    return _call._checksum(path)
 
-    return _checksum(path)
+
+def _input_hashes(inp: dict) -> list[str]:
+    """The content hashes of an input's files: recorded by the worker for a file,
+    read here for products of other calls (which the record names by their key)."""
+    recorded = inp.get("hash")
+    if recorded is not None:
+        return recorded if isinstance(recorded, list) else [recorded]
+    paths = inp["path"] if isinstance(inp["path"], list) else [inp["path"]]
+    return [_md5_of(p) for p in paths]
 
 
 def replay_script(results: Iterable[Result]) -> str:
@@ -96,7 +109,7 @@ def replay_script(results: Iterable[Result]) -> str:
             return
         seen.add(i)
         for inp in records[i]["inputs"]:
-            for md5 in inp["md5"] if isinstance(inp["md5"], list) else [inp["md5"]]:
+            for md5 in _input_hashes(inp):
                 if md5 in made_by:
                     visit(made_by[md5])
         order.append(i)

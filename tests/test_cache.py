@@ -148,7 +148,8 @@ def test_provenance_record(test_recipe, any_fits, tmp_path):
     assert prov["recipe"] == "cpldask_test" and prov["recipe_version"] == "1.0.0"
     assert prov["params"]["cpldask.cpldask_test.value"] == 6.0
     assert prov["params"]["cpldask.cpldask_test.sleep"] == 0.0  # defaults included
-    assert prov["inputs"][0]["path"] == any_fits and len(prov["inputs"][0]["md5"]) == 32
+    assert prov["inputs"][0]["path"] == any_fits and len(prov["inputs"][0]["hash"]) == 32
+    assert prov["hash"] == "xxh3-128" and len(prov["key"]) == 32
     run = prov["run"]
     assert run["host"] and run["end"] >= run["start"] and run["max_rss"] > 0
     assert prov["cache_hit"] is False and prov["cpl_version"]
