@@ -70,11 +70,11 @@ def check_file(path: str, *, recipe: str, tag: str) -> list[dict]:
                      "check the permissions of its directories") from err
     if stat.S_ISDIR(st.st_mode):
         raise refuse("is a directory, not a FITS file", "give the files in it")
+    if not os.access(path, os.R_OK):
+        raise refuse("is not readable", "check its permissions")
     known = _CHECKS.get(_hashing.identity(st))
     if known is not None:
         return known
-    if not os.access(path, os.R_OK):
-        raise refuse("is not readable", "check its permissions")
     if st.st_size == 0:
         raise refuse("is empty (0 bytes)", "was it written completely?")
     try:
