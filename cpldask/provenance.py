@@ -65,21 +65,21 @@ def to_prov(results: Iterable[Result]) -> dict:
             "cpldask:cache_hit": prov["cache_hit"]}
         for i, inp in enumerate(prov["inputs"]):
             paths = inp["path"] if isinstance(inp["path"], list) else [inp["path"]]
-            for path, md5 in zip(paths, _input_hashes(inp)):
-                ent = f"file:{md5}"
+            for path, digest in zip(paths, _input_hashes(inp)):
+                ent = f"file:{digest}"
                 doc["entity"].setdefault(ent, {"prov:label": path, "cpldask:tag": inp["tag"]})
-                doc["used"][f"cpldask:used-{prov['key']}-{i}-{md5}"] = {
+                doc["used"][f"cpldask:used-{prov['key']}-{i}-{digest}"] = {
                     "prov:activity": run, "prov:entity": ent, "prov:role": inp["tag"]}
         for tag, path in prov["products"]:
-            md5 = _md5_of(path)
-            ent = f"file:{md5}"
+            digest = _hash_of(path)
+            ent = f"file:{digest}"
             doc["entity"][ent] = {"prov:label": path, "cpldask:tag": tag}
-            doc["wasGeneratedBy"][f"cpldask:gen-{prov['key']}-{md5}"] = {
+            doc["wasGeneratedBy"][f"cpldask:gen-{prov['key']}-{digest}"] = {
                 "prov:entity": ent, "prov:activity": run}
     return doc
 
 
-def _md5_of(path: str) -> str:
+def _hash_of(path: str) -> str:
     """The content hash of a file (it names the file as a PROV entity)."""
     return _call._checksum(path)
 
@@ -91,17 +91,17 @@ def _input_hashes(inp: dict) -> list[str]:
     if recorded is not None:
         return recorded if isinstance(recorded, list) else [recorded]
     paths = inp["path"] if isinstance(inp["path"], list) else [inp["path"]]
-    return [_md5_of(p) for p in paths]
+    return [_hash_of(p) for p in paths]
 
 
 def replay_script(results: Iterable[Result]) -> str:
     """A Python script that repeats the calls, in an order that respects their
     dependencies (a call that used another's product comes after it)."""
     records = [record(r) for r in results]
-    made_by = {}  # md5 of a product -> index of the record that made it
+    made_by = {}  # content hash of a product -> index of the record that made it
     for i, prov in enumerate(records):
         for _, path in prov["products"]:
-            made_by[_md5_of(path)] = i
+            made_by[_hash_of(path)] = i
     order, seen = [], set()
 
     def visit(i):
@@ -109,9 +109,9 @@ def replay_script(results: Iterable[Result]) -> str:
             return
         seen.add(i)
         for inp in records[i]["inputs"]:
-            for md5 in _input_hashes(inp):
-                if md5 in made_by:
-                    visit(made_by[md5])
+            for digest in _input_hashes(inp):
+                if digest in made_by:
+                    visit(made_by[digest])
         order.append(i)
 
     for i in range(len(records)):
