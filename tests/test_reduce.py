@@ -459,3 +459,57 @@ def test_rerun_is_served_from_the_cache(demo_run):
     assert took < 0.05 * first, (took, first)
     with fits.open(again.final["IMAGE_FOV"]) as a, fits.open(red.final["IMAGE_FOV"]) as b:
         np.testing.assert_array_equal(a["DATA"].data, b["DATA"].data)
+
+
+@pytest.mark.slow
+def test_workers_killed_at_random_moments_change_nothing(demo_run, tmp_path):
+    """Issue 17's chaos test: the 2-IFU cascade once more, into an empty cache, while
+    worker processes are killed (SIGKILL; the nanny starts a new one) at moments
+    drawn from a seeded generator. Dask re-runs what was lost; the cube must equal
+    the clean run's in DATA, STAT and DQ, and the cache hold complete entries only."""
+    import dask
+    import random
+    import signal
+
+    from cpldask import _cache
+
+    red, _, work = demo_run
+    client = cpldask.get_client()
+    clean = red.finished_at - red.submitted_at
+    rng = random.Random(17)
+    # three kills while recipes run, the last well before the clean run's end
+    moments = sorted(rng.uniform(3.0, 0.7 * clean) for _ in range(3))
+    killed: list[tuple[float, int]] = []
+    stop = threading.Event()
+
+    def chaos(t0: float) -> None:
+        for moment in moments:  # a bounded loop: len(moments) kills at most
+            if stop.wait(max(0.0, t0 + moment - time.monotonic())):
+                return
+            pids = sorted(client.run(os.getpid).values())
+            victim = rng.choice(pids)
+            os.kill(victim, signal.SIGKILL)
+            killed.append((round(time.monotonic() - t0, 1), victim))
+
+    cache = tmp_path / "chaos-cache"
+    with dask.config.set({"cpldask.cache.dir": str(cache)}):
+        t0 = time.monotonic()
+        killer = threading.Thread(target=chaos, args=(t0,), daemon=True)
+        killer.start()
+        try:
+            again = R.reduce(work / "raw", ifus=(1, 2), output_dir=tmp_path / "reduced",
+                             cache=True)
+        finally:
+            stop.set()
+            killer.join()
+    assert len(killed) >= 2, (killed, moments, time.monotonic() - t0)  # it did happen
+    with fits.open(again.final["DATACUBE_FINAL"]) as a, \
+            fits.open(red.final["DATACUBE_FINAL"]) as b:
+        for ext in ("DATA", "STAT", "DQ"):
+            np.testing.assert_array_equal(a[ext].data, b[ext].data, err_msg=ext)
+    checked, bad = _cache.verify(str(cache), remove=False)
+    assert bad == [] and checked == len(again.steps), (checked, bad)
+    # an entry appears whole or not at all: what else is there is a writer's
+    # temporary directory (a worker killed while it stored), never served
+    assert all(p.name.startswith(".") for p in cache.iterdir()
+               if p.name not in {e["key"] for e in _cache.entries(str(cache))})
