@@ -139,8 +139,9 @@ _LIBRARIES = _hashing.LRU(256)
 
 def _library(recipe_file: str) -> _Library | None:
     """The recipe library, the shared libraries it loads (CPL, the pipeline's own,
-    cfitsio, ...) and python-cpl's engine that runs it; None where the library the
-    client loaded is not on this worker (the runner then searches the recipe path)."""
+    cfitsio, ...) and python-cpl's engine that runs it, as they are on disk now; None
+    where the library the client loaded is not on this worker (the runner then
+    searches the recipe path). See :func:`_server_for` for when this is asked."""
     try:
         files = [recipe_file, *_hashing.shared_libraries(recipe_file)]
         engine = _hashing.engine_file()
@@ -270,7 +271,8 @@ def _run(spec: CallSpec, frames, inputs: list[_Input]) -> RunRecord:
     call_dir = pathlib.Path(tempfile.mkdtemp(prefix=f"{spec.recipe}-", dir=base))
     lock = _hold(call_dir)
     try:
-        library = _library(spec.recipe_file)
+        server, library = _server_for(_recipe_env(spec.omp_threads, dict(spec.env)),
+                                      spec.recipe_file)
         key = content_key(spec, inputs, library)
         hit = None
         if spec.cache_dir and key is not None:
@@ -289,11 +291,15 @@ def _run(spec: CallSpec, frames, inputs: list[_Input]) -> RunRecord:
                 hit = None
         if hit is None:
             with _slot(spec):
-                products, report = _execute(spec, frames, call_dir, base, library)
+                products, report = _execute(spec, frames, call_dir, base, server, library)
         prov = _provenance(spec, inputs, key, report, cache_hit=hit is not None)
         if hit is None and spec.cache_dir and key is not None:
             changed = _changed(inputs)
-            if changed:
+            if report.get("library_changed"):
+                _warn(spec, f"{spec.recipe}: its library {spec.recipe_file} was rebuilt "
+                            f"while the call started; its products are not kept in the "
+                            f"cache")
+            elif changed:
                 _warn(spec, f"{spec.recipe}: input {changed[0]} changed while the recipe "
                             f"ran; its products are not kept in the cache")
             else:
@@ -322,10 +328,10 @@ def _run(spec: CallSpec, frames, inputs: list[_Input]) -> RunRecord:
 
 
 def _execute(spec: CallSpec, frames, call_dir: pathlib.Path, base: pathlib.Path,
-             library: _Library | None):
+             server: "_ForkServer", library: _Library | None):
     """Run the recipe; (products in call_dir, the runner's report)."""
     try:
-        report = _spawn(spec, frames, call_dir, library)
+        report = _spawn(spec, frames, call_dir, server, library)
         # the messages the client's logging shows, as they would be with python-cpl:
         # of a failed call too (whose exception also carries its whole log)
         _forward_log(spec, report.get("log") or [])
@@ -411,8 +417,9 @@ def _product(tag: str, path: pathlib.Path) -> Product:
     return Product(tag, str(path), path.stat().st_size, *_fitsheader.summary(str(path)))
 
 
-def _spawn(spec: CallSpec, frames, call_dir: pathlib.Path, library: _Library | None) -> dict:
-    """Run the recipe process for this call and return its report."""
+def _spawn(spec: CallSpec, frames, call_dir: pathlib.Path, server: "_ForkServer",
+           library: _Library | None) -> dict:
+    """Run the recipe process for this call in ``server`` and return its report."""
     raw, calib = [], {}
     for tag, paths in frames:  # python-cpl takes raw frames as data, the rest as calib
         if tag in spec.raw_tags:
@@ -429,10 +436,14 @@ def _spawn(spec: CallSpec, frames, call_dir: pathlib.Path, library: _Library | N
     env = _recipe_env(spec.omp_threads, dict(spec.env))
     if not spec.backtrace:
         env["PATH"] = f"{_no_gdb_dir(call_dir.parent)}:{env.get('PATH', '')}"
-    proc = None
-    while proc is None:  # None: that server was just retired; the next one takes it
-        proc = _server(env, spec.recipe_file, library).start(
-            job_file, env, spec.recipe, spec.recipe_file)
+    library_changed = False
+    while (proc := server.start(job_file, env, spec.recipe, spec.recipe_file)
+           if server.alive() else None) is None:
+        # that server died or was retired while the call waited (a rebuilt library):
+        # the next one runs it, with what is on disk now; the content key names what
+        # was there before, so if that differs the products are not cached
+        server, now = _server_for(env, spec.recipe_file)
+        library_changed |= now != library
     try:
         _wait(proc, spec)
     finally:
@@ -445,7 +456,7 @@ def _spawn(spec: CallSpec, frames, call_dir: pathlib.Path, library: _Library | N
             raise errors.crash(-proc.returncode, lines=[tail]) from None
         raise RuntimeError(f"{spec.recipe}: the recipe process ended with status "
                            f"{proc.returncode} without a report:\n{tail}")
-    return json.loads(report_file.read_text())
+    return {**json.loads(report_file.read_text()), "library_changed": library_changed}
 
 
 def _wait(proc: "_RecipeProcess", spec: CallSpec) -> None:
@@ -490,9 +501,9 @@ class _ForkServer:
 
     Loaded, a library cannot be loaded anew: ``dlopen`` hands back the loaded copy
     for the same path, the pipeline's and CPL's own libraries with it. ``libraries``
-    holds the identities of the files each recipe library was loaded from; once one
-    of them changes (a rebuild) the server is retired (:func:`_server`): it takes no
-    more calls and ends when its running ones have."""
+    holds the state of the files each recipe library was loaded with; once the
+    recipe library is rebuilt the server is retired (:func:`_server_for`): it takes
+    no more calls and ends when its running ones have."""
 
     def __init__(self, omp_env: tuple[tuple[str, str], ...]):
         env = {k: v for k, v in _worker_environ().items() if not k.startswith(_OMP_PREFIXES)}
@@ -505,7 +516,7 @@ class _ForkServer:
         self.lock = threading.Lock()
         self.calls: dict[int, _RecipeProcess] = {}
         self.next_id = 0
-        self.libraries: dict[str, tuple] = {}  # recipe file -> identities at first use
+        self.libraries: dict[str, _Library] = {}  # recipe file -> state at first use
         self.retired = False
         threading.Thread(target=self._read, daemon=True, name="cpldask-forkserver").start()
 
@@ -572,27 +583,51 @@ _servers: dict[tuple, _ForkServer] = {}
 _servers_lock = threading.Lock()
 
 
-def _server(env: dict, recipe_file: str | None = None,
-            library: _Library | None = None) -> _ForkServer:
+def _server(env: dict) -> _ForkServer:
     """The fork server of this worker process for the OpenMP environment of ``env``,
     started on first use (or again if it died). One call's OMP_NUM_THREADS=4 and
-    another's =1 thus never share a loaded OpenMP runtime; usually a worker has one.
+    another's =1 thus never share a loaded OpenMP runtime; usually a worker has one."""
+    with _servers_lock:
+        return _server_locked(env)
 
-    A server that loaded ``recipe_file`` from other files than ``library`` now has
-    (rebuilt since) is retired, and a new one started: it would run the old code."""
+
+def _server_locked(env: dict) -> _ForkServer:
     omp_env = tuple(sorted((k, v) for k, v in env.items() if k.startswith(_OMP_PREFIXES)))
     key = (os.getpid(), omp_env)  # a forked copy of this process starts its own
+    server = _servers.get(key)
+    if server is None or server.retired or not server.alive():
+        server = _servers[key] = _ForkServer(omp_env)
+    return server
+
+
+def _server_for(env: dict, recipe_file: str) -> tuple[_ForkServer, _Library | None]:
+    """The fork server for ``env`` and the state of the libraries it runs
+    ``recipe_file`` with: what the call's content key must name.
+
+    A server runs what it loaded, whatever happened on disk since. So the state is
+    taken (every file looked at, new ones hashed) once per server and recipe
+    library, and after that only the recipe library's own file is looked at, one
+    ``stat`` per call: rebuilt, it retires the server (``dlopen`` would hand back the
+    loaded copy) and a new server loads the files on disk now, whose state is taken
+    anew. A library the recipe loads that is rebuilt alone is thus picked up by the
+    next server (a new session, or with the recipe library's next rebuild), and
+    products are always keyed by the code that made them."""
     with _servers_lock:
-        server = _servers.get(key)
-        if server is not None and library is not None and \
-                server.libraries.get(recipe_file, library.identities) != library.identities:
+        server = _server_locked(env)
+        known = server.libraries.get(recipe_file)
+        if known is not None:
+            try:
+                if _hashing.identity(os.stat(recipe_file)) == known.identities[0]:
+                    return server, known
+            except OSError:
+                pass
+        library = _library(recipe_file)
+        if known is not None:  # rebuilt since this server loaded it
             server.retire()
-            server = None
-        if server is None or not server.alive():
-            server = _servers[key] = _ForkServer(omp_env)
+            server = _server_locked(env)
         if library is not None:
-            server.libraries.setdefault(recipe_file, library.identities)
-        return server
+            server.libraries[recipe_file] = library
+        return server, library
 
 
 def warm_up(omp_threads: int | None) -> None:
