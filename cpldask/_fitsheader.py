@@ -60,10 +60,7 @@ def _read_header(f) -> tuple[dict, int]:
         if len(block) < BLOCK:
             raise Unsupported("truncated header")
         blocks += 1
-        text = block.decode("ascii", errors="replace")
-        for i in range(0, BLOCK, CARD):
-            card = text[i:i + CARD]
-            key = card[:8].rstrip()
+        for key, card in _cards(block):
             if key == "END":
                 return cards, blocks
             if key == "CONTINUE":
@@ -78,6 +75,14 @@ def _read_header(f) -> tuple[dict, int]:
             else:
                 continue  # COMMENT, HISTORY, blank
             cards.setdefault(key, _value(rest))
+
+
+def _cards(block: bytes):
+    """(keyword, card) of each 80-character card of a 2880-byte header block."""
+    text = block.decode("ascii", errors="replace")
+    for i in range(0, BLOCK, CARD):
+        card = text[i:i + CARD]
+        yield card[:8].rstrip(), card
 
 
 def _value(text: str):
@@ -257,10 +262,7 @@ def _structure(fd: int, pos: int, size: int, index: int) -> tuple[dict, int]:
             raise BadFits(f"is truncated: the header of HDU {index} ends at byte "
                           f"{pos + blocks * BLOCK + len(block)} before its END card")
         blocks += 1
-        text = block.decode("ascii", errors="replace")
-        for i in range(0, BLOCK, CARD):
-            card = text[i:i + CARD]
-            key = card[:8].rstrip()
+        for key, card in _cards(block):
             if key == "END":
                 return cards, blocks
             if (key in _STRUCTURE or key.startswith("NAXIS")) and card[8:10] == "= " \

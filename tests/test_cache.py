@@ -16,7 +16,7 @@ from astropy.io import fits
 
 import cpldask
 from cpldask import _cache
-from helpers import wait_until
+from helpers import SESSION, wait_until
 
 
 @pytest.fixture
@@ -275,14 +275,7 @@ def test_a_cache_that_cannot_exist_runs_the_recipe(test_recipe, any_fits, tmp_pa
     assert fits.getheader(res.paths["PRODUCT"][0])["ESO QC ECHO VALUE"] == 41.0
 
 
-_READ_ONLY = """
-import sys, warnings, time, cpldask, dask
-cpldask.Recipe.path = [sys.argv[1]]
-with dask.config.set({"cpldask.cache.dir": sys.argv[2], "cpldask.cache.enabled": True,
-                      "cpldask.local.n-workers": 1, "cpldask.local.slots": 1,
-                      "cpldask.local.dashboard-address": ":0",
-                      "cpldask.work-dir": sys.argv[4]}):
-    if __name__ == "__main__":
+_READ_ONLY = SESSION + """
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             res = cpldask.Recipe("cpldask_test")(sys.argv[3], param={"value": 7.0})

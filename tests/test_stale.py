@@ -14,7 +14,7 @@ import pytest
 from astropy.io import fits
 
 import cpldask
-from helpers import wait_until
+from helpers import SESSION, wait_until
 
 HERE = pathlib.Path(__file__).parent
 
@@ -118,15 +118,7 @@ def test_library_rebuilt_in_the_session_runs_the_new_code(tmp_path, monkeypatch)
     assert product_value(second) == 100.0
 
 
-_SESSION = """
-import sys, cpldask, dask
-from astropy.io import fits
-cpldask.Recipe.path = [sys.argv[1]]
-with dask.config.set({"cpldask.cache.dir": sys.argv[2], "cpldask.cache.enabled": True,
-                      "cpldask.local.n-workers": 1, "cpldask.local.slots": 1,
-                      "cpldask.local.dashboard-address": ":0",
-                      "cpldask.work-dir": sys.argv[4]}):
-    if __name__ == "__main__":
+_SESSION = SESSION + """
         res = cpldask.Recipe("cpldask_test")(sys.argv[3], param={"value": 4.0})
         print(res.record.cache_hit, float(fits.getdata(res.paths["PRODUCT"][0])[0, 0]))
 """
