@@ -49,7 +49,7 @@ def exposure(ctx: common.Context, n_ifus: int) -> tuple[pathlib.Path, tuple[int,
     ifus = tuple(range(1, n_ifus + 1))
     raw = ctx.data_dir / f"exposure-{n_ifus}ifu"
     stamp = raw / ".bench-exposure.json"
-    want = {"ifus": list(ifus), "seed": 0}
+    want = {"ifus": list(ifus), "seed": 0, "synthetic": synthetic.VERSION}
     if not (stamp.exists() and json.loads(stamp.read_text()) == want):
         log(f"writing a synthetic exposure of IFUs {ifus} to {raw} (once)")
         synthetic.make_exposure(raw, ifus=ifus, seed=0, lingain=False)

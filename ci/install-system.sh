@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# System packages cpldask needs, from Debian: CPL, esorex and the MUSE recipes; gdb for
+# System packages cpldask needs, from Debian: CPL, esorex, the MUSE and HAWK-I recipes; gdb for
 # python-cpl's crash backtraces; SLURM + munge for the HPC tests; Chromium for the
 # dashboard check. Idempotent: skips apt when everything is there already.
 set -euo pipefail
-packages=(libcpl-dev esorex cpl-plugin-muse gdb gcc pkg-config slurm-wlm munge chromium graphviz)
+# cpl-plugin-hawki: the second instrument (cpldask/instruments/hawki). cpl-plugin-uves and
+# cpl-plugin-giraf: a normal Debian astronomy machine has several pipelines beside MUSE,
+# whose libraries print at load time (tests/test_python_cpl.py)
+packages=(libcpl-dev esorex cpl-plugin-muse cpl-plugin-hawki cpl-plugin-uves cpl-plugin-giraf
+          gdb gcc pkg-config slurm-wlm munge chromium graphviz)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -32,7 +32,7 @@ import uuid
 from dask.base import tokenize
 
 from . import _fitsheader, _hashing, errors
-from ._spec import FileInput
+from ._spec import FileInput, MemoryInput
 
 #: the version of what the keys hold: a change here gives every call a new key
 KEY_VERSION = 2
@@ -121,8 +121,9 @@ def _check_extensions(recipe: str, params: dict, tag: str, path: str,
 def inputs(recipe: str, params: dict, frames, deps, raw_tags) -> tuple[list[dict], list]:
     """The input part of a call's provenance record, and of its task key.
 
-    For a file: its tag and path (the worker adds its content hash); for a product
-    of another call: the tag, that call's task key and the product tag. The key part
+    For a file: its tag and path (the worker adds its content hash); for an
+    in-memory frame (an HDUList): the MD5 of its FITS bytes; for a product of another
+    call: the tag, that call's task key and the product tag. The key part
     holds each file's identity instead (and its hash while it is young). Raw files
     are checked against what the call needs of them (:func:`_check_extensions`).
     """
@@ -137,6 +138,9 @@ def inputs(recipe: str, params: dict, frames, deps, raw_tags) -> tuple[list[dict
             record.append({"tag": tag, "path": item.path})
             key.append([tag, item.path, ident,
                         _hashing.file_hash(item.path, st) if _hashing.young(st) else None])
+        elif isinstance(item, MemoryInput):  # its bytes, named by their MD5
+            record.append({"tag": tag, "in_memory": item.digest})
+            key.append([tag, "in_memory", item.digest])
         else:
             upstream = _dep_key(deps[item.dep])
             record.append({"tag": tag, "from": upstream, "product": item.tag})

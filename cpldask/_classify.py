@@ -261,7 +261,7 @@ def _classify_one(path: str, rules: Rules) -> Frame:
         if not _matches(have, want):
             raise _NotClassified(f"{key} is {have!r}: not a {rules.instrument} file "
                                  f"(rules: {rules.source or rules.instrument})")
-    meta = {name: _norm(primary[key]) for name, key in rules.keywords.items() if key in primary}
+    meta = _header_values(primary, rules.keywords)
     lamps = _lamps_on(primary, rules.lamps)
     if lamps is not None:
         meta["lamps"] = lamps
@@ -278,6 +278,29 @@ def _classify_one(path: str, rules: Rules) -> Frame:
     shown = {k: meta.get(k) for k in ("catg", "type", "tech", "pro_catg") if meta.get(k)}
     what = ", ".join(f"{k}={v!r}" for k, v in shown.items()) or "no DPR/PRO keywords"
     raise _NotClassified(f"no classification rule matches ({what})")
+
+
+def _header_values(header, keywords: Mapping[str, Any]) -> dict:
+    """Short name -> header value, for the rules' ``keywords``.
+
+    A keyword is either a header key (``mode: ESO INS MODE``) or a key with a
+    regular expression whose first group is the value (``field: {key: ESO INS MODE,
+    pattern: '^(WFM|NFM)'}``); a value the pattern does not match is left out.
+    """
+    meta = {}
+    for name, spec in keywords.items():
+        key, pattern = (spec["key"], spec.get("pattern")) if isinstance(spec, Mapping) \
+            else (spec, None)
+        if key not in header:
+            continue
+        value = _norm(header[key])
+        if pattern is not None:
+            m = re.match(pattern, str(value))
+            if not m:
+                continue
+            value = m.group(1)
+        meta[name] = value
+    return meta
 
 
 def _first_table(hdul):
@@ -305,8 +328,14 @@ def _rule_holds(rule: Mapping, meta: Mapping, table) -> bool:
 
 
 def _matches(have, want) -> bool:
+    """A header value against a rule's value: equal to it, to one of a list, or,
+    for ``{all: [A, B]}``, a comma-separated list holding A and B in any order (as
+    ESO's own rules test DPR TYPE with ``like "%A%" and like "%B%"``)."""
     if have is None:
         return False
+    if isinstance(want, Mapping):
+        items = {item.strip() for item in str(have).split(",")}
+        return set(map(str, want["all"])) <= items
     wants = want if isinstance(want, (list, tuple)) else [want]
     return any(_norm(have) == _norm(w) for w in wants)
 
@@ -319,12 +348,22 @@ def _norm(value):
 
 
 def _lamps_on(header, spec) -> list[str] | None:
+    """Names of the lamps that were on: lamp on and, where the rules name a
+    shutter keyword, its shutter open; names cut by ``strip`` and mapped by
+    ``rename`` (see rules/muse.yaml)."""
     if not spec or spec.get("count") not in header:
         return None
     out = []
     for i in range(1, int(header[spec["count"]]) + 1):
-        if header.get(spec["state"].format(i=i)) is True:
-            out.append(str(header.get(spec["name"].format(i=i), f"LAMP{i}")).strip())
+        if header.get(spec["state"].format(i=i)) is not True:
+            continue
+        if "shutter" in spec and header.get(spec["shutter"].format(i=i)) is not True:
+            continue
+        name = str(header.get(spec["name"].format(i=i), f"LAMP{i}")).strip()
+        prefix = spec.get("strip")
+        if prefix and name.startswith(prefix):
+            name = name[len(prefix):]
+        out.append(str((spec.get("rename") or {}).get(name, name)))
     return out
 
 
@@ -488,7 +527,9 @@ def associate(classification: Classification, ifus: Iterable[int] | None = None,
         if missing:
             raise ValueError(f"science frame {frame.name} lacks IFU(s) {_ranges(missing)}")
     ref_values = {}
-    for key in sorted(all_match):
+    # in the rules' order, so that a mix of modes is named by "mode", not "field"
+    keys = [k for k in rules.keywords if k in all_match]
+    for key in keys + sorted(all_match - set(keys)):
         values = {_norm(f.meta.get(key)) for f in science}
         if len(values) > 1:
             raise ValueError(f"the science frames differ in {key} ({sorted(map(str, values))}); "

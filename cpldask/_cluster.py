@@ -2,8 +2,8 @@
 
 * A :class:`distributed.Client` already in use always wins.
 * Else, ``cpldask.scheduler-address`` names a scheduler to connect to.
-* Else an embedded :class:`~distributed.LocalCluster` starts on first use, bound to
-  127.0.0.1, sized by ``cpldask.local.*``.
+* Else an embedded cluster starts on first use — its scheduler in this process, its
+  workers in subprocesses — bound to 127.0.0.1, sized by ``cpldask.local.*``.
 
 The parallel-process limit (:func:`set_maxthreads`) is a cluster-wide
 :class:`distributed.Semaphore`: a recipe task takes a lease before it starts its
@@ -24,6 +24,7 @@ allowed.
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import math
 import os
@@ -33,13 +34,15 @@ import weakref
 
 import dask.config
 import distributed
+from distributed.deploy.spec import SpecCluster
 
 from . import _config
-from ._execute import warm_up
+from ._compat import SubprocessNanny
+from ._execute import WarmUp
 
 logger = logging.getLogger(__name__)
 _lock = threading.RLock()
-_embedded: dict = {}  # "cluster", "client" of the embedded LocalCluster
+_embedded: dict = {}  # "cluster", "client" of the embedded cluster
 _limits: dict = {}  # scheduler address -> (semaphore name, n) in force there
 
 
@@ -82,45 +85,106 @@ def _start_embedded() -> distributed.Client:
     slots = int(_config.get("local.slots") or _cores())
     n_workers = int(_config.get("local.n-workers") or min(2, slots))
     per_worker = max(1, math.ceil(slots / n_workers))
-    tls = {}
-    if _config.get("local.tls"):
-        tls = {"security": distributed.Security.temporary(), "protocol": "tls://"}
+    security = distributed.Security.temporary() if _config.get("local.tls") else None
     with dask.config.set({"distributed.scheduler.allowed-failures":
                           int(_config.get("retries")), **_EMBEDDED_CONFIG}):
-        cluster = distributed.LocalCluster(
-            **tls,
-            n_workers=n_workers,
-            threads_per_worker=per_worker,
-            processes=True,
-            host=_config.get("local.host"),
-            dashboard_address=_config.get("local.dashboard-address"),
-        )
-    client = distributed.Client(cluster, set_as_default=True,
-                                security=tls.get("security"))
+        cluster = _embedded_cluster(n_workers, per_worker, security)
+    client = distributed.Client(cluster, set_as_default=True, security=security)
     _embedded.update(cluster=cluster, client=client, slots=slots, per_worker=per_worker,
                      threads=n_workers * per_worker, target=n_workers * per_worker,
                      unguarded=weakref.WeakSet())
     atexit.register(close)  # before distributed's own hooks: no "lost task" warnings
     if n_workers * per_worker > slots:  # 3 slots on 2 workers of 2 threads: 4 threads
         _limits[client.scheduler.address] = (f"cpldask-slots-{uuid.uuid4().hex[:8]}", slots)
-    # each worker starts its fork server now, which imports python-cpl (~0.4 s of
-    # CPU) while the caller is still preparing its first call
+    # each worker starts its fork server as soon as it has joined, which imports
+    # python-cpl's engine (~0.4 s of CPU) while the caller prepares its first call;
+    # the first call itself waits at the scheduler for the first worker
     _, omp = slots_for_call(client)
-    client.run(warm_up, omp)  # only starts it: returns in milliseconds
+    client.register_plugin(WarmUp(omp), name="cpldask-warm-up")
     return client
 
 
-def embedded_cluster() -> distributed.LocalCluster | None:
-    """The embedded LocalCluster if cpldask started one."""
+def _embedded_cluster(n_workers: int, per_worker: int,
+                      security: distributed.Security | None) -> SpecCluster:
+    """A scheduler in this process and ``n_workers`` Nannies, each a ``dask spec``
+    subprocess (:class:`cpldask._compat.SubprocessNanny`).
+
+    Not :class:`~distributed.LocalCluster`: its Nannies start their workers with
+    multiprocessing's *spawn*, which imports the user's ``__main__`` module again in
+    every worker. A python-cpl user's plain script (no ``if __name__ == '__main__'``)
+    then stops with "An attempt has been made to start a new process before the
+    current process has finished its bootstrapping phase", after each worker has run
+    the script's top-level code once more. A ``dask spec`` process imports only
+    distributed; its Nanny's worker restarts after a crash as before.
+    """
+    host = _config.get("local.host")
+    protocol = "tls://" if security is not None else "tcp://"
+    scheduler = {"cls": distributed.Scheduler,
+                 "options": {"host": host, "port": 0, "protocol": protocol,
+                             "security": security, "dashboard": True,
+                             "dashboard_address": _config.get("local.dashboard-address")}}
+    total = distributed.system.MEMORY_LIMIT
+    worker = {"cls": SubprocessNanny,
+              "options": {"env": _worker_env(security),
+                          "worker_kwargs": {"nthreads": per_worker, "host": host,
+                                            "memory_limit": total // n_workers,
+                                            "silence_logs": logging.WARNING}}}
+    return SpecCluster(scheduler=scheduler, workers={i: worker for i in range(n_workers)},
+                       worker=worker, security=security, silence_logs=logging.WARNING,
+                       name="cpldask")
+
+
+def _worker_env(security: distributed.Security | None) -> dict[str, str]:
+    """Environment of the worker subprocesses: this session's dask configuration (as
+    a spawned worker would have inherited it), the temporary TLS certificate, and
+    distributed's INFO messages kept out of the user's terminal."""
+    config = {}
+    for key, value in dask.config.config.items():
+        try:  # the JSON-able part: a user's own objects in the config stay here
+            json.dumps(value)
+        except (TypeError, ValueError):
+            continue
+        config[key] = value
+    if security is not None:
+        config = dask.config.merge(config, {"distributed": {"comm": {
+            "require-encryption": True,
+            "tls": {"ca-file": security.tls_ca_file,
+                    "worker": {"cert": security.tls_worker_cert,
+                               "key": security.tls_worker_key}}}}})
+    # a worker closed while it runs a call (Ctrl-C, interpreter exit) warns of each
+    # cancelled task: the user asked for it; real errors still show
+    logging_config = {"distributed.worker.state_machine": "error"}
+    if "DASK_LOGGING__DISTRIBUTED" not in os.environ:
+        logging_config["distributed"] = "warning"
+    config = dask.config.merge(config, {"logging": logging_config})
+    env = {"DASK_INTERNAL_INHERIT_CONFIG": dask.config.serialize(config)}
+    # The Nanny forks its worker instead of spawning a fresh interpreter that imports
+    # distributed a second time: workers are ready in about half the time (2.0-4.1 s
+    # against 5.2-6.7 s on a loaded 2-core machine, docs/benchmarks.md). The Nanny is
+    # a small asyncio process; CPython re-initialises its own locks after a fork.
+    if "DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD" not in os.environ:
+        env["DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD"] = "fork"
+    return env
+
+
+def embedded_cluster() -> SpecCluster | None:
+    """The embedded cluster if cpldask started one."""
     return _embedded.get("cluster")
 
 
 def close() -> None:
-    """Close the embedded cluster (it restarts on the next call)."""
+    """Close the embedded cluster (it restarts on the next call).
+
+    Calls still running are cancelled first (their recipe processes are killed), so
+    that the workers close with nothing to report: at interpreter exit, after Ctrl-C,
+    the user's terminal shows only the user's own traceback."""
     with _lock:
         client, cluster = _embedded.pop("client", None), _embedded.pop("cluster", None)
         _embedded.clear()
         if client is not None:
+            running = [f for f in client.futures.values() if not f.done()]
+            if running and client.status == "running":
+                client.cancel(running, force=True)
             client.close()
         if cluster is not None:
             cluster.close()

@@ -40,15 +40,19 @@ import threading
 import time
 
 import dask
+from distributed.diagnostics.plugin import WorkerPlugin
 
 from . import _cache, _fitsheader, _hashing, _runner, errors
-from ._spec import LOG_TOPIC, CallSpec, FileInput, Product, RunRecord
+from ._spec import (LOG_TOPIC, CallSpec, FileInput, MemoryInput, Product, ProductRef,
+                    RunRecord)
 
 #: how often a waiting worker thread looks for a cancel or a time-out (seconds)
 POLL = 0.2
 #: call directories in .cpldask-tmp younger than this are never taken for stale
 STALE_AFTER = 60.0
 TMP = ".cpldask-tmp"
+#: in-memory input frames written by this worker, in the work directory
+INPUTS = "inputs"
 LOCK = ".cpldask.lock"
 
 
@@ -64,6 +68,8 @@ def _resolve(spec: CallSpec, deps) -> list[tuple[str, list[str]]]:
     for tag, item in spec.frames:
         if isinstance(item, FileInput):
             paths = [item.path]
+        elif isinstance(item, MemoryInput):
+            paths = [_materialize(deps[item.dep], item.digest, spec.work_dir)]
         else:
             paths = _dep_paths(deps[item.dep], item.tag, tag, spec.recipe)
         for path in paths:
@@ -73,6 +79,23 @@ def _resolve(spec: CallSpec, deps) -> list[tuple[str, list[str]]]:
                     f"worker {socket.gethostname()}")
         out.append((tag, paths))
     return out
+
+
+def _materialize(data: bytes, digest: str, work_dir: str) -> str:
+    """The file of an in-memory input frame on this worker: written once per content
+    (under a temporary name, then renamed, so that calls sharing it never read a
+    half-written file). Its time stamp is renewed on each use: files unused for
+    ``work-dir-max-age`` are pruned like old call directories."""
+    d = pathlib.Path(work_dir) / INPUTS
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"{digest}.fits"
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        tmp = d / f".{digest}.{os.getpid()}.{threading.get_ident()}.tmp"
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    return str(path)
 
 
 def _dep_paths(value, want: str | None, tag: str, recipe: str) -> list[str]:
@@ -108,10 +131,11 @@ def _hash_inputs(spec: CallSpec, frames, deps) -> list[_Input]:
     product tag (it is what the upstream's inputs and recipe made of them)."""
     out, todo = [], []
     for (tag, item), (_, paths) in zip(spec.frames, frames):
-        dep = None if isinstance(item, FileInput) else deps[item.dep]
+        # a file, an in-memory frame this worker wrote, or another call's product
+        dep = deps[item.dep] if isinstance(item, ProductRef) else None
         upstream = dep.provenance.get("key") if isinstance(dep, RunRecord) else None
         entry = _Input(tag, paths, [_hashing.identity(os.stat(p)) for p in paths], None,
-                       upstream, None if isinstance(item, FileInput) else item.tag)
+                       upstream, item.tag if isinstance(item, ProductRef) else None)
         if upstream is None:
             todo.append(entry)
         out.append(entry)
@@ -332,9 +356,12 @@ def _execute(spec: CallSpec, frames, call_dir: pathlib.Path, base: pathlib.Path,
     """Run the recipe; (products in call_dir, the runner's report)."""
     try:
         report = _spawn(spec, frames, call_dir, server, library)
+        log = report.get("log") or []
         # the messages the client's logging shows, as they would be with python-cpl:
-        # of a failed call too (whose exception also carries its whole log)
-        _forward_log(spec, report.get("log") or [])
+        # of a failed call too (whose exception also carries its whole log); those
+        # sent while the recipe ran are not sent again
+        _forward_log(spec, _named(spec, log[report["forwarded"]:]))
+        report["log"] = _named(spec, log)
         if report["kind"] != "ok":
             raise errors.from_report(report)
         return _collect(spec, report, call_dir), report
@@ -344,6 +371,14 @@ def _execute(spec: CallSpec, frames, call_dir: pathlib.Path, base: pathlib.Path,
                           f"{base} while the recipe ran (nothing was installed); free "
                           f"space and run the call again") from err
         raise
+
+
+def _named(spec: CallSpec, log: list) -> list:
+    """The recipe's log entries under the call's logger name (python-cpl's ``logname``:
+    ``<logname>.<function>``), without those below its ``loglevel``."""
+    base = spec.logname or f"cpl.{spec.recipe}"
+    return [(f"{base}.{func}", level, func, msg, created)
+            for _, level, func, msg, created in log if level >= spec.loglevel]
 
 
 def _forward_log(spec: CallSpec, log: list) -> None:
@@ -395,6 +430,8 @@ def _provenance(spec: CallSpec, inputs: list[_Input], key: str | None, report: d
             entry.update(path=i.paths, datamd5=[_datamd5(p) for p in i.paths])
             if i.upstream is not None:
                 entry["from"] = i.upstream  # its content key, not its task key
+        elif "in_memory" in entry:  # the file this worker wrote for an HDUList
+            entry.update(path=i.paths[0])
         if i.hashes is not None:
             entry["hash"] = i.hashes if "from" in entry else i.hashes[0]
         described.append(entry)
@@ -444,8 +481,9 @@ def _spawn(spec: CallSpec, frames, call_dir: pathlib.Path, server: "_ForkServer"
         # was there before, so if that differs the products are not cached
         server, now = _server_for(env, spec.recipe_file)
         library_changed |= now != library
+    tail = _LogTail(spec, call_dir / _runner.RECIPE_LOG)
     try:
-        _wait(proc, spec)
+        _wait(proc, spec, tail)
     finally:
         proc.kill()
     report_file = call_dir / "report.json"
@@ -456,12 +494,48 @@ def _spawn(spec: CallSpec, frames, call_dir: pathlib.Path, server: "_ForkServer"
             raise errors.crash(-proc.returncode, lines=[tail]) from None
         raise RuntimeError(f"{spec.recipe}: the recipe process ended with status "
                            f"{proc.returncode} without a report:\n{tail}")
-    return {**json.loads(report_file.read_text()), "library_changed": library_changed}
+    report = json.loads(report_file.read_text())
+    report["forwarded"] = tail.read  # entries of report["log"] the client already has
+    report["library_changed"] = library_changed
+    return report
 
 
-def _wait(proc: "_RecipeProcess", spec: CallSpec) -> None:
+class _LogTail:
+    """Sends the client the recipe's messages while it runs, as python-cpl's log
+    thread hands them to :mod:`logging`: every :data:`POLL` seconds the lines CPL
+    has added to the call's log file (it writes each message at once) are parsed and
+    those the client's logging would show are sent (:func:`_forward_log`). A call
+    that ends within one poll is not read here: its whole log goes with its end."""
+
+    def __init__(self, spec: CallSpec, path: pathlib.Path):
+        self.spec, self.path = spec, path
+        self.offset = 0  # bytes of the file read so far (whole lines only)
+        self.read = 0  # entries parsed so far: report["log"][:read]
+        self.last: tuple | None = None
+
+    def poll(self) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+        except FileNotFoundError:  # not yet opened, or read and removed at the end
+            return
+        whole = chunk[:chunk.rfind(b"\n") + 1]
+        if not whole:
+            return
+        self.offset += len(whole)
+        lines = whole.decode("ascii", errors="replace").splitlines(keepends=True)
+        entries = _runner._parse_log(lines, self.spec.recipe, self.last)
+        if entries:
+            self.read += len(entries)
+            self.last = entries[-1]
+            _forward_log(self.spec, _named(self.spec, entries))
+
+
+def _wait(proc: "_RecipeProcess", spec: CallSpec, tail: _LogTail) -> None:
     deadline = time.monotonic() + spec.timeout if spec.timeout else None
     while not proc.ended.wait(POLL):
+        tail.poll()
         if deadline is not None and time.monotonic() > deadline:
             proc.kill()
             raise errors.RecipeTimeout(spec.recipe, spec.timeout)
@@ -577,8 +651,10 @@ class _ForkServer:
             self.calls.clear()
 
 
-#: environment variables read by OpenMP runtimes when they load
-_OMP_PREFIXES = ("OMP_", "GOMP_", "KMP_")
+#: environment variables read once per process, when a library loads: by OpenMP
+#: runtimes, and CPL's memory mode (python-cpl's ``Recipe.memory_mode``), read when
+#: the fork server initialises CPL; a call that sets another value gets its own server
+_OMP_PREFIXES = ("OMP_", "GOMP_", "KMP_", "CPL_MEMORY_MODE")
 _servers: dict[tuple, _ForkServer] = {}
 _servers_lock = threading.Lock()
 
@@ -636,6 +712,17 @@ def warm_up(omp_threads: int | None) -> None:
     _server(_recipe_env(omp_threads))
 
 
+class WarmUp(WorkerPlugin):
+    """:func:`warm_up` on every worker of the embedded cluster as it joins, those
+    added later included."""
+
+    def __init__(self, omp_threads: int | None):
+        self.omp_threads = omp_threads
+
+    def setup(self, worker) -> None:
+        warm_up(self.omp_threads)
+
+
 def _recipe_env(omp_threads: int | None, call_env: dict | None = None) -> dict:
     """The environment of a recipe process: the worker's, the OpenMP threads cpldask
     chose, then the call's own ``env`` (which wins, OMP_NUM_THREADS included). Also
@@ -656,8 +743,12 @@ def _worker_environ() -> dict:
     program's allocations: a muse_bias run then maps and zeroes its large buffers
     anew each time, and took 1.3 s of system CPU instead of 0.93 (python-cpl with and
     without the variable: 4-8 % longer). glibc reads it when a process starts, so the
-    fork server must start without it. Set to another value, it is the user's own."""
+    fork server must start without it. Set to another value, it is the user's own.
+
+    Nor the client's dask configuration that the embedded cluster hands its workers
+    (``DASK_INTERNAL_INHERIT_CONFIG``, with a TLS key when TLS is on): it is for Dask."""
     env = dict(os.environ)
+    env.pop("DASK_INTERNAL_INHERIT_CONFIG", None)
     nanny = dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {}
     name = "MALLOC_TRIM_THRESHOLD_"
     if name in nanny and env.get(name) == str(nanny[name]):
@@ -763,6 +854,11 @@ def _prune(base: pathlib.Path, max_age: float | None) -> None:
 
 
 def _prune_now(base: pathlib.Path, max_age: float | None, now: float) -> None:
+    if max_age is not None and (base / INPUTS).is_dir():
+        for f in (base / INPUTS).iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                if now - f.stat().st_mtime > max(max_age, STALE_AFTER):
+                    f.unlink()
     for d in base.iterdir() if base.is_dir() else ():
         if not d.is_dir() or d.name.startswith(".") or "-" not in d.name:
             continue

@@ -153,7 +153,9 @@ def _read_log(path: str, recipe: str) -> list:
     return entries
 
 
-def _parse_log(lines, recipe: str) -> list:
+def _parse_log(lines, recipe: str, last: tuple | None = None) -> list:
+    """Entries of ``lines``; ``last`` is the entry before them (a message that the
+    first lines continue), when a log is read in pieces while the recipe runs."""
     entries: list = []
     today, now = datetime.date.today(), time.time()
     for line in lines:
@@ -166,8 +168,8 @@ def _parse_log(lines, recipe: str) -> list:
                 created -= 86400
             entries.append((f"cpl.{recipe}.{func}", _LEVELS.get(level, 0), func,
                             m.group(8), created))
-        elif entries:
-            name, level, func, _, created = entries[-1]
+        elif entries or last is not None:
+            name, level, func, _, created = entries[-1] if entries else last
             entries.append((name, level, func, line.rstrip(), created))
     return entries
 

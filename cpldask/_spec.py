@@ -23,6 +23,16 @@ class FileInput:
 
 
 @dataclasses.dataclass(frozen=True)
+class MemoryInput:
+    """An input frame given in memory (an ``HDUList``): its FITS bytes are the
+    dependency ``dep`` of the task; the worker writes them to a file named by
+    ``digest`` (the MD5 of the bytes)."""
+
+    dep: int
+    digest: str
+
+
+@dataclasses.dataclass(frozen=True)
 class ProductRef:
     """An input frame taken from the outcome of another call in the graph.
 
@@ -43,7 +53,7 @@ class CallSpec:
     recipe_path: tuple[str, ...]
     recipe_file: str  # the library the client loaded: the worker skips the path search
     params: tuple[tuple[str, Any], ...]  # (fullname, value) of non-default parameters
-    frames: tuple[tuple[str, FileInput | ProductRef], ...]  # (tag, input) in call order
+    frames: tuple[tuple[str, FileInput | MemoryInput | ProductRef], ...]  # (tag, input)
     raw_tags: tuple[str, ...]  # which of the frames' tags are raw input (the rest: calib)
     env: tuple[tuple[str, str], ...]
     output_dir: str | None
@@ -67,6 +77,10 @@ class CallSpec:
     submitted: float = dataclasses.field(default=0.0, compare=False)
     # the lowest level of recipe log message the client's logging would show
     log_level: int = dataclasses.field(default=logging.WARNING, compare=False)
+    # the logger the client sends the recipe's messages to (python-cpl's logname)
+    logname: str = dataclasses.field(default="", compare=False)
+    # python-cpl's loglevel: messages below it are left out of the call's log
+    loglevel: int = dataclasses.field(default=0, compare=False)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import signal as _signal
+import time
 
 import cpl
 from cpl import CplError
@@ -73,12 +74,30 @@ class NoProductsError(RuntimeError):
         return (type(self), (self.recipe, self.expected, self.log))
 
 
-class InputError(ValueError):
+class InputError(ValueError, CplError):
     """An input of a call is unusable: missing, unreadable or of the wrong tag.
 
     Raised on the client before any work is submitted (and on the worker for inputs
     that only exist there, e.g. products of an upstream call).
+
+    It is also a python-cpl ``CplError``: python-cpl hands a missing file to the
+    recipe, which then fails with a ``CplError``, so code written for python-cpl
+    catches that type. Its ``log`` holds the one message that says what is wrong
+    (level ERROR, logger ``cpldask.input``) — no recipe ran to log more.
     """
+
+    def __init__(self, message: str):
+        ValueError.__init__(self, message)
+        CplError.__init__(self, None, None)
+        self.msg = message
+        self.log = loglist([("cpldask.input", logging.ERROR, "check_input", message,
+                             time.time())])
+
+    def __str__(self) -> str:
+        return self.msg
+
+    def __reduce__(self):
+        return (type(self), (self.msg,))
 
 
 class CacheWarning(UserWarning):

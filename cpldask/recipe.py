@@ -7,12 +7,17 @@ submitted. Running it is the worker's job (:mod:`cpldask._execute`).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import difflib
 import hashlib
+import io
+import logging
 import os
 import pathlib
+import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -22,6 +27,7 @@ import cpl
 import dask
 from astropy.io import fits
 from cpl.frames import FrameList
+from cpl.md5sum import update_md5
 from cpl.param import ParameterList
 from dask._task_spec import Task, TaskRef
 from dask.delayed import Delayed
@@ -29,12 +35,15 @@ from dask.highlevelgraph import HighLevelGraph
 import distributed
 from distributed import Future
 
-from . import _call, _cluster, _config, _submit
+from . import _call, _cluster, _config, _submit, errors
 from ._execute import run_recipe
-from ._spec import CallSpec, FileInput, ProductRef
+from ._spec import CallSpec, FileInput, MemoryInput, ProductRef
 from .result import Result, listen_to_logs, log_threshold
 
-__all__ = ["Recipe"]
+__all__ = ["Recipe", "cpl_versions"]
+
+#: CPL versions whose recipes python-cpl's engine can run (python-cpl's name)
+cpl_versions: list[str] = list(cpl.cpl_versions)
 
 _load_lock = threading.Lock()  # python-cpl keeps its search path in a class attribute
 
@@ -51,6 +60,60 @@ def _unknown(what: str, key, recipe: str, names) -> UnknownName:
     close = difflib.get_close_matches(str(key), names, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     return UnknownName(f"{recipe} has no {what} {key!r}.{hint} Valid: {', '.join(names)}")
+
+
+@contextlib.contextmanager
+def _quiet_libraries():
+    """Keep what recipe libraries print while they load out of the user's terminal.
+
+    python-cpl loads every library on the path to find one recipe, and each pipeline
+    library prints its own start-up messages (GIRAFFE, UVES: "Run-time version 7.2.3
+    of CPL is higher than the version used to build...", "Creation of trap not
+    supported..."): 90 lines for one ``Recipe('muse_bias')`` on a machine with three
+    pipelines. C code writes them to file descriptors 1 and 2, past Python's
+    ``sys.stdout``; they are caught there and go to the ``cpldask.libraries`` debug
+    log instead."""
+    with tempfile.TemporaryFile() as caught:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = [os.dup(1), os.dup(2)]
+        try:
+            os.dup2(caught.fileno(), 1)
+            os.dup2(caught.fileno(), 2)
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            caught.seek(0)
+            for line in caught.read().decode(errors="replace").splitlines():
+                if line.strip():
+                    _lib_log.debug("%s", line)
+
+
+_lib_log = logging.getLogger("cpldask.libraries")
+
+
+def _not_found(name: str, version, search: list[str]) -> OSError:
+    known = [n for n, _ in _list_recipes()]
+    close = difflib.get_close_matches(name, known, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return OSError(
+        f"Recipe {name!r}{f' version {version!r}' if version else ''} not found in "
+        f"{':'.join(search) or '(empty path)'}.{hint} Set cpldask.Recipe.path, the "
+        f"'cpldask.recipe-path' config key or DASK_CPLDASK__RECIPE_PATH to the "
+        f"directory of its library.")
+
+
+def _versions(name: str) -> str:
+    return ", ".join(v for n, vs in _list_recipes() if n == name for v in vs) or "none"
+
+
+def _list_recipes() -> list[tuple[str, list[str]]]:
+    """python-cpl's list of the recipes on its path (set by the caller)."""
+    with _quiet_libraries():
+        return sorted(cpl.Recipe.list())
 
 
 class _Params(ParameterList):
@@ -112,13 +175,23 @@ def _flatten(overrides: dict, prefix: str = ""):
             yield f"{prefix}{key}", value
 
 
+#: the strings python-cpl reads as a bool (``cpl.param.Parameter.value``)
+_BOOL_WORDS = ("true", "false", "yes", "no")
+
+
 def _check_type(par, value, recipe: str) -> None:
-    """Refuse what python-cpl would silently convert (1.5 → 1 for an int)."""
+    """Refuse what python-cpl would silently convert (1.5 → 1 for an int).
+
+    Strings are taken for every type, as python-cpl takes them: values read from an
+    esorex ``.rc`` file or a command line are strings. python-cpl's conversion then
+    turns ``'-2'`` into -2 and refuses ``'1.5'`` for an int."""
     kind = par.type
-    ok = (kind is bool and isinstance(value, (bool, str))
+    ok = (isinstance(value, str)
+          or kind is bool and isinstance(value, bool)
           or kind is int and isinstance(value, int) and not isinstance(value, bool)
-          or kind is float and isinstance(value, (int, float)) and not isinstance(value, bool)
-          or kind is str and isinstance(value, str))
+          or kind is float and isinstance(value, (int, float)) and not isinstance(value, bool))
+    if kind is bool and isinstance(value, str) and value.lower() not in _BOOL_WORDS:
+        ok = False  # python-cpl's bool('maybe') would be True
     if not ok:
         raise TypeError(f"{recipe}: parameter {par.name!r} takes a {kind.__name__}, "
                         f"not {value!r} ({type(value).__name__})")
@@ -176,21 +249,38 @@ class Recipe:
     """Recipe search path (directories searched recursively for ``*.so``). None: the
     ``cpldask.recipe-path`` config key (default: Debian's plugin directory)."""
 
-    def __init__(self, name: str, version: int | str | None = None, threaded: bool = False):
+    memory_mode: ClassVar[int] = 0
+    """CPL's memory mode (python-cpl's ``Recipe.memory_mode``): 0 the system's
+    allocator, 1 or 2 CPL's checking allocator. Given to recipe processes started
+    afterwards as ``CPL_MEMORY_MODE``, which CPL reads when a recipe process starts."""
+
+    def __init__(self, name: str, filename: str | os.PathLike | None = None,
+                 version: int | str | None = None, threaded: bool = False):
         search = self.search_path()
+        if filename is not None:
+            filename = os.path.abspath(os.fspath(filename))
         with _load_lock:
             cpl.Recipe.path = search
-            filename = cpl.Recipe.get_recipefilename(name, version)
-            if not filename:
-                known = [n for n, _ in cpl.Recipe.list()]
-                close = difflib.get_close_matches(name, known, n=3)
-                hint = f" Did you mean {', '.join(close)}?" if close else ""
-                raise OSError(
-                    f"Recipe {name!r}{f' version {version!r}' if version else ''} not "
-                    f"found in {':'.join(search) or '(empty path)'}.{hint} Set "
-                    f"cpldask.Recipe.path, the 'cpldask.recipe-path' config key or "
-                    f"DASK_CPLDASK__RECIPE_PATH to the directory of its library.")
-            self._cpl = cpl.Recipe(name, filename=filename)
+            if filename is None:
+                with _quiet_libraries():
+                    filename = cpl.Recipe.get_recipefilename(name, version)
+                if not filename:
+                    raise _not_found(name, version, search)
+            elif not os.path.isfile(filename):
+                raise OSError(f"Recipe {name!r}: library {filename!r} does not exist; "
+                              f"give the recipe's .so file or leave filename out to "
+                              f"search {':'.join(search) or '(empty path)'}")
+            try:
+                with _quiet_libraries():
+                    self._cpl = cpl.Recipe(name, filename=filename)
+            except OSError as err:
+                raise OSError(f"Recipe {name!r} cannot be loaded from {filename!r}: "
+                              f"{err}") from err
+        if version and version not in self._cpl.version:
+            # python-cpl's rule: the newest version was found, not the one asked for
+            raise OSError(f"Recipe {name!r} has version {self._cpl.version[1]} "
+                          f"({self._cpl.version[0]}) in {filename}, not {version!r}; "
+                          f"versions on the path: {_versions(name)}")
         self.__name__ = name
         self.__file__ = filename
         self._search = tuple(search)
@@ -206,6 +296,11 @@ class Recipe:
         self.temp_dir: str | None = None
         """Work directory for calls without ``output_dir``; None: ``cpldask.work-dir``."""
         self.threaded = threaded
+        self.memory_dump = 0
+        """python-cpl's memory dump after the run (0, 1, 2): accepted, not used (the
+        dump went to the recipe process's stdout, which a worker does not show)."""
+        self.mtrace = False
+        """python-cpl's glibc ``mtrace`` of the run: accepted, not used."""
         self.timeout: float | str | None = None
         """Wall-time limit of one call (seconds or ``"2 hours"``); None: config."""
         self.memory_limit: int | str | None = None
@@ -314,6 +409,8 @@ class Recipe:
     def __call__(self, *data, raw=None, tag: str | None = None, param: dict | None = None,
                  calib: dict | None = None, env: dict | None = None,
                  output_dir: str | os.PathLike | None = None, threaded: bool | None = None,
+                 logname: str | None = None, loglevel: int | None = None,
+                 mtrace: bool | None = None,
                  timeout: float | str | None = None,
                  memory_limit: int | str | None = None,
                  resources: dict | None = None, cache: bool | None = None) -> Result:
@@ -333,6 +430,14 @@ class Recipe:
             Write the products there (a result then gives paths, not HDULists).
         threaded : bool, optional
             Return at once with a pending result; default :attr:`threaded`.
+        logname : str, optional
+            The :mod:`logging` logger of the recipe's messages (default
+            ``'cpl.<recipe>'``); a message of function ``f`` goes to ``logname.f``.
+        loglevel : int, optional
+            The lowest level of message kept in the result's ``log`` and sent to
+            :mod:`logging` (``logging.INFO``...; default: all).
+        mtrace : bool, optional
+            python-cpl's glibc memory trace: accepted, not used.
         timeout, memory_limit : optional
             Kill the recipe after this wall time; limit its address space.
         resources : dict, optional
@@ -358,7 +463,7 @@ class Recipe:
         call = self._build(data, raw=raw, tag=tag, param=param, calib=calib, env=env,
                            output_dir=output_dir, timeout=timeout,
                            memory_limit=memory_limit, resources=resources, cache=cache,
-                           direct=True)
+                           logname=logname, loglevel=loglevel, direct=True)
         background = self.threaded if threaded is None else threaded
         future = call.submit(batch=background)
         if call.spec.slots is None:
@@ -395,7 +500,8 @@ class Recipe:
                            cache=cache).node
 
     def _build(self, data, *, raw, tag, param, calib, env, output_dir, timeout,
-               memory_limit, resources, cache, direct: bool = False) -> _Call:
+               memory_limit, resources, cache, logname: str | None = None,
+               loglevel: int | None = None, direct: bool = False) -> _Call:
         """Validate a call on the client and turn it into a task."""
         tag = tag if tag is not None else self._tag
         self._check_tag(tag)
@@ -411,15 +517,19 @@ class Recipe:
         work_dir = str(pathlib.Path(self.temp_dir).absolute()) if self.temp_dir \
             else str(_config.work_dir())
         deps: list = []
-        frames = [(ftag, self._input(item, ftag, deps, work_dir))
+        frames = [(ftag, self._input(item, ftag, deps))
                   for ftag, value in raw_frames + self._calib_frames(calib, raw_frames)
-                  for item in (value if isinstance(value, list) else [value])]
+                  for item in (value if _is_list(value) else [value])]
         client = _cluster.get_client()  # once the input is known to be good
+        deps = [_scatter(client, d) if isinstance(d, _InMemory) else d for d in deps]
+        logname = logname or f"cpl.{self.__name__}"
         listen_to_logs(client)
         slots, omp = _cluster.slots_for_call(client, direct=direct)
         run_env = {**self.env, **(env or {})}
+        if self.memory_mode:
+            run_env.setdefault("CPL_MEMORY_MODE", str(self.memory_mode))
         raw_tags = tuple(t for t, _ in raw_frames)
-        input_len = len(first) if isinstance(first, list) else -1
+        input_len = len(first) if _is_list(first) else -1
         given, resolved = self._param._for_call(param)
         provenance, input_key = self._provenance(resolved, frames, deps, run_env, raw_tags)
         key, content = _call._task_key(provenance, input_key, raw_tags=raw_tags,
@@ -444,7 +554,8 @@ class Recipe:
             work_max_age=_config.seconds(_config.get("work-dir-max-age")),
             cache_dir=str(_config.cache_dir()) if _config.get("cache.enabled", cache) else None,
             cache_key=content, provenance=provenance, slots=slots, submitted=time.time(),
-            log_level=log_threshold(self.__name__))
+            log_level=max(log_threshold(logname), loglevel or 0), logname=logname,
+            loglevel=loglevel or 0)
         resources = {**self.resources, **(resources or {})}
         resources = {name: float(_config.nbytes(v) if name == "memory" else v)
                      for name, v in resources.items()}
@@ -492,7 +603,7 @@ class Recipe:
         return [(t, v) for t, v in groups.items()
                 if v is not None and not (isinstance(v, list) and not v)]
 
-    def _input(self, item, tag: str, deps: list, work_dir: str):
+    def _input(self, item, tag: str, deps: list):
         """One input frame as the worker will see it."""
         if isinstance(item, Result):
             deps.append(item.future)
@@ -501,7 +612,8 @@ class Recipe:
             deps.append(item)
             return ProductRef(len(deps) - 1, tag)
         if isinstance(item, fits.HDUList):
-            return FileInput(_save_hdulist(item, work_dir))
+            deps.append(_InMemory.of(item))
+            return MemoryInput(len(deps) - 1, deps[-1].digest)
         if not isinstance(item, (str, os.PathLike)):
             raise TypeError(f"{self.__name__}: input {tag} must be a file path, an "
                             f"HDUList or a result, not {type(item).__name__}")
@@ -519,7 +631,7 @@ class Recipe:
         """Recipes on the search path: ``[(name, [version strings]), ...]``."""
         with _load_lock:
             cpl.Recipe.path = Recipe.search_path()
-            return sorted(cpl.Recipe.list())
+            return _list_recipes()
 
     @staticmethod
     def set_maxthreads(n: int) -> None:
@@ -584,22 +696,37 @@ def _is_list(item) -> bool:
     return isinstance(item, (list, tuple)) and not isinstance(item, fits.HDUList)
 
 
-def _save_hdulist(hdulist: fits.HDUList, work_dir: str) -> str:
-    """Write an in-memory input where the workers can read it (python-cpl does the same
-    in its temporary directory)."""
-    d = pathlib.Path(work_dir) / "inputs"
-    d.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.md5()
-    for hdu in hdulist:
-        digest.update(hdu.header.tostring().encode())
-        if hdu.data is not None:
-            digest.update(memoryview(hdu.data.tobytes()))
-    path = d / f"{digest.hexdigest()}.fits"
-    if not path.exists():
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        hdulist.writeto(tmp, overwrite=True)
-        os.replace(tmp, path)
-    return str(path)
+class _InMemory:
+    """An in-memory frame (an ``HDUList``) of a call: its FITS bytes, named by their
+    content. python-cpl writes such a frame into its temporary directory before the
+    run; here it travels as data of the graph (:func:`_scatter`), so that a worker
+    without the client's filesystem gets it too, and the worker writes it."""
+
+    digest: str
+    data: bytes
+
+    @classmethod
+    def of(cls, hdulist: fits.HDUList) -> "_InMemory":
+        """Serialise ``hdulist`` as it is now (changes made in memory included).
+
+        As python-cpl does, its ``DATAMD5`` keyword is set first (in the caller's
+        object too): recipes copy it into their products' ``PRO REC`` keywords."""
+        update_md5(hdulist)
+        buffer = io.BytesIO()
+        try:
+            hdulist.writeto(buffer, output_verify="exception")
+        except Exception as err:  # noqa: BLE001  (astropy's VerifyError, ValueError...)
+            raise errors.InputError(f"an in-memory input frame cannot be written as FITS: "
+                                    f"{err}; fix its header (hdulist.verify('fix'))") from err
+        data = buffer.getvalue()
+        return cls(hashlib.md5(data).hexdigest(), data)
+
+
+def _scatter(client, frame: _InMemory) -> Future:
+    """The frame's bytes as a future on the cluster, keyed by content (the worker
+    names its file by it)."""
+    key = f"cpldask-frame-{frame.digest}"
+    return client.scatter({key: frame.data}, hash=False)[key]
 
 
 def _check_output_dir(path: str, recipe: str) -> None:

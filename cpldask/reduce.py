@@ -669,7 +669,8 @@ def demo(workdir: str | os.PathLike = "cpldask-demo", ifus: Iterable[int] = (1, 
     ifus = parse_ifus(ifus)
     raw = workdir / "raw"
     stamp = raw / ".cpldask-demo.json"
-    want = {"ifus": list(ifus), "seed": seed}
+    # the generator's version too: data of an older generator (other headers) are remade
+    want = {"ifus": list(ifus), "seed": seed, "synthetic": synthetic.VERSION}
     if not (stamp.exists() and json.loads(stamp.read_text()) == want):
         log.info("writing a synthetic exposure of IFUs %s to %s", _ranges(ifus), raw)
         if stamp.exists():
@@ -884,7 +885,7 @@ def _main(argv: list[str] | None = None) -> int:
     work = pathlib.Path(args.workdir).absolute()
     raw = work / "raw"
     stamp = raw / ".cpldask-demo.json"
-    want = {"ifus": list(ifus), "seed": args.seed}
+    want = {"ifus": list(ifus), "seed": args.seed, "synthetic": synthetic.VERSION}
     if not (stamp.exists() and json.loads(stamp.read_text()) == want):
         synthetic.make_exposure(raw, ifus=ifus, seed=args.seed, lingain=False)
         stamp.write_text(json.dumps(want))

@@ -195,9 +195,22 @@ class Result:
         return errors.loglist(self._get().log)
 
     @property
-    def stat(self) -> dict:
-        """Run statistics: return_code, user_time, sys_time, wall_time, max_rss."""
-        return dict(self._get().stat)
+    def stat(self) -> "Stat":
+        """Run statistics: return_code, user_time, sys_time, wall_time, max_rss, as
+        attributes (python-cpl's ``res.stat.user_time``) and items."""
+        return Stat(self._get().stat)
+
+    @property
+    def dir(self) -> str:
+        """The directory the products are in (python-cpl's ``Result.dir``)."""
+        rec = self._get()
+        return rec.output_dir or rec.call_dir
+
+    @property
+    def error(self) -> None:
+        """python-cpl's ``Result.error``: None, since a failed call raises instead."""
+        self._get()
+        return None
 
     @property
     def provenance(self) -> dict:
@@ -258,6 +271,22 @@ class Result:
         return f"<table>{cells}</table>"
 
 
+class Stat(dict):
+    """A call's run statistics: a dict that also reads as python-cpl's ``Stat``
+    object (``stat.return_code``, ``stat.user_time``, ``stat.sys_time``,
+    ``stat.memory_is_empty``), with cpldask's ``wall_time`` and ``max_rss`` (bytes).
+    """
+
+    def __init__(self, values: dict):
+        super().__init__({"memory_is_empty": None, "mtrace": None, **values})
+
+    def __getattr__(self, name: str):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"no statistic {name!r}; there are {sorted(self)}") from None
+
+
 def _open(product, record: RunRecord | None = None, client=None) -> fits.HDUList:
     """Open a product lazily: headers and pixels are read when first touched."""
     # -- issue 7 hook: a product on a disk this client cannot see (worker-local, no
@@ -286,13 +315,13 @@ def listen_to_logs(client: distributed.Client) -> None:
 _listening: weakref.WeakSet = weakref.WeakSet()
 
 
-def log_threshold(recipe: str) -> int:
-    """The lowest level of a ``cpl.<recipe>`` message that the client's logging would
-    emit somewhere; above ``CRITICAL`` when none would be.
+def log_threshold(logname: str) -> int:
+    """The lowest level of a message to ``logname`` (``cpl.<recipe>``) that the
+    client's logging would emit somewhere; above ``CRITICAL`` when none would be.
 
     python-cpl sets the root logger to DEBUG and gives ``cpl`` a NullHandler, so by
     default every message is "enabled" and none is shown: then nothing is sent."""
-    logger = logging.getLogger(f"cpl.{recipe}")
+    logger = logging.getLogger(logname)
     levels, found, node = [], False, logger
     while node is not None:
         found = found or bool(node.handlers)
@@ -315,7 +344,7 @@ def _replay_event(event: tuple) -> None:
 
 def _replay(recipe: str, entries) -> None:
     for name, levelno, func, msg, created in entries:
-        logger = logging.getLogger(f"cpl.{recipe}.{func}")
+        logger = logging.getLogger(name)  # <logname>.<function>
         if logger.isEnabledFor(levelno):
             rec = logger.makeRecord(logger.name, levelno, func, 0, msg, None, None, func)
             rec.created = created

@@ -35,16 +35,22 @@ from astropy.time import Time
 __all__ = [
     # geometry and models
     "NX", "NY", "RAW_NX", "RAW_NY", "N_SLICES", "KINDS", "Kind", "CcdMaps",
+    "DPR_TECH", "INS_MODES", "VERSION",
     "trimmed_to_raw", "wavelength", "row_of", "slice_edges", "sky_slice_position",
     "ccd_maps", "clear_caches", "arc_lines", "lamp_keywords",
     # the star
     "STAR_FIELD_X", "STAR_FWHM", "STAR_FLUX_OBJECT", "STAR_FLUX_STD",
     "star_position", "star_pixel", "std_flux", "pointing",
     # writers
-    "write_raw", "write_bias", "write_arcs", "write_lingain", "write_object",
+    "primary_header", "write_raw", "write_bias", "write_arcs", "write_lingain", "write_object",
     "write_line_catalog", "write_geometry_table", "write_sky_lines",
     "write_extinct_table", "write_std_flux_table", "make_exposure",
 ]
+
+#: Version of the files this module writes: raised whenever their headers or
+#: pixels change, so that data made once and kept (the demo, the benchmarks)
+#: are made anew. 2: DPR TECH IFU, documented template IDs, TPL START/NEXP.
+VERSION = 2
 
 # --------------------------------------------------------------------------
 # Detector geometry (one IFU = one CCD = one FITS image extension "CHANnn").
@@ -137,6 +143,21 @@ def trimmed_to_raw(x: float, y: float) -> tuple[float, float]:
 Illumination = Callable[[int, np.random.Generator, Mapping[str, Any]], "np.ndarray | None"]
 
 
+#: ``ESO DPR TECH`` of every MUSE raw frame: ESO's MUSE calibration page
+#: (www.eso.org/observing/dfo/quality/MUSE/pipeline/pipe_calib.html, "Raw CALIB
+#: data types") lists IFU for each type, and the pipeline's own data organiser
+#: rules (calib/gasgano/config/muse.oca, reflex/muse_wkf.oca) classify only
+#: frames with DPR.TECH == "IFU".
+DPR_TECH = "IFU"
+
+#: The values of ``ESO INS MODE``: wide field without and with AO, nominal (N)
+#: or extended (E) wavelength range, and the narrow field (always AO, nominal).
+#: The pipeline tells them apart in muse_pfits_get_mode() (muse/muse_pfits.c);
+#: ESO's Reflex rules (reflex/muse_wkf.oca) name WFM-AO-N, WFM-AO-E, NFM-AO-N and
+#: the on-line rules (calib/gasgano/config/muse.oca) WFM-NOAO-E.
+INS_MODES = ("WFM-NOAO-N", "WFM-NOAO-E", "WFM-AO-N", "WFM-AO-E", "NFM-AO-N")
+
+
 @dataclasses.dataclass(frozen=True)
 class Kind:
     """Description of one raw frame type.
@@ -145,21 +166,28 @@ class Kind:
     ----------
     tag : str
         Tag under which the pipeline expects the frame (``DO CATG``).
-    catg, type, tech : str
-        ``ESO DPR CATG/TYPE/TECH`` values the recipes check.
+    catg, type : str
+        ``ESO DPR CATG/TYPE`` as real frames of this type carry them (the
+        pipeline's ``recipes/muse_raw_frames.xml``; see docs/reduce.md).
+    template : str
+        ``ESO TPL ID`` of the template that takes such frames
+        (``recipes/muse_raw_frames.xml``).
+    tech : str
+        ``ESO DPR TECH``: `DPR_TECH` for every MUSE raw type.
     exptime : float
         Default exposure time [s].
     illumination : callable or None
         Model of the light falling on the detector, see `Illumination`.
     header : callable or None
-        ``options -> dict`` of extra primary keywords: template ID, lamp
-        states, and for on-sky kinds the pointing and ambient conditions.
+        ``options -> dict`` of extra primary keywords: lamp states, and for
+        on-sky kinds the pointing and ambient conditions.
     """
 
     tag: str
     catg: str
     type: str
-    tech: str
+    template: str
+    tech: str = DPR_TECH
     exptime: float = 0.0
     illumination: Illumination | None = None
     header: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
@@ -390,8 +418,11 @@ _ARC_LINES: dict[str, tuple[tuple[float, str], ...]] = {
         8346.822, 8409.189, 8576.012, 8648.540, 8739.370, 8819.410, 8862.316,
         8908.730, 8930.830, 8952.250, 9045.446, 9162.652)),
 }
-#: Calibration-unit lamp numbering of real MUSE headers: lamps 1/2 are the
-#: continuum lamps, 3 Ne, 4 Xe, 5 HgCd (muse_utils_header_get_lamp_names).
+#: Calibration-unit lamp numbering of real MUSE headers: 3 Ne, 4 Xe, 5 HgCd
+#: (ESO's MUSE calibration page pipe_calib.html: "Ne: INS.SHUT3.ST=T, Xe:
+#: INS.SHUT4.ST=T, HgCd: INS.SHUT5.ST=T"; the pipeline maps CU-LAMP3/4/5 to
+#: these names in muse_utils_header_get_lamp_names). Lamp 1 as the continuum
+#: lamp is this generator's choice: no document found names it.
 _LAMP_NUMBER = {"Ne": 3, "Xe": 4, "HgCd": 5, "continuum": 1}
 
 
@@ -431,7 +462,9 @@ def lamp_keywords(on: Iterable[str]) -> dict[str, Any]:
     """``ESO INS LAMPi/SHUTi`` keywords with the named lamps on.
 
     Without these keywords ``muse_wavecal`` cannot tell which lines to expect
-    and hangs in its pattern matching.
+    and hangs in its pattern matching.  The pipeline counts a lamp as on only
+    when both its ``LAMPi ST`` and its ``SHUTi ST`` are true
+    (muse_utils_header_get_lamp_names), so both are written.
     """
     on_numbers = {_LAMP_NUMBER[name] for name in on}
     kw: dict[str, Any] = {"ESO INS LAMPNUM": 6}
@@ -597,51 +630,54 @@ def _telescope_keywords(opt: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _on_sky(tpl: str, lamps: Sequence[str] = ()) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
-    """Header builder for on-sky kinds: template ID, lamps, telescope."""
+def _on_sky(lamps: Sequence[str] = ()) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+    """Header builder for on-sky kinds: lamps and telescope."""
     def build(opt: Mapping[str, Any]) -> dict[str, Any]:
-        return {"ESO TPL ID": tpl, **lamp_keywords(lamps), **_telescope_keywords(opt)}
+        return {**lamp_keywords(lamps), **_telescope_keywords(opt)}
     return build
 
 
-def _calib(tpl: str, lamps: Sequence[str] = ()) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
-    """Header builder for calibration-unit kinds: template ID and lamps."""
+def _calib(lamps: Sequence[str] = ()) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+    """Header builder for calibration-unit kinds: lamps."""
     def build(opt: Mapping[str, Any]) -> dict[str, Any]:
-        return {"ESO TPL ID": tpl, **lamp_keywords(lamps)}
+        return lamp_keywords(lamps)
     return build
 
 
-_register(Kind("BIAS", "CALIB", "BIAS", "IMAGE",
-               header=_calib("MUSE_wfm_cal_bias")))
-_register(Kind("DARK", "CALIB", "DARK", "IMAGE", exptime=1800.0,
-               header=_calib("MUSE_wfm_cal_dark")))
-_register(Kind("FLAT", "CALIB", "FLAT,LAMP", "IMAGE", exptime=10.0,
-               illumination=_illum_lamp_flat,
-               header=_calib("MUSE_wfm_cal_specflat", ["continuum"])))
-# Linearity/gain series: lamp-off frames must say BIAS,DETCHECK (otherwise
-# muse_lingain segfaults); lamp-on frames come in equal-EXPTIME pairs.
-_register(Kind("LINGAIN_LAMP_OFF", "CALIB", "BIAS,DETCHECK", "IMAGE",
-               header=_calib("MUSE_wfm_cal_detlin")))
-_register(Kind("LINGAIN_LAMP_ON", "CALIB", "FLAT,LAMP,DETCHAR,LINEARITY", "IMAGE",
-               exptime=1.0, illumination=_illum_lamp_flat,
-               header=_calib("MUSE_wfm_cal_detlin", ["continuum"])))
-_register(Kind("ARC", "CALIB", "WAVE", "IMAGE", exptime=20.0,
-               illumination=_illum_arc,
-               header=lambda opt: _calib("MUSE_wfm_cal_arc", [opt["lamp"]])(opt)))
-# The attached/illumination flat is a lamp flat taken at night; basic
-# processing recognises it by its tag (ILLUM) and checks this template ID.
-_register(Kind("ILLUMFLAT", "CALIB", "FLAT,LAMP,ILLUM", "IFU", exptime=5.0,
-               illumination=_illum_lamp_flat,
-               header=_on_sky("MUSE_wfm_cal_illum", ["continuum"])))
-_register(Kind("SKYFLAT", "CALIB", "FLAT,SKY", "IFU", exptime=30.0,
-               illumination=_illum_twilight,
-               header=_on_sky("MUSE_wfm_cal_skyflat")))
-_register(Kind("OBJECT", "SCIENCE", "OBJECT", "IFU", exptime=600.0,
-               illumination=_illum_sky,
-               header=_on_sky("MUSE_wfm-noao_obs_genericoffset")))
-_register(Kind("STD", "CALIB", "STD", "IFU", exptime=60.0,
-               illumination=_illum_sky,
-               header=_on_sky("MUSE_wfm-noao_cal_specphot")))
+# DPR CATG/TYPE and template of each raw type as the pipeline documents real
+# frames (recipes/muse_raw_frames.xml of cpl-plugin-muse 2.8.7) and ESO's MUSE
+# calibration page lists them (pipe_calib.html); DPR TECH is IFU throughout.
+# The table with every source is in docs/reduce.md ("Raw MUSE frames").
+_register(Kind("BIAS", "CALIB", "BIAS", "MUSE_cal_bias", header=_calib()))
+_register(Kind("DARK", "CALIB", "DARK", "MUSE_cal_dark", exptime=1800.0, header=_calib()))
+_register(Kind("FLAT", "CALIB", "FLAT,LAMP", "MUSE_wfm_cal_specflat", exptime=10.0,
+               illumination=_illum_lamp_flat, header=_calib(["continuum"])))
+# Linearity/gain series. Lamp-off frames: muse_lingain tells them by DPR TYPE
+# "BIAS,DETCHECK" (strncmp in recipes/muse_lingain.c; without it the recipe
+# segfaults). Lamp-on frames: ESO's rules only say the type holds FLAT, DETCHAR
+# and LINEARITY (calib/gasgano/config/muse.oca); this order and the template
+# name are not documented. They come in equal-EXPTIME pairs.
+_register(Kind("LINGAIN_LAMP_OFF", "CALIB", "BIAS,DETCHECK", "MUSE_wfm_cal_detlin",
+               header=_calib()))
+_register(Kind("LINGAIN_LAMP_ON", "CALIB", "FLAT,LAMP,DETCHAR,LINEARITY",
+               "MUSE_wfm_cal_detlin", exptime=1.0, illumination=_illum_lamp_flat,
+               header=_calib(["continuum"])))
+# One lamp per arc exposure (Ne, Xe, HgCd), told apart by the lamp and shutter
+# keywords (pipe_calib.html: "Ne: INS.SHUT3.ST=T ..."), see `lamp_keywords`.
+_register(Kind("ARC", "CALIB", "WAVE", "MUSE_wfm_cal_wave", exptime=20.0,
+               illumination=_illum_arc, header=lambda opt: _calib([opt["lamp"]])(opt)))
+# The illumination flat: a single lamp flat taken at night at the start of an
+# OB when the last one is more than an hour old or the temperature changed by
+# more than 0.5 degrees, always in nominal mode (muse_raw_frames.xml, frame
+# ILLUM). Basic processing checks this template ID (muse_basicproc.c).
+_register(Kind("ILLUMFLAT", "CALIB", "FLAT,LAMP,ILLUM", "MUSE_wfm_cal_illum", exptime=5.0,
+               illumination=_illum_lamp_flat, header=_on_sky(["continuum"])))
+_register(Kind("SKYFLAT", "CALIB", "FLAT,SKY", "MUSE_wfm_cal_twilight", exptime=30.0,
+               illumination=_illum_twilight, header=_on_sky()))
+_register(Kind("OBJECT", "SCIENCE", "OBJECT", "MUSE_wfm-noao_obs_offset", exptime=600.0,
+               illumination=_illum_sky, header=_on_sky()))
+_register(Kind("STD", "CALIB", "STD", "MUSE_wfm_cal_std", exptime=60.0,
+               illumination=_illum_sky, header=_on_sky()))
 
 
 # --------------------------------------------------------------------------
@@ -665,38 +701,66 @@ def _isot(mjd: float) -> str:
     return Time(mjd, format="mjd", scale="utc").isot
 
 
-def _primary_header(kind: Kind, *, mjd: float, exptime: float, index: int,
-                    extra: Mapping[str, Any] | None) -> fits.Header:
-    """Build the primary header common to all kinds, plus ``extra``."""
+def primary_header(kind: str, *, mjd: float = 60000.0, exptime: float | None = None,
+                   index: int = 0, header: Mapping[str, Any] | None = None,
+                   options: Mapping[str, Any] | None = None) -> fits.Header:
+    """The primary header `write_raw` gives a frame of ``kind``, without its pixels.
+
+    Parameters are those of `write_raw`.  Tests classify these headers without
+    writing 36 MB per frame.
+
+    Examples
+    --------
+    >>> h = primary_header("ARC", options={"lamp": "Ne"})
+    >>> h["ESO DPR TYPE"], h["ESO DPR TECH"], h["ESO INS SHUT3 ST"]
+    ('WAVE', 'IFU', True)
+    """
+    k = _kind(kind)
+    texp = k.exptime if exptime is None else float(exptime)
+    opts = {**(options or {}), "exptime": texp, "index": index, "mjd": mjd}
     hdr = fits.Header()
     date = _isot(mjd)
     items: dict[str, Any] = {
         "ORIGIN": "ESO-PARANAL",
         "TELESCOP": "ESO-VLT-U4",
         "INSTRUME": "MUSE",
-        "OBJECT": kind.tag,
+        "OBJECT": k.tag,
         "DATE-OBS": date,
         "MJD-OBS": mjd,
-        "EXPTIME": float(exptime),
+        "EXPTIME": texp,
         # UTC of the start in seconds of day, as written by ESO.
         "UTC": round((mjd % 1.0) * 86400.0, 3),
         "ARCFILE": f"MUSE.{date}.fits",
-        "ESO DPR CATG": kind.catg,
-        "ESO DPR TYPE": kind.type,
-        "ESO DPR TECH": kind.tech,
-        "ESO INS MODE": "WFM-NOAO-N",
+        "ESO DPR CATG": k.catg,
+        "ESO DPR TYPE": k.type,
+        "ESO DPR TECH": k.tech,
+        "ESO INS MODE": INS_MODES[0],
         "ESO DET READ CURID": 1,
         "ESO DET READ CURNAME": "SCI1.0",
         "ESO DET BINX": 1,
         "ESO DET BINY": 1,
-        "ESO OBS NAME": f"synthetic-{kind.tag.lower()}",
+        "ESO OBS NAME": f"synthetic-{k.tag.lower()}",
         "ESO OBS ID": 1000 + index,
+        "ESO TPL ID": k.template,
+        # Exposures of one template share TPL START ("defines which exposures are
+        # to be grouped together", muse_raw_frames.xml); a set written by
+        # `_write_set` overrides these three.
+        "ESO TPL START": date,
+        "ESO TPL NEXP": 1,
         "ESO TPL EXPNO": index + 1,
     }
     _hierarch(hdr, items)
-    if extra:
-        _hierarch(hdr, extra)
+    if k.header:
+        _hierarch(hdr, k.header(opts))
+    if header:
+        _hierarch(hdr, header)
     return hdr
+
+
+def _kind(kind: str) -> Kind:
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; known: {sorted(KINDS)}")
+    return KINDS[kind]
 
 
 def _extension_header(ifu: int) -> fits.Header:
@@ -832,9 +896,7 @@ def write_raw(path: str | pathlib.Path, kind: str, *, ifus: Iterable[int] = (1,)
     >>> write_raw("/tmp/b.fits", "BIAS", ifus=(1, 2), seed=3)  # doctest: +SKIP
     PosixPath('/tmp/b.fits')
     """
-    if kind not in KINDS:
-        raise ValueError(f"unknown kind {kind!r}; known: {sorted(KINDS)}")
-    k = KINDS[kind]
+    k = _kind(kind)
     ifus = tuple(int(i) for i in ifus)
     if not ifus or any(not 1 <= i <= 24 for i in ifus):
         raise ValueError(f"IFU numbers must be in 1..24, got {ifus}")
@@ -845,10 +907,8 @@ def write_raw(path: str | pathlib.Path, kind: str, *, ifus: Iterable[int] = (1,)
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
 
-    extra = dict(k.header(opts)) if k.header else {}
-    extra.update(header or {})
-    primary = fits.PrimaryHDU(header=_primary_header(k, mjd=mjd, exptime=texp,
-                                                     index=index, extra=extra))
+    primary = fits.PrimaryHDU(header=primary_header(kind, mjd=mjd, exptime=texp, index=index,
+                                                    header=header, options=options))
     with warnings.catch_warnings():
         # Spelled-out HIERARCH cards need no warning about long keywords.
         warnings.simplefilter("ignore", fits.verify.VerifyWarning)
@@ -886,10 +946,16 @@ def _write_set(directory: str | pathlib.Path, kind: str, n: int, *,
     # MJDs are realistic and strictly increasing.
     step = step_days if step_days is not None else (texp + 60.0) / 86400.0
     stem = stem or kind
+    header = {**_template(mjd, n), **(kwargs.pop("header", None) or {})}
     return [write_raw(directory / f"{stem}_{i + 1:02d}.fits", kind, ifus=ifus,
                       seed=seed, compress=compress, mjd=mjd + i * step, index=i,
-                      **kwargs)
+                      header=header, **kwargs)
             for i in range(n)]
+
+
+def _template(mjd: float, n: int) -> dict[str, Any]:
+    """TPL START/NEXP of ``n`` exposures taken by one template starting at ``mjd``."""
+    return {"ESO TPL START": _isot(mjd), "ESO TPL NEXP": n}
 
 
 def write_bias(directory: str | pathlib.Path, n: int = 3, *,
@@ -1120,9 +1186,12 @@ def write_arcs(directory: str | pathlib.Path, *, lamps: Sequence[str] = ("HgCd",
     >>> write_arcs("/tmp/arc", ifus=(1,))  # doctest: +SKIP
     """
     ifus = tuple(ifus)
+    # one template takes the lamps one after another (pipe_calib.html: arcs come
+    # "as multiple of 3 for Ne, Xe, and HgCd arc lamps each")
+    tpl = _template(mjd, len(lamps))
     return [write_raw(pathlib.Path(directory) / f"ARC_{lamp}.fits", "ARC", ifus=ifus,
                       seed=seed, compress=compress, mjd=mjd + i * 120.0 / 86400.0,
-                      index=i, options={"lamp": lamp})
+                      index=i, header=tpl, options={"lamp": lamp})
             for i, lamp in enumerate(lamps)]
 
 
@@ -1143,8 +1212,10 @@ def write_lingain(directory: str | pathlib.Path, *, ifus: Iterable[int] = (1,),
     ifus = tuple(ifus)
     d = pathlib.Path(directory)
     step = 120.0 / 86400.0
+    tpl = _template(mjd, 2 + 2 * len(LINGAIN_EXPTIMES))  # one template, all frames
     off = [write_raw(d / f"LINGAIN_LAMP_OFF_{i + 1:02d}.fits", "LINGAIN_LAMP_OFF",
-                     ifus=ifus, seed=seed, compress=compress, mjd=mjd + i * step, index=i)
+                     ifus=ifus, seed=seed, compress=compress, mjd=mjd + i * step, index=i,
+                     header=tpl)
            for i in range(2)]
     on = []
     for p, texp in enumerate(LINGAIN_EXPTIMES):
@@ -1153,6 +1224,7 @@ def write_lingain(directory: str | pathlib.Path, *, ifus: Iterable[int] = (1,),
             on.append(write_raw(d / f"LINGAIN_LAMP_ON_{i + 1:02d}.fits", "LINGAIN_LAMP_ON",
                                 ifus=ifus, seed=seed, compress=compress,
                                 mjd=mjd + (2 + i) * step, index=i, exptime=texp,
+                                header={**tpl, "ESO TPL EXPNO": 3 + i},
                                 options={"level": LINGAIN_RATE * texp}))
     return {"LINGAIN_LAMP_OFF": off, "LINGAIN_LAMP_ON": on}
 

@@ -55,11 +55,17 @@ def isolated_config(tmp_path_factory):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def recipe_path(testrecipe_dir, isolated_config):
-    """MUSE recipes plus the test recipe, for the whole session."""
+def recipe_path(request, isolated_config):
+    """MUSE recipes plus the test recipe, for the whole session.
+
+    A session of only ``nocpl`` tests (the fast tier: headers, rules, no recipe
+    run) builds no test recipe and starts nothing."""
+    if all(item.get_closest_marker("nocpl") for item in request.session.items):
+        yield None
+        return
     import cpldask
 
-    cpldask.Recipe.path = [MUSE_PLUGINS, str(testrecipe_dir)]
+    cpldask.Recipe.path = [MUSE_PLUGINS, str(request.getfixturevalue("testrecipe_dir"))]
     yield cpldask.Recipe.path
     cpldask.close()
 

@@ -251,3 +251,25 @@ def test_workers_use_the_clients_path(testrecipe_dir, any_fits, tmp_path, monkey
     monkeypatch.setattr(cpldask.Recipe, "path", [str(testrecipe_dir)])
     res = cpldask.Recipe("cpldask_test")(any_fits, output_dir=tmp_path)
     assert os.path.exists(res.PRODUCT)
+
+
+def test_an_hdulist_changed_in_memory_is_what_the_recipe_reads(test_recipe, any_fits):
+    """python-cpl's tutorial patches a frame in memory and passes the HDUList: each
+    call gets the frame as it is at that moment (its content is part of the key), and
+    DATAMD5 is set in the caller's object, as python-cpl does."""
+    hdus = fits.open(any_fits)
+    hdus[0].header["HIERARCH ESO TEST MARK"] = 1
+    first = test_recipe(hdus)
+    hdus[0].header["HIERARCH ESO TEST MARK"] = 2
+    second = test_recipe([hdus, any_fits])  # a list mixing an HDUList and a file name
+    assert first.key != second.key
+    assert "DATAMD5" in hdus[0].header
+    for res, mark in ((first, 1), (second, 2)):
+        header = fits.getheader(res.paths["PRODUCT"][0])
+        name = header["ESO PRO REC1 RAW1 NAME"]  # the file the recipe read
+        (read,) = [p for p in _inputs(res) if os.path.basename(p) == name]
+        assert fits.getval(read, "ESO TEST MARK") == mark
+
+
+def _inputs(res) -> list[str]:
+    return [i["path"] for i in res.provenance["inputs"] if "path" in i]

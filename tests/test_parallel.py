@@ -205,19 +205,50 @@ def test_recipe_log_reaches_python_logging(test_recipe, any_fits, caplog):
     assert any("OMP_NUM_THREADS" in line for line in res.log.info)
 
 
+def test_recipe_messages_reach_logging_while_it_runs(test_recipe, any_fits, caplog):
+    """python-cpl hands each CPL message to logging as the recipe writes it; so does
+    cpldask, from the worker, while the recipe still runs (here: burns 6 s of CPU
+    after its first messages). Latency: from the recipe's start (its own clock, in
+    the product) to the message in the client's logging."""
+    with caplog.at_level(logging.INFO, logger="cpl.cpldask_test"):
+        res = test_recipe(any_fits, param={"spin": 6.0, "label": "live"}, threaded=True,
+                          cache=False)
+        wait_until(lambda: any("OMP_NUM_THREADS" in r.getMessage() for r in caplog.records),
+                   60, "a message of the running recipe")
+        seen = time.time()
+        assert not res.done()
+    start = fits.getheader(res.paths["PRODUCT"][0])["ESO QC ECHO TSTART"]
+    print(f"live log latency: {seen - start:.2f} s")
+    assert 0 <= seen - start < 1.0
+    # each message once: those sent live are not sent again at the end
+    live = [r for r in caplog.records if "OMP_NUM_THREADS" in r.getMessage()]
+    assert len(live) == 1 and live[0].name == "cpl.cpldask_test.cpldask_test"
+    assert sum("OMP_NUM_THREADS" in line for line in res.log.info) == 1
+
+
+def test_logname_and_loglevel_as_in_python_cpl(test_recipe, any_fits, caplog):
+    with caplog.at_level(logging.DEBUG, logger="my.reduction"):
+        res = test_recipe(any_fits, logname="my.reduction", loglevel=logging.INFO,
+                          cache=False)
+        wait_until(lambda: any(r.name.startswith("my.reduction.") for r in caplog.records),
+                   10, "the messages under logname")
+    assert all(r.levelno >= logging.INFO for r in res.log)
+    assert {r.name.split(".")[0] for r in res.log} == {"my"}
+
+
 def test_log_messages_are_sent_only_where_logging_shows_them(monkeypatch):
     from cpldask.result import log_threshold
 
     logger = logging.getLogger("cpl.threshold_check")
     monkeypatch.setattr(logger, "propagate", False)  # away from pytest's root handlers
-    assert log_threshold("threshold_check") == logging.WARNING  # Python's last resort
+    assert log_threshold("cpl.threshold_check") == logging.WARNING  # Python's last resort
     monkeypatch.setattr(logger, "handlers", [logging.NullHandler()])
-    assert log_threshold("threshold_check") > logging.CRITICAL  # python-cpl's default
+    assert log_threshold("cpl.threshold_check") > logging.CRITICAL  # python-cpl's default
     handler = logging.StreamHandler()
     handler.setLevel(logging.INFO)
     monkeypatch.setattr(logger, "handlers", [handler])
     monkeypatch.setattr(logger, "level", logging.DEBUG)
-    assert log_threshold("threshold_check") == logging.INFO
+    assert log_threshold("cpl.threshold_check") == logging.INFO
 
 
 def test_omp_threads_set_before_the_recipe_loads(test_recipe, any_fits):

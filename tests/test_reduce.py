@@ -25,13 +25,14 @@ DAY = 1.0
 HOUR = 1.0 / 24.0
 MINUTE = HOUR / 60.0
 
-#: (DPR CATG, DPR TYPE, DPR TECH) of each raw tag, as MUSE writes them
+#: (DPR CATG, DPR TYPE, DPR TECH) of each raw tag, as MUSE writes them (sources in
+#: docs/reduce.md, "Raw MUSE frames"; every type is tested in test_muse_headers.py)
 DPR = {
-    "BIAS": ("CALIB", "BIAS", "IMAGE"), "DARK": ("CALIB", "DARK", "IMAGE"),
-    "FLAT": ("CALIB", "FLAT,LAMP", "IMAGE"), "ARC": ("CALIB", "WAVE", "IMAGE"),
+    "BIAS": ("CALIB", "BIAS", "IFU"), "DARK": ("CALIB", "DARK", "IFU"),
+    "FLAT": ("CALIB", "FLAT,LAMP", "IFU"), "ARC": ("CALIB", "WAVE", "IFU"),
     "SKYFLAT": ("CALIB", "FLAT,SKY", "IFU"), "ILLUMFLAT": ("CALIB", "FLAT,LAMP,ILLUM", "IFU"),
     "STD": ("CALIB", "STD", "IFU"), "OBJECT": ("SCIENCE", "OBJECT", "IFU"),
-    "LINGAIN_LAMP_ON": ("CALIB", "FLAT,LAMP,DETCHAR,LINEARITY", "IMAGE"),
+    "LINGAIN_LAMP_ON": ("CALIB", "FLAT,LAMP,DETCHAR,LINEARITY", "IFU"),
 }
 
 
@@ -48,6 +49,7 @@ def fake(path, kind, *, mjd, ifus=(1, 2), mode="WFM-NOAO-N", binx=1, instrument=
                        "ESO INS MODE": mode, "ESO DET BINX": binx, "ESO DET BINY": binx,
                        "ESO DET READ CURNAME": "SCI1.0", "ESO INS LAMPNUM": 6,
                        **{f"ESO INS LAMP{i} ST": f"CU-LAMP{i}" in lamps for i in range(1, 7)},
+                       **{f"ESO INS SHUT{i} ST": f"CU-LAMP{i}" in lamps for i in range(1, 7)},
                        **{f"ESO INS LAMP{i} NAME": f"CU-LAMP{i}" for i in range(1, 7)},
                        **(extra or {})}.items():
         h[f"HIERARCH {key}"] = value
@@ -129,7 +131,7 @@ def test_classification_of_a_mix_with_junk_and_another_instrument(tmp_path):
     assert "pipeline product" in reasons["MASTER_BIAS.fits"]
     # header metadata travels with each frame
     arc = {f.name: f for f in c["ARC"]}["ARC_3.fits"]
-    assert arc.meta["lamps"] == ["CU-LAMP3"] and arc.meta["mode"] == "WFM-NOAO-N"
+    assert arc.meta["lamps"] == ["Ne"] and arc.meta["mode"] == "WFM-NOAO-N"
     assert arc.ifus == (1, 2) and arc.mjd == pytest.approx(60000.12)
     assert c["LINE_CATALOG"][0].mjd is None and c["LINE_CATALOG"][0].ifus == ()
     assert c.ifus() == (1, 2)

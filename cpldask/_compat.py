@@ -1,0 +1,77 @@
+"""The one place where cpldask leans on parts of dask/distributed that are not
+their stable public API. Everything here is small, says which version it was written
+against (distributed 2026.8), and what breaks if that part changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import json
+import os
+import signal
+import sys
+
+from distributed.deploy.subprocess import SubprocessWorker
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def _die_with_parent() -> None:  # pragma: no cover  (runs in the forked child)
+    """In the child between fork and exec: the kernel sends SIGKILL when the thread
+    that started it (the cluster's event loop in the user's process) ends — a user
+    process killed with SIGKILL leaves no worker behind."""
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class SubprocessNanny(SubprocessWorker):
+    """distributed's :class:`~distributed.deploy.subprocess.SubprocessWorker` (a
+    ``dask spec`` process, here running a Nanny) started the way an embedded cluster
+    in a user's script needs it.
+
+    distributed's own ``_start`` takes the user's environment as it is. This one
+
+    * passes ``env``: the client's dask configuration (``DASK_INTERNAL_INHERIT_CONFIG``,
+      how distributed hands config to its own subprocesses) and quiet logging;
+    * starts the process in a session of its own, so that Ctrl-C in the user's
+      terminal reaches the user's script, which then closes the cluster in order,
+      instead of every worker printing its own KeyboardInterrupt;
+    * gives it a parent-death signal, so it never outlives the user's process.
+
+    Relies on ``SubprocessWorker._start`` being the hook that creates
+    ``self.process`` (distributed 2022.12 to 2026.8).
+    """
+
+    def __init__(self, scheduler: str, *, name=None, worker_kwargs: dict | None = None,
+                 env: dict | None = None) -> None:
+        super().__init__(scheduler, worker_class="distributed.Nanny", name=name,
+                         worker_kwargs=worker_kwargs)
+        self.env = dict(env or {})
+
+    async def _start(self) -> None:
+        spec = {"cls": self.worker_class, "opts": self.worker_kwargs}
+        cmd = [sys.executable, "-m", "dask", "spec", self.scheduler,
+               "--spec", json.dumps(spec)]
+        self.process = await asyncio.create_subprocess_exec(
+            *cmd, env={**os.environ, **self.env}, stdin=asyncio.subprocess.DEVNULL,
+            start_new_session=True, preexec_fn=_die_with_parent)
+
+    async def close(self) -> None:
+        """Ask the Nanny to close (``dask spec`` closes its servers on SIGTERM: the
+        worker says goodbye to the scheduler, its recipe processes end with it);
+        distributed's ``close`` kills whatever is left after ``grace`` seconds. Killed
+        at once, the scheduler would log each broken connection to the user's
+        terminal after the cluster has closed."""
+        process = self.process
+        if process is not None and process.returncode is None:
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), self.grace)
+            except asyncio.TimeoutError:
+                pass
+        await super().close()
+
+    #: seconds a Nanny has to close before it is killed
+    grace = 10.0
