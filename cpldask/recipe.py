@@ -696,6 +696,7 @@ def _is_list(item) -> bool:
     return isinstance(item, (list, tuple)) and not isinstance(item, fits.HDUList)
 
 
+@dataclasses.dataclass(frozen=True)
 class _InMemory:
     """An in-memory frame (an ``HDUList``) of a call: its FITS bytes, named by their
     content. python-cpl writes such a frame into its temporary directory before the
