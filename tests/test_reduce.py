@@ -467,8 +467,9 @@ def test_rerun_is_served_from_the_cache(demo_run):
 def test_workers_killed_at_random_moments_change_nothing(demo_run, tmp_path):
     """Issue 17's chaos test: the 2-IFU cascade once more, into an empty cache, while
     worker processes are killed (SIGKILL; the nanny starts a new one) at moments
-    drawn from a seeded generator. Dask re-runs what was lost; the cube must equal
-    the clean run's in DATA, STAT and DQ, and the cache hold complete entries only."""
+    drawn from a seeded generator: after the n-th step has finished, a random delay
+    later, for three values of n. Dask re-runs what was lost; the cube must equal the
+    clean run's in DATA, STAT and DQ, and the cache hold complete entries only."""
     import dask
     import random
     import signal
@@ -477,40 +478,52 @@ def test_workers_killed_at_random_moments_change_nothing(demo_run, tmp_path):
 
     red, _, work = demo_run
     client = cpldask.get_client()
-    clean = red.finished_at - red.submitted_at
     rng = random.Random(17)
-    # three kills while recipes run, the last well before the clean run's end
-    moments = sorted(rng.uniform(3.0, 0.7 * clean) for _ in range(3))
-    killed: list[tuple[float, int]] = []
+    steps = len(red.steps)
+    # kill after these numbers of finished steps (the last leaves work to do), each a
+    # random 0-5 s later: within a recipe, between two, or while one is stored
+    plan = sorted(rng.sample(range(1, steps - 1), 3))
+    delays = [rng.uniform(0.0, 5.0) for _ in plan]
+    killed: list[tuple[int, int]] = []
+    finished = threading.Condition()
+    count = [0]
     stop = threading.Event()
 
-    def chaos(t0: float) -> None:
-        for moment in moments:  # a bounded loop: len(moments) kills at most
-            if stop.wait(max(0.0, t0 + moment - time.monotonic())):
+    def progress(step, result):
+        with finished:
+            count[0] += 1
+            finished.notify_all()
+
+    def chaos() -> None:
+        for after, delay in zip(plan, delays):  # a bounded loop: three kills at most
+            with finished:
+                if not finished.wait_for(lambda: count[0] >= after or stop.is_set(), 1800):
+                    return
+            if stop.wait(delay):
                 return
-            pids = sorted(client.run(os.getpid).values())
-            victim = rng.choice(pids)
+            victim = rng.choice(sorted(client.run(os.getpid).values()))
             os.kill(victim, signal.SIGKILL)
-            killed.append((round(time.monotonic() - t0, 1), victim))
+            killed.append((count[0], victim))
 
     cache = tmp_path / "chaos-cache"
     with dask.config.set({"cpldask.cache.dir": str(cache)}):
-        t0 = time.monotonic()
-        killer = threading.Thread(target=chaos, args=(t0,), daemon=True)
+        killer = threading.Thread(target=chaos, daemon=True)
         killer.start()
         try:
             again = R.reduce(work / "raw", ifus=(1, 2), output_dir=tmp_path / "reduced",
-                             cache=True)
+                             cache=True, progress=progress)
         finally:
             stop.set()
+            with finished:
+                finished.notify_all()
             killer.join()
-    assert len(killed) >= 2, (killed, moments, time.monotonic() - t0)  # it did happen
+    assert len(killed) == 3, (killed, plan)
     with fits.open(again.final["DATACUBE_FINAL"]) as a, \
             fits.open(red.final["DATACUBE_FINAL"]) as b:
         for ext in ("DATA", "STAT", "DQ"):
             np.testing.assert_array_equal(a[ext].data, b[ext].data, err_msg=ext)
     checked, bad = _cache.verify(str(cache), remove=False)
-    assert bad == [] and checked == len(again.steps), (checked, bad)
+    assert bad == [] and checked == steps, (checked, bad)
     # an entry appears whole or not at all: what else is there is a writer's
     # temporary directory (a worker killed while it stored), never served
     assert all(p.name.startswith(".") for p in cache.iterdir()
