@@ -289,7 +289,8 @@ def _digest(stats: pstats.Stats, total: float) -> dict[str, float]:
     wanted = {
         "Recipe._build (validation, provenance, key, spec)": ("recipe.py", "_build"),
         "  parameters of the call": ("recipe.py", "_for_call"),
-        "  content key": ("recipe.py", "_task_key"),
+        "  input checks (headers, identities)": ("_call.py", "inputs"),
+        "  task key": ("_call.py", "_task_key"),
         "Client.submit": ("client.py", "submit"),
         "Result.__init__ (done callback)": ("result.py", "__init__"),
     }

@@ -7,7 +7,7 @@
     python bench/plot.py bench/results/<file>.json   # -> docs/benchmarks.png
 
 Benchmarks (one module each, ``run(ctx) -> dict``): overhead, muse_bias, memory, scale,
-cascade (full run, or --quick --cascade), coldstart. Each measures cpldask and its
+cascade (full run, or --quick --cascade), coldstart, hashing. Each measures cpldask and its
 baselines in this process (python-cpl in this driver process, cpldask on its embedded
 LocalCluster), several repetitions, and reports medians and ratios. The table printed
 at the end says which targets of issue 6 were met; the JSON has every repetition.
@@ -39,7 +39,7 @@ import time  # noqa: E402
 import traceback  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
-BENCHMARKS = ["overhead", "muse_bias", "memory", "scale", "cascade", "coldstart"]
+BENCHMARKS = ["overhead", "muse_bias", "memory", "scale", "cascade", "coldstart", "hashing"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,10 +1,19 @@
 """The product cache: a finished call's products, kept under its content key.
 
-Layout: ``<cache dir>/<key>/`` holds the product files and ``provenance.json``. An
-entry is built in a temporary sibling directory and renamed into place in one step,
-so it appears only complete; when two hosts finish the same call at once, the first
-rename wins and the other copy is dropped. Used on workers; imports nothing from the
-client side.
+Layout: ``<cache dir>/<key>/`` holds the product files and ``provenance.json``, the
+call's provenance record with, under ``files``, each product's size and content hash.
+An entry is built in a temporary sibling directory (``.<key>-*``) and renamed into
+place in one step, so it appears only complete; when two hosts finish the same call
+at once, the first rename wins and the other copy is dropped.
+
+An entry is served only once each of its files is there with its recorded size and
+hash (:func:`lookup`; the hash is remembered per file identity, see
+:mod:`cpldask._hashing`): one truncated, deleted or changed since — a product edited
+in its output_dir is the cache's file too, as they are hard links — and the entry is
+removed and the recipe runs. A cache directory that is missing, full or read-only is
+a cache that serves nothing or keeps nothing, never a failed call: the functions here
+return what went wrong for the caller to warn about. Used on workers; imports
+nothing from the client side.
 """
 
 from __future__ import annotations
@@ -17,49 +26,131 @@ import shutil
 import tempfile
 import time
 
+from . import _hashing
+
 PROVENANCE = "provenance.json"
+#: version of the entry format; entries without ``files`` (format 1) are unverifiable
+FORMAT = 2
+#: a temporary directory older than this is the leftover of a writer that died
+LEFTOVER_AGE = 600.0
 
 
-def lookup(cache_dir: str, key: str) -> dict | None:
-    """The provenance record of a complete entry for ``key``, or None."""
+def lookup(cache_dir: str, key: str) -> tuple[dict | None, str | None]:
+    """(the provenance record of a verified entry for ``key`` or None, a problem to
+    warn about or None). A damaged entry is removed, and the problem says why."""
     entry = pathlib.Path(cache_dir) / key
     try:
-        record = json.loads((entry / PROVENANCE).read_text())
-    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
-        return None
-    if not all((entry / name).is_file() for _, name in record["products"]):
-        return None  # damaged by hand: treat as absent, the call runs again
-    os.utime(entry)  # last use, for pruning
-    return record
+        text = (entry / PROVENANCE).read_text()
+    except (FileNotFoundError, NotADirectoryError):
+        return None, None
+    except OSError as err:
+        return None, f"the cache entry {entry} cannot be read ({err.strerror})"
+    fault = check(entry, text)
+    if fault is not None:
+        _remove(entry)
+        return None, f"the cache entry {entry} {fault}: it was removed"
+    with contextlib.suppress(OSError):
+        os.utime(entry)  # last use, for pruning
+    return json.loads(text), None
 
 
-def store(cache_dir: str, key: str, files: list[tuple[str, str]], record: dict) -> pathlib.Path:
+def check(entry: pathlib.Path, text: str | None = None) -> str | None:
+    """What is wrong with a cache entry (its record unreadable, a product file missing,
+    of another size or with other bytes than recorded), or None if nothing is."""
+    try:
+        record = json.loads(text if text is not None else (entry / PROVENANCE).read_text())
+        files = record["files"]
+        names = [name for _, name in record["products"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "has no valid record of its files (made by an older cpldask, or damaged)"
+    paths, stats = [], []
+    for name in names:
+        path = entry / name
+        try:
+            st = os.stat(path)
+        except OSError:
+            return f"has lost its product {name}"
+        if st.st_size != files.get(name, {}).get("size"):
+            return (f"has its product {name} truncated or changed ({st.st_size} bytes, "
+                    f"recorded {files.get(name, {}).get('size')})")
+        paths.append(str(path))
+        stats.append(st)
+    try:
+        hashes = _hashing.file_hashes(paths)
+    except OSError as err:
+        return f"has a product that cannot be read ({err})"
+    for name, digest in zip(names, hashes):
+        if digest != files[name].get("hash"):
+            return f"has its product {name} changed since it was stored (other bytes)"
+    return None
+
+
+def store(cache_dir: str, key: str, files: list[tuple[str, str]], record: dict) -> str | None:
     """Put product ``files`` ((tag, path) pairs) and ``record`` under ``key``.
 
-    Products are hard-linked where the filesystem allows (no copy), else copied.
-    Returns the entry directory (someone else's, if they were first).
+    Products are hard-linked where the filesystem allows (no copy), else copied, and
+    their sizes and hashes recorded. Returns None, or what kept the entry from being
+    stored (a full or read-only cache directory): the products are then simply not
+    cached.
     """
     root = pathlib.Path(cache_dir)
-    root.mkdir(parents=True, exist_ok=True)
     entry = root / key
-    if (entry / PROVENANCE).exists():
-        return entry
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
+    tmp = None
     try:
-        names = []
+        root.mkdir(parents=True, exist_ok=True)
+        if (entry / PROVENANCE).exists():
+            return None
+        tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
+        names, info = [], {}
         for tag, path in files:
             name = os.path.basename(path)
             _link_or_copy(path, tmp / name)
+            st = os.stat(tmp / name)
+            info[name] = {"size": st.st_size, "hash": _hashing.file_hash(str(tmp / name), st)}
             names.append((tag, name))
-        (tmp / PROVENANCE).write_text(json.dumps({**record, "products": names}, indent=1,
-                                                 default=str))
+        (tmp / PROVENANCE).write_text(json.dumps(
+            {**record, "products": names, "files": info, "format": FORMAT,
+             "hash": _hashing.ALGORITHM}, indent=1, default=str))
         try:
             os.rename(tmp, entry)
         except OSError:  # another writer was first: its entry is as good as ours
             pass
+    except OSError as err:
+        return (f"the product cache {root} cannot keep these products "
+                f"({err.strerror or err}); they are not cached")
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return entry
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return None
+
+
+def verify(cache_dir: str, *, remove: bool = True) -> tuple[int, list[tuple[str, str]]]:
+    """Check every entry against its record (every byte of every product), remove the
+    bad ones and the leftovers of interrupted writers. Returns (entries checked,
+    [(key, what was wrong)] of those found bad).
+
+    Examples
+    --------
+    >>> checked, bad = verify('/home/me/.cache/cpldask')
+    """
+    root = pathlib.Path(cache_dir)
+    checked, bad = 0, []
+    now = time.time()
+    for entry in sorted(root.iterdir()) if root.is_dir() else ():
+        if entry.name.startswith("."):
+            with contextlib.suppress(OSError):
+                if now - entry.stat().st_mtime > LEFTOVER_AGE and remove:
+                    shutil.rmtree(entry, ignore_errors=True)
+            continue
+        if not entry.is_dir():
+            continue
+        checked += 1
+        fault = check(entry)
+        if fault is not None:
+            bad.append((entry.name, fault))
+            if remove:
+                _remove(entry)
+    return checked, bad
 
 
 def _link_or_copy(src, dest) -> None:

@@ -11,8 +11,14 @@
    without ever overwriting a product of a call that ran at the same time,
 5. returns a small :class:`~cpldask._spec.RunRecord` — paths, not pixels.
 
-Only :mod:`cpldask._spec`, :mod:`cpldask.errors` and :mod:`cpldask._runner` are used
-from cpldask: nothing here imports the client side.
+Before that it hashes the inputs where they are (:mod:`cpldask._hashing`) and makes the
+call's content key (:func:`content_key`): the product cache's key, and the name of the
+run in its provenance. A cache entry is served only once verified, and stored only if
+no input changed while the recipe ran (:mod:`cpldask._cache`).
+
+Only :mod:`cpldask._spec`, :mod:`cpldask.errors`, :mod:`cpldask._hashing`,
+:mod:`cpldask._cache` and :mod:`cpldask._runner` are used from cpldask: nothing here
+imports the client side.
 """
 
 from __future__ import annotations
@@ -36,8 +42,9 @@ import time
 import dask
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from . import _cache, _fitsheader, _runner, errors
-from ._spec import LOG_TOPIC, CallSpec, FileInput, MemoryInput, Product, RunRecord
+from . import _cache, _fitsheader, _hashing, _runner, errors
+from ._spec import (LOG_TOPIC, CallSpec, FileInput, MemoryInput, Product, ProductRef,
+                    RunRecord)
 
 #: how often a waiting worker thread looks for a cancel or a time-out (seconds)
 POLL = 0.2
@@ -52,8 +59,7 @@ LOCK = ".cpldask.lock"
 def run_recipe(spec: CallSpec, *deps) -> RunRecord:
     """Run the call ``spec``; ``deps`` are the upstream outcomes it references."""
     frames = _resolve(spec, deps)
-    with _slot(spec):
-        return _run(spec, frames)
+    return _run(spec, frames, _hash_inputs(spec, frames, deps))
 
 
 def _resolve(spec: CallSpec, deps) -> list[tuple[str, list[str]]]:
@@ -106,6 +112,130 @@ def _dep_paths(value, want: str | None, tag: str, recipe: str) -> list[str]:
     return [str(value)]
 
 
+@dataclasses.dataclass
+class _Input:
+    """One input frame as this worker found it: its files' identities and content
+    hashes, or (a product of an upstream call) that call's content key."""
+
+    tag: str
+    paths: list[str]
+    identities: list[tuple]
+    hashes: list[str] | None  # None: an upstream product, known by ``upstream``
+    upstream: str | None = None
+    product: str | None = None
+
+
+def _hash_inputs(spec: CallSpec, frames, deps) -> list[_Input]:
+    """The inputs of a call, hashed here: a file by every byte of it (once per
+    identity), a product of an upstream call by that call's content key and the
+    product tag (it is what the upstream's inputs and recipe made of them)."""
+    out, todo = [], []
+    for (tag, item), (_, paths) in zip(spec.frames, frames):
+        # a file, an in-memory frame this worker wrote, or another call's product
+        dep = deps[item.dep] if isinstance(item, ProductRef) else None
+        upstream = dep.provenance.get("key") if isinstance(dep, RunRecord) else None
+        entry = _Input(tag, paths, [_hashing.identity(os.stat(p)) for p in paths], None,
+                       upstream, item.tag if isinstance(item, ProductRef) else None)
+        if upstream is None:
+            todo.append(entry)
+        out.append(entry)
+    files = [p for e in todo for p in e.paths]
+    try:
+        hashes = iter(_hashing.file_hashes(files))
+    except OSError as err:
+        raise errors.InputError(f"{spec.recipe}: an input cannot be read on worker "
+                                f"{socket.gethostname()}: {err}") from err
+    for e in todo:
+        e.hashes = [next(hashes) for _ in e.paths]
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class _Library:
+    """The recipe library and what it loads, as this worker has them."""
+
+    hash: str  # of every byte of each file
+    identities: tuple  # of each file, to notice a rebuild
+
+
+_LIBRARIES = _hashing.LRU(256)
+
+
+def _library(recipe_file: str) -> _Library | None:
+    """The recipe library, the shared libraries it loads (CPL, the pipeline's own,
+    cfitsio, ...) and python-cpl's engine that runs it, as they are on disk now; None
+    where the library the client loaded is not on this worker (the runner then
+    searches the recipe path). See :func:`_server_for` for when this is asked."""
+    try:
+        files = [recipe_file, *_hashing.shared_libraries(recipe_file)]
+        engine = _hashing.engine_file()
+        files += [engine] if engine else []
+        stats = [os.stat(f) for f in files]
+    except OSError:
+        return None
+    identities = tuple(_hashing.identity(st) for st in stats)
+    known = _LIBRARIES.get(identities)
+    if known is None:
+        hashes = [_hashing.file_hash(f, st) for f, st in zip(files, stats)]
+        known = _Library(_hashing.digest([os.path.basename(f) for f in files] + hashes),
+                         identities)
+        if not any(_hashing.young(st) for st in stats):
+            _LIBRARIES.put(identities, known)
+    return known
+
+
+def content_key(spec: CallSpec, inputs: list[_Input], library: _Library | None) -> str | None:
+    """The content key of a call: everything that can change its products.
+
+    The client's description of the call (``spec.cache_key``: recipe, version, every
+    parameter with its default, env, raw tags, list rule), the runner's version, the
+    content of the recipe library and of every library it loads, and each input by
+    the hash of its bytes or by its upstream call's content key. None when the
+    library is not known here: such a call is neither looked up nor stored.
+    """
+    if library is None or not spec.cache_key:
+        return None
+    parts = [[i.tag, i.hashes] if i.upstream is None else [i.tag, i.upstream, i.product]
+             for i in inputs]
+    return _hashing.digest(["content", _hashing.ALGORITHM, _runner.RUNNER_VERSION,
+                            spec.cache_key, library.hash, parts])
+
+
+def _changed(inputs: list[_Input]) -> list[str]:
+    """The input files whose identity changed since they were hashed."""
+    out = []
+    for i in inputs:
+        for path, before in zip(i.paths, i.identities):
+            try:
+                if _hashing.identity(os.stat(path)) != before:
+                    out.append(path)
+            except OSError:
+                out.append(path)
+    return out
+
+
+_WARNED = _hashing.LRU(1024)
+
+
+def _warn(spec: CallSpec, text: str) -> None:
+    """Tell the client's user (a :class:`~cpldask.errors.CacheWarning` there, see
+    :func:`cpldask.result.listen_to_logs`) and this worker's log, once per text (a
+    read-only cache would say the same for every call)."""
+    import logging
+
+    if _WARNED.get(text):
+        return
+    _WARNED.put(text, True)
+    logging.getLogger("cpldask.cache").warning(text)
+    try:
+        from distributed.worker import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return  # not on a distributed worker
+    worker.log_event(LOG_TOPIC, {"recipe": spec.recipe, "entries": [], "warning": text})
+
+
 @contextlib.contextmanager
 def _slot(spec: CallSpec):
     """Hold one lease of the client's slot semaphore while the recipe runs."""
@@ -154,7 +284,7 @@ def _cancelled() -> bool:
     return ts is None or ts.state in ("cancelled", "released", "forgotten")
 
 
-def _run(spec: CallSpec, frames) -> RunRecord:
+def _run(spec: CallSpec, frames, inputs: list[_Input]) -> RunRecord:
     base = pathlib.Path(spec.output_dir) / TMP if spec.output_dir else pathlib.Path(spec.work_dir)
     try:
         base.mkdir(parents=True, exist_ok=True)
@@ -165,15 +295,42 @@ def _run(spec: CallSpec, frames) -> RunRecord:
     call_dir = pathlib.Path(tempfile.mkdtemp(prefix=f"{spec.recipe}-", dir=base))
     lock = _hold(call_dir)
     try:
-        hit = _cache.lookup(spec.cache_dir, spec.cache_key) if spec.cache_dir else None
+        server, library = _server_for(_recipe_env(spec.omp_threads, dict(spec.env)),
+                                      spec.recipe_file)
+        key = content_key(spec, inputs, library)
+        hit = None
+        if spec.cache_dir and key is not None:
+            hit, problem = _cache.lookup(spec.cache_dir, key)
+            if problem:
+                _warn(spec, f"{spec.recipe}: {problem}; the recipe runs instead")
         if hit is not None:
-            products, report = _from_cache(spec, hit, call_dir)
-        else:
-            products, report = _execute(spec, frames, call_dir, base)
-        prov = _provenance(spec, frames, report, cache_hit=hit is not None)
-        if hit is None and spec.cache_dir:
-            _cache.store(spec.cache_dir, spec.cache_key,
-                         [(p.tag, p.path) for p in products], prov)
+            try:
+                products, report = _from_cache(spec, key, hit, call_dir)
+            except OSError as err:  # removed meanwhile (a prune, another verify)
+                _warn(spec, f"{spec.recipe}: the cache entry {key} went away while it "
+                            f"was being served ({err}); the recipe runs instead")
+                for _, name in hit["products"]:  # links into the entry: not the recipe's
+                    with contextlib.suppress(OSError):
+                        (call_dir / name).unlink()
+                hit = None
+        if hit is None:
+            with _slot(spec):
+                products, report = _execute(spec, frames, call_dir, base, server, library)
+        prov = _provenance(spec, inputs, key, report, cache_hit=hit is not None)
+        if hit is None and spec.cache_dir and key is not None:
+            changed = _changed(inputs)
+            if report.get("library_changed"):
+                _warn(spec, f"{spec.recipe}: its library {spec.recipe_file} was rebuilt "
+                            f"while the call started; its products are not kept in the "
+                            f"cache")
+            elif changed:
+                _warn(spec, f"{spec.recipe}: input {changed[0]} changed while the recipe "
+                            f"ran; its products are not kept in the cache")
+            else:
+                problem = _cache.store(spec.cache_dir, key,
+                                       [(p.tag, p.path) for p in products], prov)
+                if problem:
+                    _warn(spec, f"{spec.recipe}: {problem}")
         if spec.output_dir:
             products = _install(products, pathlib.Path(spec.output_dir), spec.submitted,
                                 provenance=prov)
@@ -194,10 +351,11 @@ def _run(spec: CallSpec, frames) -> RunRecord:
             shutil.rmtree(call_dir, ignore_errors=True)
 
 
-def _execute(spec: CallSpec, frames, call_dir: pathlib.Path, base: pathlib.Path):
+def _execute(spec: CallSpec, frames, call_dir: pathlib.Path, base: pathlib.Path,
+             server: "_ForkServer", library: _Library | None):
     """Run the recipe; (products in call_dir, the runner's report)."""
     try:
-        report = _spawn(spec, frames, call_dir)
+        report = _spawn(spec, frames, call_dir, server, library)
         log = report.get("log") or []
         # the messages the client's logging shows, as they would be with python-cpl:
         # of a failed call too (whose exception also carries its whole log); those
@@ -238,13 +396,13 @@ def _forward_log(spec: CallSpec, log: list) -> None:
     worker.log_event(LOG_TOPIC, {"recipe": spec.recipe, "entries": entries})
 
 
-def _from_cache(spec: CallSpec, hit: dict, call_dir: pathlib.Path):
+def _from_cache(spec: CallSpec, key: str, hit: dict, call_dir: pathlib.Path):
     """The products of an earlier identical run, without starting the recipe.
 
     Into an output_dir they are linked (or copied) through the call directory, so the
     usual install rules apply; without one, the result points into the cache entry.
     """
-    entry = pathlib.Path(spec.cache_dir) / spec.cache_key
+    entry = pathlib.Path(spec.cache_dir) / key
     products = []
     for tag, name in hit["products"]:
         path = entry / name
@@ -260,20 +418,25 @@ def _from_cache(spec: CallSpec, hit: dict, call_dir: pathlib.Path):
     return products, report
 
 
-def _provenance(spec: CallSpec, frames, report: dict, *, cache_hit: bool) -> dict:
+def _provenance(spec: CallSpec, inputs: list[_Input], key: str | None, report: dict, *,
+                cache_hit: bool) -> dict:
     """The provenance record of a call: the client's half (recipe, versions, every
-    parameter, inputs with checksums) and how the run went here."""
+    parameter, inputs), the content key and input hashes, and how the run went here."""
     prov = dict(spec.provenance)
-    inputs = []
-    for info, (_, paths) in zip(prov.get("inputs", []), frames):
+    described = []
+    for info, i in zip(prov.get("inputs", []), inputs):
         entry = dict(info)
         if "from" in entry:  # a product of an upstream call: known here only
-            entry.update(path=paths, md5=[_datamd5(p) for p in paths])
+            entry.update(path=i.paths, datamd5=[_datamd5(p) for p in i.paths])
+            if i.upstream is not None:
+                entry["from"] = i.upstream  # its content key, not its task key
         elif "in_memory" in entry:  # the file this worker wrote for an HDUList
-            entry.update(path=paths[0])
-        inputs.append(entry)
+            entry.update(path=i.paths[0])
+        if i.hashes is not None:
+            entry["hash"] = i.hashes if "from" in entry else i.hashes[0]
+        described.append(entry)
     prov.update(
-        key=spec.cache_key, inputs=inputs, cache_hit=cache_hit,
+        key=key, hash=_hashing.ALGORITHM, inputs=described, cache_hit=cache_hit,
         run={"host": socket.gethostname(), "worker": _worker_address(),
              "start": report["start"], "end": report["end"],
              "wall_time": report["end"] - report["start"],
@@ -291,8 +454,9 @@ def _product(tag: str, path: pathlib.Path) -> Product:
     return Product(tag, str(path), path.stat().st_size, *_fitsheader.summary(str(path)))
 
 
-def _spawn(spec: CallSpec, frames, call_dir: pathlib.Path) -> dict:
-    """Run the recipe process for this call and return its report."""
+def _spawn(spec: CallSpec, frames, call_dir: pathlib.Path, server: "_ForkServer",
+           library: _Library | None) -> dict:
+    """Run the recipe process for this call in ``server`` and return its report."""
     raw, calib = [], {}
     for tag, paths in frames:  # python-cpl takes raw frames as data, the rest as calib
         if tag in spec.raw_tags:
@@ -309,7 +473,14 @@ def _spawn(spec: CallSpec, frames, call_dir: pathlib.Path) -> dict:
     env = _recipe_env(spec.omp_threads, dict(spec.env))
     if not spec.backtrace:
         env["PATH"] = f"{_no_gdb_dir(call_dir.parent)}:{env.get('PATH', '')}"
-    proc = _server(env).start(job_file, env, spec.recipe, spec.recipe_file)
+    library_changed = False
+    while (proc := server.start(job_file, env, spec.recipe, spec.recipe_file)
+           if server.alive() else None) is None:
+        # that server died or was retired while the call waited (a rebuilt library):
+        # the next one runs it, with what is on disk now; the content key names what
+        # was there before, so if that differs the products are not cached
+        server, now = _server_for(env, spec.recipe_file)
+        library_changed |= now != library
     tail = _LogTail(spec, call_dir / _runner.RECIPE_LOG)
     try:
         _wait(proc, spec, tail)
@@ -325,6 +496,7 @@ def _spawn(spec: CallSpec, frames, call_dir: pathlib.Path) -> dict:
                            f"{proc.returncode} without a report:\n{tail}")
     report = json.loads(report_file.read_text())
     report["forwarded"] = tail.read  # entries of report["log"] the client already has
+    report["library_changed"] = library_changed
     return report
 
 
@@ -399,7 +571,13 @@ class _ForkServer:
 
     ``omp_env`` is the OpenMP environment (``OMP_*``, ``GOMP_*``, ``KMP_*``) the
     server runs under: it keeps the recipe libraries it has run loaded, and with
-    them the OpenMP runtime, which reads that environment once, when it loads."""
+    them the OpenMP runtime, which reads that environment once, when it loads.
+
+    Loaded, a library cannot be loaded anew: ``dlopen`` hands back the loaded copy
+    for the same path, the pipeline's and CPL's own libraries with it. ``libraries``
+    holds the state of the files each recipe library was loaded with; once the
+    recipe library is rebuilt the server is retired (:func:`_server_for`): it takes
+    no more calls and ends when its running ones have."""
 
     def __init__(self, omp_env: tuple[tuple[str, str], ...]):
         env = {k: v for k, v in _worker_environ().items() if not k.startswith(_OMP_PREFIXES)}
@@ -412,15 +590,30 @@ class _ForkServer:
         self.lock = threading.Lock()
         self.calls: dict[int, _RecipeProcess] = {}
         self.next_id = 0
+        self.libraries: dict[str, _Library] = {}  # recipe file -> state at first use
+        self.retired = False
         threading.Thread(target=self._read, daemon=True, name="cpldask-forkserver").start()
 
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def retire(self) -> None:
+        """Take no more calls; end once the running ones have."""
+        self.retired = True
+        self._close_if_idle()
+
+    def _close_if_idle(self) -> None:
+        with self.lock:
+            if self.retired and not self.calls and not self.proc.stdin.closed:
+                self.proc.stdin.close()  # EOF: the server exits
+
     def start(self, job_file: pathlib.Path, env: dict, recipe: str,
-              recipe_file: str) -> _RecipeProcess:
+              recipe_file: str) -> _RecipeProcess | None:
+        """Start the job in a recipe process; None if this server was retired."""
         rp = _RecipeProcess()
         with self.lock:
+            if self.proc.stdin.closed:
+                return None
             self.next_id += 1
             self.calls[self.next_id] = rp
             # the recipe process starts with the server's environment: only what the
@@ -445,8 +638,10 @@ class _ForkServer:
                 rp.ended.set()
             else:
                 rp.returncode = os.waitstatus_to_exitcode(msg["status"])
-                del self.calls[msg["id"]]
+                with self.lock:
+                    del self.calls[msg["id"]]
                 rp.ended.set()
+                self._close_if_idle()
         # the server died: so did its recipe processes (they watch it)
         with self.lock:
             for rp in self.calls.values():
@@ -468,13 +663,47 @@ def _server(env: dict) -> _ForkServer:
     """The fork server of this worker process for the OpenMP environment of ``env``,
     started on first use (or again if it died). One call's OMP_NUM_THREADS=4 and
     another's =1 thus never share a loaded OpenMP runtime; usually a worker has one."""
+    with _servers_lock:
+        return _server_locked(env)
+
+
+def _server_locked(env: dict) -> _ForkServer:
     omp_env = tuple(sorted((k, v) for k, v in env.items() if k.startswith(_OMP_PREFIXES)))
     key = (os.getpid(), omp_env)  # a forked copy of this process starts its own
+    server = _servers.get(key)
+    if server is None or server.retired or not server.alive():
+        server = _servers[key] = _ForkServer(omp_env)
+    return server
+
+
+def _server_for(env: dict, recipe_file: str) -> tuple[_ForkServer, _Library | None]:
+    """The fork server for ``env`` and the state of the libraries it runs
+    ``recipe_file`` with: what the call's content key must name.
+
+    A server runs what it loaded, whatever happened on disk since. So the state is
+    taken (every file looked at, new ones hashed) once per server and recipe
+    library, and after that only the recipe library's own file is looked at, one
+    ``stat`` per call: rebuilt, it retires the server (``dlopen`` would hand back the
+    loaded copy) and a new server loads the files on disk now, whose state is taken
+    anew. A library the recipe loads that is rebuilt alone is thus picked up by the
+    next server (a new session, or with the recipe library's next rebuild), and
+    products are always keyed by the code that made them."""
     with _servers_lock:
-        server = _servers.get(key)
-        if server is None or not server.alive():
-            server = _servers[key] = _ForkServer(omp_env)
-        return server
+        server = _server_locked(env)
+        known = server.libraries.get(recipe_file)
+        if known is not None:
+            try:
+                if _hashing.identity(os.stat(recipe_file)) == known.identities[0]:
+                    return server, known
+            except OSError:
+                pass
+        library = _library(recipe_file)
+        if known is not None:  # rebuilt since this server loaded it
+            server.retire()
+            server = _server_locked(env)
+        if library is not None:
+            server.libraries[recipe_file] = library
+        return server, library
 
 
 def warm_up(omp_threads: int | None) -> None:

@@ -14,6 +14,7 @@ Anything unusual (``CONTINUE`` long strings, random groups, a truncated file) ra
 from __future__ import annotations
 
 import math
+import os
 import re
 
 BLOCK = 2880
@@ -59,10 +60,7 @@ def _read_header(f) -> tuple[dict, int]:
         if len(block) < BLOCK:
             raise Unsupported("truncated header")
         blocks += 1
-        text = block.decode("ascii", errors="replace")
-        for i in range(0, BLOCK, CARD):
-            card = text[i:i + CARD]
-            key = card[:8].rstrip()
+        for key, card in _cards(block):
             if key == "END":
                 return cards, blocks
             if key == "CONTINUE":
@@ -77,6 +75,14 @@ def _read_header(f) -> tuple[dict, int]:
             else:
                 continue  # COMMENT, HISTORY, blank
             cards.setdefault(key, _value(rest))
+
+
+def _cards(block: bytes):
+    """(keyword, card) of each 80-character card of a 2880-byte header block."""
+    text = block.decode("ascii", errors="replace")
+    for i in range(0, BLOCK, CARD):
+        card = text[i:i + CARD]
+        yield card[:8].rstrip(), card
 
 
 def _value(text: str):
@@ -184,3 +190,84 @@ def _astropy_headers(path: str) -> list[dict]:
             return [dict(hdu.header.items()) for hdu in hdul]
     except (OSError, ValueError):
         return []
+
+
+# -- the structure of a file, for checking inputs before a call -------------------------
+class BadFits(ValueError):
+    """A file that is not a complete FITS file; the message says what is wrong."""
+
+
+#: the keywords that fix where an HDU's data is and how long it is
+_STRUCTURE = ("SIMPLE", "XTENSION", "EXTNAME", "BITPIX", "NAXIS", "PCOUNT", "GCOUNT",
+              "GROUPS", "INSTRUME")
+#: the 2 bytes that start a gzip file (cfitsio reads .fits.gz transparently)
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def layout(path: str, size: int | None = None) -> list[dict]:
+    """The HDUs of ``path`` from their headers alone: for each, ``extname``, the
+    header's structural keywords and ``end``, the offset just past its data.
+
+    Raises :class:`BadFits` for a file that does not start as FITS does, a header
+    without ``END``, or data that the headers declare past the end of the file
+    (a truncated file). Reads only the header blocks (FITS standard 4.0, sections
+    3.3 and 4.4: 2880-byte blocks, data size from BITPIX, NAXISn, PCOUNT, GCOUNT).
+
+    Examples
+    --------
+    >>> [h['extname'] for h in layout('MUSE.2019-01-01T01:00:00.fits')][:3]
+    ['PRIMARY', 'CHAN01', 'CHAN02']
+    """
+    hdus: list[dict] = []
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size if size is None else size
+        pos = 0
+        while pos < size:
+            cards, blocks = _structure(fd, pos, size, len(hdus))
+            if not blocks:
+                break
+            data = pos + blocks * BLOCK
+            try:
+                nbytes = _data_bytes(cards)
+            except (KeyError, TypeError) as err:
+                raise BadFits(f"HDU {len(hdus)} has a broken header "
+                              f"(keyword {err} missing or not a number)") from None
+            end = data + nbytes
+            name = cards.get("EXTNAME") or ("PRIMARY" if not hdus else f"HDU {len(hdus)}")
+            if end > size:
+                raise BadFits(f"is truncated: {name} (HDU {len(hdus)}) declares "
+                              f"{nbytes} bytes of data from byte {data}, but the file "
+                              f"ends at byte {size}")
+            hdus.append({**cards, "extname": name, "end": end})
+            pos = data + math.ceil(nbytes / BLOCK) * BLOCK
+    finally:
+        os.close(fd)
+    return hdus
+
+
+def _structure(fd: int, pos: int, size: int, index: int) -> tuple[dict, int]:
+    """The structural cards of the header at ``pos`` and its number of blocks."""
+    cards: dict = {}
+    blocks = 0
+    while True:
+        block = os.pread(fd, BLOCK, pos + blocks * BLOCK)
+        if blocks == 0 and index == 0 and not block.startswith(b"SIMPLE  ="):
+            what = "gzip-compressed" if block.startswith(GZIP_MAGIC) else "not FITS"
+            raise BadFits(f"is {what}: a FITS file starts with 'SIMPLE  =', this one "
+                          f"with {block[:16]!r}")
+        if blocks == 0 and index > 0 and not block.startswith(b"XTENSION="):
+            return {}, 0  # bytes after the last HDU (padding, "special records")
+        if len(block) < BLOCK:
+            raise BadFits(f"is truncated: the header of HDU {index} ends at byte "
+                          f"{pos + blocks * BLOCK + len(block)} before its END card")
+        blocks += 1
+        for key, card in _cards(block):
+            if key == "END":
+                return cards, blocks
+            if (key in _STRUCTURE or key.startswith("NAXIS")) and card[8:10] == "= " \
+                    and key not in cards:
+                try:
+                    cards[key] = _value(card[10:])
+                except Unsupported:
+                    cards[key] = None

@@ -45,6 +45,12 @@ import time
 from stat import S_ISFIFO
 
 
+#: Part of every content key (cpldask._execute.content_key): raise it with any change
+#: here that changes what a recipe makes of the same call (how parameters are
+#: converted, how frames are given, the recipe's environment), so that no product
+#: cached by the earlier runner is served for the new one.
+RUNNER_VERSION = 1
+
 LOG = ".cpldask-runner.log"
 #: CPL's message log of the call (python-cpl reads it from a FIFO with a thread; a
 #: file read once the recipe has ended costs neither), removed once read

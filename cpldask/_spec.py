@@ -67,7 +67,9 @@ class CallSpec:
     work_max_age: float | None = None
     cache_dir: str | None = None  # the product cache to use; None: no cache
     provenance: dict = dataclasses.field(default_factory=dict, compare=False)
-    cache_key: str = ""  # the content key (set with the task key)
+    # the client's description of the call (cpldask._call._task_key): the worker adds
+    # the inputs' and the library's bytes to make the content key of it
+    cache_key: str = ""
     # runtime-only, not part of the task's identity: how the slot limit is enforced,
     # and when the client made the call (products installed in output_dir after that
     # moment belong to a concurrent call and are never overwritten by this one)

@@ -16,7 +16,8 @@ import cpl
 from cpl import CplError
 from cpl.logger import LogList
 
-__all__ = ["CplError", "RecipeCrash", "RecipeTimeout", "NoProductsError", "InputError"]
+__all__ = ["CplError", "RecipeCrash", "RecipeTimeout", "NoProductsError", "InputError",
+           "CacheWarning"]
 
 
 class RecipeCrash(cpl.RecipeCrash):
@@ -97,6 +98,12 @@ class InputError(ValueError, CplError):
 
     def __reduce__(self):
         return (type(self), (self.msg,))
+
+
+class CacheWarning(UserWarning):
+    """The product cache could not be used for a call, which ran its recipe instead: an
+    entry was damaged (and removed), the cache directory is full or read-only, or an
+    input changed while the recipe ran (its products were not kept)."""
 
 
 def loglist(entries) -> LogList:

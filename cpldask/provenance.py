@@ -15,6 +15,7 @@ import os
 import pathlib
 from typing import Iterable
 
+from . import _call
 from .recipe import Recipe
 from .result import Result
 
@@ -25,8 +26,11 @@ def record(result: Result) -> dict:
     """The provenance record of a finished call (waits for it).
 
     Keys: recipe, recipe_version, cpl_version, params (every parameter, defaults
-    included), inputs (tag, path, md5), env, key (the content key), cache_hit, run
-    (host, worker, start, end, wall/user/sys time, max_rss, return_code), products.
+    included), inputs (tag, path, and hash: the xxh3-128 of the file's bytes; for a
+    product of another call, from: that call's key, product, and the DATAMD5 of each
+    file), env, key (the content key, see docs/cache.md), hash (the algorithm),
+    cache_hit, run (host, worker, start, end, wall/user/sys time, max_rss,
+    return_code), products.
 
     Examples
     --------
@@ -44,9 +48,10 @@ def _iso(t: float) -> str:
 
 
 def to_prov(results: Iterable[Result]) -> dict:
-    """W3C PROV-JSON of a set of calls: files are entities (identified by their MD5),
-    recipe runs are activities, with ``used`` and ``wasGeneratedBy`` relations."""
-    doc = {"prefix": {"cpldask": "urn:cpldask:", "file": "urn:md5:"},
+    """W3C PROV-JSON of a set of calls: files are entities (identified by the xxh3-128
+    hash of their bytes), recipe runs are activities, with ``used`` and
+    ``wasGeneratedBy`` relations."""
+    doc = {"prefix": {"cpldask": "urn:cpldask:", "file": "urn:xxh3-128:"},
            "entity": {}, "activity": {}, "used": {}, "wasGeneratedBy": {}}
     for res in results:
         prov = record(res)
@@ -60,35 +65,43 @@ def to_prov(results: Iterable[Result]) -> dict:
             "cpldask:cache_hit": prov["cache_hit"]}
         for i, inp in enumerate(prov["inputs"]):
             paths = inp["path"] if isinstance(inp["path"], list) else [inp["path"]]
-            md5s = inp["md5"] if isinstance(inp["md5"], list) else [inp["md5"]]
-            for path, md5 in zip(paths, md5s):
-                ent = f"file:{md5}"
+            for path, digest in zip(paths, _input_hashes(inp)):
+                ent = f"file:{digest}"
                 doc["entity"].setdefault(ent, {"prov:label": path, "cpldask:tag": inp["tag"]})
-                doc["used"][f"cpldask:used-{prov['key']}-{i}-{md5}"] = {
+                doc["used"][f"cpldask:used-{prov['key']}-{i}-{digest}"] = {
                     "prov:activity": run, "prov:entity": ent, "prov:role": inp["tag"]}
         for tag, path in prov["products"]:
-            md5 = _md5_of(path)
-            ent = f"file:{md5}"
+            digest = _hash_of(path)
+            ent = f"file:{digest}"
             doc["entity"][ent] = {"prov:label": path, "cpldask:tag": tag}
-            doc["wasGeneratedBy"][f"cpldask:gen-{prov['key']}-{md5}"] = {
+            doc["wasGeneratedBy"][f"cpldask:gen-{prov['key']}-{digest}"] = {
                 "prov:entity": ent, "prov:activity": run}
     return doc
 
 
-def _md5_of(path: str) -> str:
-    from .recipe import _checksum
+def _hash_of(path: str) -> str:
+    """The content hash of a file (it names the file as a PROV entity)."""
+    return _call._checksum(path)
 
-    return _checksum(path)
+
+def _input_hashes(inp: dict) -> list[str]:
+    """The content hashes of an input's files: recorded by the worker for a file,
+    read here for products of other calls (which the record names by their key)."""
+    recorded = inp.get("hash")
+    if recorded is not None:
+        return recorded if isinstance(recorded, list) else [recorded]
+    paths = inp["path"] if isinstance(inp["path"], list) else [inp["path"]]
+    return [_hash_of(p) for p in paths]
 
 
 def replay_script(results: Iterable[Result]) -> str:
     """A Python script that repeats the calls, in an order that respects their
     dependencies (a call that used another's product comes after it)."""
     records = [record(r) for r in results]
-    made_by = {}  # md5 of a product -> index of the record that made it
+    made_by = {}  # content hash of a product -> index of the record that made it
     for i, prov in enumerate(records):
         for _, path in prov["products"]:
-            made_by[_md5_of(path)] = i
+            made_by[_hash_of(path)] = i
     order, seen = [], set()
 
     def visit(i):
@@ -96,9 +109,9 @@ def replay_script(results: Iterable[Result]) -> str:
             return
         seen.add(i)
         for inp in records[i]["inputs"]:
-            for md5 in inp["md5"] if isinstance(inp["md5"], list) else [inp["md5"]]:
-                if md5 in made_by:
-                    visit(made_by[md5])
+            for digest in _input_hashes(inp):
+                if digest in made_by:
+                    visit(made_by[digest])
         order.append(i)
 
     for i in range(len(records)):

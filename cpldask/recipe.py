@@ -13,7 +13,6 @@ import dataclasses
 import difflib
 import hashlib
 import io
-import json
 import logging
 import os
 import pathlib
@@ -30,14 +29,13 @@ from astropy.io import fits
 from cpl.frames import FrameList
 from cpl.md5sum import update_md5
 from cpl.param import ParameterList
-from dask.base import tokenize
 from dask._task_spec import Task, TaskRef
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 import distributed
 from distributed import Future
 
-from . import _cluster, _config, _submit, errors
+from . import _call, _cluster, _config, _submit, errors
 from ._execute import run_recipe
 from ._spec import CallSpec, FileInput, MemoryInput, ProductRef
 from .result import Result, listen_to_logs, log_threshold
@@ -537,8 +535,10 @@ class Recipe:
         raw_tags = tuple(t for t, _ in raw_frames)
         input_len = len(first) if _is_list(first) else -1
         given, resolved = self._param._for_call(param)
-        provenance = self._provenance(resolved, frames, deps, run_env)
-        key, content = _task_key(provenance, raw_tags, input_len, out, client)
+        provenance, input_key = self._provenance(resolved, frames, deps, run_env, raw_tags)
+        key, content = _call._task_key(provenance, input_key, raw_tags=raw_tags,
+                                       input_len=input_len, output_dir=out,
+                                       library=self.__file__, client=client)
         if cache is False:  # asked to run the recipe now: not even a shared task
             key = f"{key}-{uuid.uuid4().hex[:8]}"
         spec = CallSpec(
@@ -580,21 +580,13 @@ class Recipe:
             out.append((ctag, frames))
         return out
 
-    def _provenance(self, params: dict, frames, deps, env) -> dict:
-        """What the client knows of how the products will be made: the basis of the
-        cache key, and the first half of the provenance record."""
-        inputs = []
-        for tag, item in frames:
-            if isinstance(item, FileInput):
-                inputs.append({"tag": tag, "path": item.path, "md5": _checksum(item.path)})
-            elif isinstance(item, MemoryInput):
-                inputs.append({"tag": tag, "in_memory": item.digest})
-            else:
-                inputs.append({"tag": tag, "from": _dep_key(deps[item.dep]),
-                               "product": item.tag})
+    def _provenance(self, params: dict, frames, deps, env, raw_tags) -> tuple[dict, list]:
+        """What the client knows of how the products will be made: the first half of
+        the provenance record, and the inputs' part of the task key."""
+        inputs, input_key = _call.inputs(self.__name__, params, frames, deps, raw_tags)
         return {"recipe": self.__name__, "recipe_version": self.version[1],
                 "cpl_version": self.cpl_version, "params": params,
-                "inputs": inputs, "env": dict(sorted(env.items()))}
+                "inputs": inputs, "env": dict(sorted(env.items()))}, input_key
 
     def _raw(self, data, raw, tag) -> list[tuple[str, Any]]:
         """python-cpl's grouping of raw inputs into (tag, frames)."""
@@ -631,12 +623,7 @@ class Recipe:
             raise TypeError(f"{self.__name__}: input {tag} must be a file path, an "
                             f"HDUList or a result, not {type(item).__name__}")
         path = os.path.abspath(os.path.expanduser(os.fspath(item)))
-        if not os.path.isfile(path):
-            raise errors.InputError(f"{self.__name__}: input {tag} file {path!r} does "
-                                    f"not exist")
-        if not os.access(path, os.R_OK):
-            raise errors.InputError(f"{self.__name__}: input {tag} file {path!r} is not "
-                                    f"readable; check its permissions")
+        _call.check_file(path, recipe=self.__name__, tag=tag)
         return FileInput(path)
 
     def _check_tag(self, tag) -> None:
@@ -712,65 +699,6 @@ class _Call:
 
 def _is_list(item) -> bool:
     return isinstance(item, (list, tuple)) and not isinstance(item, fits.HDUList)
-
-
-def _task_key(provenance: dict, raw_tags, input_len: int, output_dir: str | None,
-              client) -> tuple[str, str]:
-    """(task key, content key) of a call: ``<recipe>-<content key>``, so that identical
-    calls share a task; the content key is also the key of the product cache."""
-    p = provenance
-    content = _digest([p["recipe"], p["recipe_version"], p["cpl_version"], p["params"],
-                       p["inputs"], raw_tags, p["env"], input_len])
-    key = f"{p['recipe']}-{content}"
-    if output_dir is not None:  # the same products, installed somewhere else
-        key = f"{p['recipe']}-{_digest([content, output_dir])}"
-    held = client.futures.get(key)
-    if held is not None and held.status in ("error", "cancelled", "lost"):
-        # an identical call that failed is still referenced: python-cpl re-runs a call,
-        # so this one gets a task of its own instead of the old error
-        key = f"{key}-{uuid.uuid4().hex[:8]}"
-    _CACHE_KEYS[key] = content
-    return key, content
-
-
-def _digest(value) -> str:
-    """A stable hash of plain data (JSON with sorted keys): the same in every
-    session and on every machine, as a cache key must be; 1, 1.0 and True differ."""
-    text = json.dumps(value, sort_keys=True, default=repr, separators=(",", ":"))
-    return hashlib.md5(text.encode()).hexdigest()
-
-
-#: task key -> content key of the calls built here, so that a downstream call's key
-#: depends on what its inputs contain, not on where their products are installed
-_CACHE_KEYS: dict[str, str] = {}
-_CHECKSUMS: dict[tuple, str] = {}
-
-
-def _dep_key(dep) -> str:
-    key = str(dep.key) if hasattr(dep, "key") else tokenize(dep)
-    return _CACHE_KEYS.get(key, key)
-
-
-def _checksum(path: str) -> str:
-    """The content checksum of an input: CPL's ``DATAMD5`` where the file has one
-    (every product of a CPL recipe does), else the MD5 of the file. Remembered per
-    (path, size, mtime), so a changed file is hashed again."""
-    st = os.stat(path)
-    memo = (path, st.st_size, st.st_mtime_ns)
-    if memo not in _CHECKSUMS:
-        try:
-            datamd5 = fits.getval(path, "DATAMD5", ext=0)
-        except (OSError, KeyError, IndexError):
-            datamd5 = None
-        if isinstance(datamd5, str) and len(datamd5) == 32 and datamd5 != "Not computed":
-            _CHECKSUMS[memo] = datamd5
-        else:
-            digest = hashlib.md5()
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-            _CHECKSUMS[memo] = digest.hexdigest()
-    return _CHECKSUMS[memo]
 
 
 @dataclasses.dataclass(frozen=True)

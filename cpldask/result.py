@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import logging
 import re
+import warnings
 import weakref
 
 from typing import Any, Callable
@@ -371,6 +372,8 @@ def log_threshold(logname: str) -> int:
 def _replay_event(event: tuple) -> None:
     _, msg = event  # (time, message); the scheduler adds the worker to the message
     _replay(msg["recipe"], msg["entries"])
+    if msg.get("warning"):  # the cache was not used (see cpldask._execute._warn)
+        warnings.warn(msg["warning"], errors.CacheWarning, stacklevel=2)
 
 
 def _replay(recipe: str, entries) -> None:

@@ -60,3 +60,19 @@ def wait_until(condition, timeout: float, what: str):
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+#: A cpldask session of its own, for tests that run one as a script (``python
+#: script.py LIB_DIR CACHE_DIR INPUT WORK_DIR``): the test recipe from LIB_DIR, the
+#: product cache in CACHE_DIR, one worker with one slot. Append the body, indented
+#: under ``if __name__ == "__main__":``.
+SESSION = """
+import sys, time, warnings, cpldask, dask
+from astropy.io import fits
+cpldask.Recipe.path = [sys.argv[1]]
+with dask.config.set({"cpldask.cache.dir": sys.argv[2], "cpldask.cache.enabled": True,
+                      "cpldask.local.n-workers": 1, "cpldask.local.slots": 1,
+                      "cpldask.local.dashboard-address": ":0",
+                      "cpldask.work-dir": sys.argv[4]}):
+    if __name__ == "__main__":
+"""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from astropy.io import fits
 
 import cpldask
 from cpldask import _cache
-from helpers import wait_until
+from helpers import SESSION, wait_until
 
 #: every test here runs the test recipe (one runs muse_bias)
 pytestmark = pytest.mark.requires_cpl
@@ -151,7 +152,8 @@ def test_provenance_record(test_recipe, any_fits, tmp_path):
     assert prov["recipe"] == "cpldask_test" and prov["recipe_version"] == "1.0.0"
     assert prov["params"]["cpldask.cpldask_test.value"] == 6.0
     assert prov["params"]["cpldask.cpldask_test.sleep"] == 0.0  # defaults included
-    assert prov["inputs"][0]["path"] == any_fits and len(prov["inputs"][0]["md5"]) == 32
+    assert prov["inputs"][0]["path"] == any_fits and len(prov["inputs"][0]["hash"]) == 32
+    assert prov["hash"] == "xxh3-128" and len(prov["key"]) == 32
     run = prov["run"]
     assert run["host"] and run["end"] >= run["start"] and run["max_rss"] > 0
     assert prov["cache_hit"] is False and prov["cpl_version"]
@@ -202,3 +204,109 @@ def test_cache_command(test_recipe, any_fits, cache_dir, capsys):
     assert handle_args(["cache", "prune", "--older-than", "0s"]) == 0
     assert "removed 1 entry" in capsys.readouterr().out
     assert _cache.entries(str(cache_dir)) == []
+
+
+# -- issue 17: the cache verifies what it serves ----------------------------------------
+def _entry_product(cache_dir, key: str) -> pathlib.Path:
+    record = json.loads((cache_dir / key / "provenance.json").read_text())
+    return cache_dir / key / record["products"][0][1]
+
+
+def _truncate(path):
+    os.truncate(path, path.stat().st_size - 2880)
+
+
+def _flip_a_byte(path):  # same size, other bytes: only the hash can tell
+    with open(path, "r+b") as f:
+        f.seek(path.stat().st_size - 10)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+@pytest.mark.parametrize("damage", [_truncate, _flip_a_byte, os.unlink],
+                         ids=["truncated", "changed", "deleted"])
+def test_a_damaged_entry_is_never_served(test_recipe, any_fits, cache_dir, damage):
+    client = cpldask.get_client()
+    value = {_truncate: 21.0, _flip_a_byte: 22.0, os.unlink: 23.0}[damage]
+    first = test_recipe(any_fits, param={"value": value, "label": "damage"})
+    key, task, run = first.provenance["key"], first.key, first.record.start
+    del first
+    wait_until(lambda: task not in client.who_has(), 10, "the scheduler to forget it")
+    damage(_entry_product(cache_dir, key))
+    with pytest.warns(cpldask.errors.CacheWarning, match="it was removed") as caught:
+        again = test_recipe(any_fits, param={"value": value, "label": "damage"})
+        wait_until(lambda: caught.list, 10, "the warning")
+    assert again.record.cache_hit is False and again.record.start > run
+    assert len([w for w in caught if issubclass(w.category, cpldask.errors.CacheWarning)]) == 1
+    # the fresh run made a good entry in its place
+    assert _cache.verify(str(cache_dir)) == (1, [])
+
+
+def test_cache_verify_command(test_recipe, any_fits, cache_dir, capsys):
+    from cpldask._cli import handle_args
+
+    keys = [test_recipe(any_fits, param={"value": v, "label": "verify"}).provenance["key"]
+            for v in (31.0, 32.0, 33.0)]
+    _truncate(_entry_product(cache_dir, keys[0]))
+    _flip_a_byte(_entry_product(cache_dir, keys[1]))
+    old = cache_dir / ("0" * 32)  # an entry of the format before issue 17: no hashes
+    old.mkdir()
+    (old / "provenance.json").write_text(json.dumps({"recipe": "x", "products": []}))
+    leftover = cache_dir / f".{keys[2]}-interrupted"  # a writer killed mid-store
+    leftover.mkdir()
+    os.utime(leftover, (time.time() - 3600, time.time() - 3600))
+    assert handle_args(["cache", "verify"]) == 1
+    out = capsys.readouterr().out
+    assert "checked 4 entries: 3 bad, removed" in out and keys[0][:12] in out
+    assert "truncated" in out and "other bytes" in out and "older cpldask" in out
+    assert sorted(p.name for p in cache_dir.iterdir()) == [keys[2]]
+    assert handle_args(["cache", "verify"]) == 0
+    assert "checked 1 entries: all good" in capsys.readouterr().out
+
+
+def test_a_cache_that_cannot_exist_runs_the_recipe(test_recipe, any_fits, tmp_path):
+    import dask
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with dask.config.set({"cpldask.cache.enabled": True,
+                          "cpldask.cache.dir": str(blocker / "cache")}):
+        with pytest.warns(cpldask.errors.CacheWarning, match="cannot keep") as caught:
+            res = test_recipe(any_fits, param={"value": 41.0})
+            wait_until(lambda: caught.list, 10, "the warning")
+    assert res.record.cache_hit is False
+    assert fits.getheader(res.paths["PRODUCT"][0])["ESO QC ECHO VALUE"] == 41.0
+
+
+_READ_ONLY = SESSION + """
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            res = cpldask.Recipe("cpldask_test")(sys.argv[3], param={"value": 7.0})
+            deadline = time.monotonic() + 10
+            while not caught and time.monotonic() < deadline:  # the worker's warning
+                time.sleep(0.05)
+        print(res.record.cache_hit, [str(w.message) for w in caught])
+"""
+
+
+def test_a_read_only_cache_runs_the_recipe(testrecipe_dir, any_fits, tmp_path):
+    """A session whose cache directory it may not write. The suite may run as root,
+    who writes anywhere: the session then runs without root's power to ignore
+    permissions (util-linux's setpriv drops CAP_DAC_OVERRIDE)."""
+    script = tmp_path / "read_only.py"
+    script.write_text(_READ_ONLY)
+    cache = tmp_path / "ro-cache"
+    cache.mkdir()
+    cache.chmod(0o555)
+    prefix = []
+    if os.geteuid() == 0:
+        prefix = [shutil.which("setpriv"), "--bounding-set=-dac_override,-dac_read_search"]
+        assert prefix[0], "setpriv (util-linux) is needed to test permissions as root"
+    out = subprocess.run([*prefix, sys.executable, str(script), str(testrecipe_dir),
+                          str(cache), any_fits, str(tmp_path / "work")],
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    hit, messages = out.stdout.split(" ", 1)
+    assert hit == "False" and "cannot keep" in messages and str(cache) in messages
+    assert list(cache.iterdir()) == []

@@ -1,15 +1,14 @@
 """Call keys: the digests that name a call's task and its product-cache entry, and the
-checksums of its inputs — the fast tier, no recipe runs.
+checksums of its inputs — the fast tier, no recipe runs, no python-cpl.
 
 A content key must be the same in every session and on every machine (the product
 cache is shared between them), and must change whenever what the recipe would see
-changes. The functions live in cpldask/recipe.py, which imports python-cpl at module
-level: hence requires_python_cpl until they move to a module of their own.
+changes: every byte of an input counts, not the DATAMD5 keyword it carries (issue 17).
+The functions live in cpldask/_hashing.py, which imports nothing but xxhash.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -19,26 +18,24 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-pytestmark = pytest.mark.requires_python_cpl
+import xxhash
+
+from cpldask import _hashing
 
 
 def _digest(value):
-    from cpldask.recipe import _digest
-
-    return _digest(value)
+    return _hashing.digest(value)
 
 
 def _checksum(path):
-    from cpldask.recipe import _checksum
-
-    return _checksum(str(path))
+    return _hashing.file_hash(str(path))
 
 
-def test_digest_is_the_md5_of_compact_sorted_json():
+def test_digest_is_the_xxh3_of_compact_sorted_json():
     # the form is part of the cache's format: changing it orphans every cached product
     value = {"recipe": "muse_bias", "params": [["nifu", 1]], "env": {"B": "2", "A": "1"}}
     text = '{"env":{"A":"1","B":"2"},"params":[["nifu",1]],"recipe":"muse_bias"}'
-    assert _digest(value) == hashlib.md5(text.encode()).hexdigest()
+    assert _digest(value) == xxhash.xxh3_128_hexdigest(text.encode())
     assert _digest({"b": 1, "a": 2}) == _digest({"a": 2, "b": 1})
 
 
@@ -51,8 +48,8 @@ def test_digest_tells_apart_values_python_calls_equal():
 def test_digest_is_the_same_in_another_process():
     value = {"inputs": [["BIAS", "0f" * 16]], "params": {"combine": "sigclip", "nifu": 3},
              "env": {"OMP_NUM_THREADS": "2"}}
-    code = ("import sys, json; from cpldask.recipe import _digest; "
-            "print(_digest(json.loads(sys.argv[1])))")
+    code = ("import sys, json; from cpldask._hashing import digest; "
+            "print(digest(json.loads(sys.argv[1])))")
     # string hashing differs there (this process's seed is random, PYTHONHASHSEED=0
     # turns it off): a digest must not depend on it
     out = subprocess.run([sys.executable, "-c", code, json.dumps(value)],
@@ -70,20 +67,16 @@ def _fits(path, *, datamd5=None, fill=0.0):
     return path
 
 
-def _md5(path):
-    return hashlib.md5(path.read_bytes()).hexdigest()
+def _md5(path):  # (the name the tests below had: the hash of every byte)
+    return xxhash.xxh3_128_hexdigest(path.read_bytes())
 
 
-def test_checksum_is_cpls_datamd5_where_the_file_has_one(tmp_path):
-    # every CPL product carries DATAMD5, the MD5 of its data (libcpldfs writes it)
-    product = _fits(tmp_path / "product.fits", datamd5="a" * 32)
-    assert _checksum(product) == "a" * 32
-    # the placeholder libcpldfs writes until the sum is known (its string "Not
-    # computed"): not a checksum
-    pending = _fits(tmp_path / "pending.fits", datamd5="Not computed")
-    assert _checksum(pending) == _md5(pending)
-    raw = _fits(tmp_path / "raw.fits")
-    assert _checksum(raw) == _md5(raw)
+def test_checksum_is_every_byte_not_the_datamd5_keyword(tmp_path):
+    # DATAMD5 covers the data only and stays stale after an edit in place: evidence,
+    # not proof. Two files with the same keyword and other pixels hash apart.
+    one = _fits(tmp_path / "one.fits", datamd5="a" * 32, fill=1.0)
+    two = _fits(tmp_path / "two.fits", datamd5="a" * 32, fill=2.0)
+    assert _checksum(one) == _md5(one) != _checksum(two) == _md5(two)
     text = tmp_path / "catalog.txt"
     text.write_text("not FITS at all\n")
     assert _checksum(text) == _md5(text)

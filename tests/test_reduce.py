@@ -469,3 +469,87 @@ def test_rerun_is_served_from_the_cache(demo_run):
     assert took < 0.05 * first, (took, first)
     with fits.open(again.final["IMAGE_FOV"]) as a, fits.open(red.final["IMAGE_FOV"]) as b:
         np.testing.assert_array_equal(a["DATA"].data, b["DATA"].data)
+
+
+@pytest.mark.requires_cpl
+@pytest.mark.muse
+@pytest.mark.slow
+def test_workers_killed_at_random_moments_change_nothing(demo_run, tmp_path):
+    """Issue 17's chaos test: the 2-IFU cascade once more, into an empty cache, while
+    worker processes are killed (SIGKILL; the nanny starts a new one) at moments
+    drawn from a seeded generator: after the n-th step has finished, a random delay
+    later, for three values of n. Dask re-runs what was lost; the cube and every
+    master calibration must equal the clean run's in DATA, STAT and DQ, and the cache
+    hold complete entries only. (Lost results of the clean run, held by the fixture,
+    are recomputed too: from the cache, into numbered copies beside the originals.)"""
+    import dask
+    import random
+    import signal
+
+    from cpldask import _cache
+
+    red, _, work = demo_run
+    client = cpldask.get_client()
+    rng = random.Random(17)
+    steps = len(red.steps)
+    # kill after these numbers of finished steps (the last leaves work to do), each a
+    # random 0-5 s later: within a recipe, between two, or while one is stored
+    plan = sorted(rng.sample(range(1, steps - 1), 3))
+    delays = [rng.uniform(0.0, 5.0) for _ in plan]
+    killed: list[tuple[int, int]] = []
+    finished = threading.Condition()
+    count = [0]
+    stop = threading.Event()
+
+    def progress(step, result):
+        with finished:
+            count[0] += 1
+            finished.notify_all()
+
+    def chaos() -> None:
+        for after, delay in zip(plan, delays):  # a bounded loop: three kills at most
+            with finished:
+                if not finished.wait_for(lambda: count[0] >= after or stop.is_set(), 1800):
+                    return
+            if stop.wait(delay):
+                return
+            victim = rng.choice(sorted(client.run(os.getpid).values()))
+            os.kill(victim, signal.SIGKILL)
+            killed.append((count[0], victim))
+
+    cache = tmp_path / "chaos-cache"
+    with dask.config.set({"cpldask.cache.dir": str(cache)}):
+        killer = threading.Thread(target=chaos, daemon=True)
+        killer.start()
+        try:
+            again = R.reduce(work / "raw", ifus=(1, 2), output_dir=tmp_path / "reduced",
+                             cache=True, progress=progress)
+        finally:
+            stop.set()
+            with finished:
+                finished.notify_all()
+            killer.join()
+    assert len(killed) == 3, (killed, plan)
+    # muse_scipost's cube has DATA and STAT, bad pixels as NaN (its DQ, compared with
+    # DATA); the master calibrations and the twilight cube carry DQ of their own
+    compared = []
+    for step in again.steps:
+        mine, clean = again.products(step.label), red.products(step.label)
+        for tag in mine:
+            if not (tag.startswith("MASTER_") or tag in ("TWILIGHT_CUBE", "DATACUBE_FINAL")):
+                continue
+            for a_path, b_path in zip(mine[tag], clean[tag]):
+                with fits.open(a_path) as a, fits.open(b_path) as b:
+                    for ext in ("DATA", "STAT", "DQ"):
+                        if ext in b:
+                            np.testing.assert_array_equal(a[ext].data, b[ext].data,
+                                                          err_msg=f"{step.label} {tag} {ext}")
+                            compared.append((tag, ext))
+    assert {("DATACUBE_FINAL", "DATA"), ("DATACUBE_FINAL", "STAT"),
+            ("MASTER_BIAS", "DQ"), ("MASTER_FLAT", "DQ")} <= set(compared), compared
+    checked, bad = _cache.verify(str(cache), remove=False)
+    assert bad == [] and checked == steps, (checked, bad)
+    # an entry appears whole or not at all: what else is there is a writer's
+    # temporary directory (a worker killed while it stored), never served
+    assert all(p.name.startswith(".") for p in cache.iterdir()
+               if p.name not in {e["key"] for e in _cache.entries(str(cache))})

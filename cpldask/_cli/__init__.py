@@ -144,10 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_reduce.demo)
 
     p = commands.add_parser(
-        "cache", help="list, size or prune the product cache",
+        "cache", help="list, size, verify or prune the product cache",
         description="The product cache keeps the products of every call under the "
-                    "hash of its recipe, parameters and input contents.")
-    p.add_argument("action", choices=["ls", "du", "prune"])
+                    "hash of its recipe, parameters and input contents (docs/cache.md). "
+                    "verify checks every entry's files against its record and removes "
+                    "the bad ones (exit status 1 if there were any).")
+    p.add_argument("action", choices=["ls", "du", "verify", "prune"])
     p.add_argument("--cache-dir", metavar="DIR",
                    help="default: the cpldask.cache.dir config key")
     p.add_argument("--older-than", metavar="AGE",

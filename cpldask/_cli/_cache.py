@@ -1,4 +1,4 @@
-"""``cpldask cache ls|du|prune``: look after the product cache (``cpldask.cache.dir``)."""
+"""``cpldask cache ls|du|verify|prune``: look after the product cache (``cpldask.cache.dir``)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,15 @@ __all__ = ["cache"]
 
 
 def cache(args: argparse.Namespace, out: Console, err: Console) -> int:
-    """List, size or prune the cache entries."""
+    """List, size, verify or prune the cache entries."""
     root = str(args.cache_dir or _config.cache_dir())
+    if args.action == "verify":
+        checked, bad = _cache.verify(root)
+        for key, fault in bad:
+            out.print(f"{key[:12]}  {fault}: removed", markup=False)
+        summary = f"{len(bad)} bad, removed" if bad else "all good"
+        out.print(f"checked {checked} entries: {summary} ({root})", markup=False)
+        return 1 if bad else 0
     if args.action == "prune":
         older = _config.seconds(args.older_than) if args.older_than else None
         limit = _config.nbytes(args.max_size) if args.max_size else None

@@ -15,7 +15,11 @@ files).  pkg-config is used when it knows about CPL, otherwise the plain
 ``-lcplcore -lcplui -lcpldfs`` flags are used (plus ``-I/usr/include/cpl`` if
 that directory exists).  ``CC``, ``CFLAGS`` and ``LDFLAGS`` environment
 variables are honoured.  The library is only rebuilt when it is missing or
-older than the C source (or this script).
+older than the C source (or this script), or was built with other ``defines``.
+
+``build(outdir, defines={"CPLDASK_TEST_FILL_OFFSET": 100})`` builds a variant whose
+products differ and whose version string does not: what a pipeline developer's
+rebuild looks like to cpldask (tests of the product cache).
 """
 
 from __future__ import annotations
@@ -63,25 +67,35 @@ def compile_flags() -> tuple[list[str], list[str]]:
     return cflags, list(_FALLBACK_LIBS)
 
 
-def _up_to_date(target: pathlib.Path) -> bool:
+def _stamp(target: pathlib.Path) -> pathlib.Path:
+    """Beside the library: the -D flags it was built with."""
+    return target.with_name(target.name + ".defines")
+
+
+def _up_to_date(target: pathlib.Path, flags: list[str]) -> bool:
     if not target.exists():
+        return False
+    stamp = _stamp(target)
+    if (stamp.read_text().split() if stamp.exists() else []) != flags:
         return False
     mtime = target.stat().st_mtime
     return all(mtime >= dep.stat().st_mtime
                for dep in (SOURCE, pathlib.Path(__file__).resolve()))
 
 
-def build(outdir: pathlib.Path) -> pathlib.Path:
+def build(outdir: pathlib.Path, defines: dict | None = None) -> pathlib.Path:
     """Compile the test recipe into ``outdir/cpldask_test.so``.
 
-    Returns the path of the shared library.  Does nothing if the library is
-    newer than the source.  Raises :class:`RuntimeError` (with the compiler
+    ``defines`` become ``-DNAME=VALUE`` flags. Returns the path of the shared
+    library.  Does nothing if the library is newer than the source and was built
+    with the same defines.  Raises :class:`RuntimeError` (with the compiler
     command and output) if compilation fails or no compiler is available.
     """
     outdir = pathlib.Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     target = outdir / LIBNAME
-    if _up_to_date(target):
+    flags = [f"-D{name}={value}" for name, value in sorted((defines or {}).items())]
+    if _up_to_date(target, flags):
         return target
 
     cc = shlex.split(os.environ.get("CC", "gcc"))
@@ -101,7 +115,7 @@ def build(outdir: pathlib.Path) -> pathlib.Path:
     # -fopenmp: the recipe links the OpenMP runtime, like the MUSE recipes, so the
     # tests can see which OMP_NUM_THREADS it was loaded with
     cmd = [*cc, "-std=gnu11", "-O2", "-g", "-Wall", "-Wextra", "-fopenmp",
-           "-shared", "-fPIC", *cflags, *extra_cflags,
+           "-shared", "-fPIC", *cflags, *extra_cflags, *flags,
            "-o", str(tmp), str(SOURCE), *extra_ldflags, *libs]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -112,6 +126,7 @@ def build(outdir: pathlib.Path) -> pathlib.Path:
                 f"--- compiler output ---\n{proc.stdout}{proc.stderr}")
         os.chmod(tmp, 0o755)
         os.replace(tmp, target)
+        _stamp(target).write_text(" ".join(flags))
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -14,7 +14,10 @@
  *   noproducts (bool)        return success without writing any product
  *   nproducts  (int 0..1000) number of products PRODUCT_%04d.fits (tag
  *                            and PRO.CATG "PRODUCT"), a 16x16 float image
- *                            filled with the product index
+ *                            filled with the product index (plus
+ *                            CPLDASK_TEST_FILL_OFFSET, a compile-time
+ *                            define, 0 by default: two builds with other
+ *                            products and the same version string)
  *   value      (double)      echoed as ESO QC ECHO VALUE
  *   label      (string)      echoed as ESO QC ECHO LABEL
  *   envvar     (string)      name of an environment variable whose value
@@ -66,6 +69,9 @@
 #define TAG_RAW         "RAW"
 #define TAG_PRODUCT     "PRODUCT"
 #define IMAGE_SIZE      16
+#ifndef CPLDASK_TEST_FILL_OFFSET
+#define CPLDASK_TEST_FILL_OFFSET 0
+#endif
 
 /* Exported prototypes */
 int cpl_plugin_get_info(cpl_pluginlist *list);
@@ -428,7 +434,8 @@ static int cpldask_test(cpl_frameset *frames, const cpl_parameterlist *pars)
     for (int i = 0; i < nproducts; i++) {
         char filename[64];
         snprintf(filename, sizeof filename, TAG_PRODUCT "_%04d.fits", i);
-        cpl_image_fill_window(image, 1, 1, IMAGE_SIZE, IMAGE_SIZE, (double)i);
+        cpl_image_fill_window(image, 1, 1, IMAGE_SIZE, IMAGE_SIZE,
+                              (double)i + CPLDASK_TEST_FILL_OFFSET);
 
         cpl_propertylist *header = cpl_propertylist_new();
         cpl_propertylist_append_string(header, CPL_DFS_PRO_CATG, TAG_PRODUCT);
