@@ -30,6 +30,17 @@ from helpers import recipe_pids, wait_until
 #: every test here runs recipes (most muse_bias); job scripts: test_jobqueue.py
 pytestmark = pytest.mark.requires_cpl
 
+
+@pytest.fixture(scope="module")
+def bias_result(bias_files, recipe_path):
+    """This module's own muse_bias run. The session's may have been recomputed by the
+    time these tests run (the chaos test of test_reduce.py kills the embedded
+    cluster's workers, and with them the records they held), and these tests compare
+    a record's product path with what a fresh handle opens."""
+    r = cpl.Recipe("muse_bias")
+    r.param.nifu = 1
+    return r(bias_files, cache=False)
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 #: in every call's env: no call here shares a task with another test's call
 RUN = uuid.uuid4().hex[:8]
