@@ -219,6 +219,8 @@ def _aperture(img: np.ndarray, x: np.ndarray, y: np.ndarray, r: int = 3) -> floa
     return float(np.median(fluxes))
 
 
+@pytest.mark.requires_cpl
+@pytest.mark.hawki
 def test_header_jitter_offsets_stack_coherently(hawki_jitter, hawki_data):
     """ESO SEQ CUMOFFSETX/Y as the generator writes them (the sky's shift on the
     detector, pixels) are what hawki_sci_jitter expects: each star's light adds up
