@@ -26,8 +26,8 @@ lines 724 and 1494; a smaller frame fails with "Access beyond boundaries" in
 cpl_image_get_median_window), and every later frame must match the master flat. To
 keep the files small they are written as integer ADU (the read-out's unit) in
 tile-compressed extensions (RICE, lossless, as ESO's archive serves raw data in
-``.fits.fz`` files); CFITSIO, under CPL, reads them transparently: about 9 MB per
-exposure instead of 64 MB.
+``.fits.fz`` files); CFITSIO, under CPL, reads them transparently: 11-24 MB per
+frame instead of 64 MB.
 
 Example
 -------
@@ -39,8 +39,10 @@ Example
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import math
+import multiprocessing
 import os
 import pathlib
 
@@ -89,9 +91,11 @@ FILTER = "Ks"  # DIC INS FILTi NAME; UM: broad-band Y, J, H, Ks
 SKY_LEVEL = 1500.0  # ADU per DIT in Ks (assumed; recipes fit QC SKYBRIGHT 13.8 mag/arcsec2)
 ZERO_POINT = 24.0  # mag giving 1 ADU/s (assumed; the recipes fit it, the test checks)
 SEEING_FWHM = 0.7  # arcsec
-#: DIMM seeing, arcsec at 500 nm (assumed): the one that gives SEEING_FWHM in Ks at
-#: airmass 1.2 by Sarazin's relation as SRC hawki_fwhm.c writes it,
-#: 0.7" x (2.15/0.5)^0.2 / 1.2^0.6 / k with its outer-scale factor k ~ 0.8
+#: DIMM seeing, arcsec at 500 nm (assumed): what Sarazin's relation (FWHM ~
+#: lambda^-0.2 airmass^0.6, cited in SRC hawki_fwhm.c) gives for SEEING_FWHM in Ks at
+#: airmass 1.2 with hawki_fwhm.c's outer-scale factor ~0.8. hawki_fwhm.c itself
+#: divides by the wavelength in microns instead and makes it 0.36" (measured: the
+#: tile's PSF_FWHM), so no test reads the result.
 DIMM_SEEING = 1.0
 CATALOGUE_NAME = "SYNTHETIC"  # EXTNAME of the star catalogue = PHOTCAL_TAB extension
 
@@ -510,7 +514,7 @@ def write_dust_maps(directory: str | os.PathLike) -> tuple[pathlib.Path, pathlib
 
 
 def write_dataset(directory: str | os.PathLike, *, seed: int = 1, per_chip: int = 30,
-                  n_object: int = 3) -> dict[str, list[pathlib.Path]]:
+                  n_object: int = 3, processes: int = 1) -> dict[str, list[pathlib.Path]]:
     """Everything the dark -> flat -> read-gain -> science chain reads, by tag.
 
     The fewest frames that the pipeline's rules and recipes take: 3 darks and 3
@@ -520,6 +524,10 @@ def write_dataset(directory: str | os.PathLike, *, seed: int = 1, per_chip: int 
     per-pixel median of the exposures (recipes/hawki_sci_jitter.c:1120), and the
     median of two exposures is their mean, half of every star. The current chain
     runs on two of them (tests/test_hawki.py says why).
+
+    ``processes`` > 1 writes darks, flats and exposures in that many processes
+    (spawned, so a parent with threads is safe): the same files, each kind has its
+    own random seed.
 
     Returns
     -------
@@ -540,10 +548,19 @@ def write_dataset(directory: str | os.PathLike, *, seed: int = 1, per_chip: int 
     stars = star_field(per_chip=per_chip, seed=seed)
     cat = write_catalogue(d / "HAWKI_STAR_CATALOGUE.fits", stars)
     north, south = write_dust_maps(d)
+    jobs = {"DARK": (write_darks, (d,), {"seed": seed + 10}),
+            "FLAT_TWILIGHT": (write_twilight_flats, (d,), {"seed": seed + 20}),
+            "OBJECT": (write_science, (d, stars),
+                       {"offsets": JITTER[:n_object], "seed": seed + 30})}
+    if processes > 1:
+        with concurrent.futures.ProcessPoolExecutor(
+                processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+            running = {tag: pool.submit(f, *args, **kw) for tag, (f, args, kw) in jobs.items()}
+            raw = {tag: future.result() for tag, future in running.items()}
+    else:
+        raw = {tag: f(*args, **kw) for tag, (f, args, kw) in jobs.items()}
     return {
-        "DARK": write_darks(d, seed=seed + 10),
-        "FLAT_TWILIGHT": write_twilight_flats(d, seed=seed + 20),
-        "OBJECT": write_science(d, stars, offsets=JITTER[:n_object], seed=seed + 30),
+        **raw,
         "MASTER_LOCAL_CATALOGUE_ASTROM": [cat],
         "MASTER_LOCAL_CATALOGUE_PHOTOM": [cat],
         "PHOTCAL_TAB": [write_photcal_table(d / "HAWKI_PHOTCAL_TAB.fits")],
