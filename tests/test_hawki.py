@@ -6,7 +6,7 @@ products' WCS puts them.
 The chain is the one ESO's Reflex workflow runs (reflex/hawki.oca in the pipeline
 source): hawki_dark_combine -> hawki_twilight_flat_combine -> hawki_detector_noise ->
 hawki_science_process -> hawki_science_postprocess. It runs once per session, every
-call started at once (4 min 44 s on a quiet 2-core machine, docs/hawki.md); the
+call started at once (4 min 25–44 s on a quiet 2-core machine, docs/hawki.md); the
 tests read its products.
 """
 
