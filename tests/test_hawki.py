@@ -5,8 +5,9 @@ products' WCS puts them.
 
 The chain is the one ESO's Reflex workflow runs (reflex/hawki.oca in the pipeline
 source): hawki_dark_combine -> hawki_twilight_flat_combine -> hawki_detector_noise ->
-hawki_science_process -> hawki_science_postprocess. It runs once per session (about
-6 minutes on 2 cores, docs/hawki.md); the tests read its products.
+hawki_science_process -> hawki_science_postprocess. It runs once per session, every
+call started at once (4 min 25–44 s on a quiet 2-core machine, docs/hawki.md); the
+tests read its products.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import cpldask as cpl
 from cpldask import _classify
 from cpldask.instruments.hawki import synthetic
 
-#: the real chain takes minutes; the rules test needs no CPL but writes the 210 MB
+#: the real chain takes minutes; the rules test needs no CPL but writes the 149 MB
 #: synthetic set (leave it out with -m "not slow")
 pytestmark = pytest.mark.slow
 
@@ -39,47 +40,77 @@ def _recipe(name: str) -> cpl.Recipe:
 
 
 def _run(name: str, frames: dict, out: pathlib.Path, **param) -> cpl.Result:
+    """Start the call in the background (threaded): it runs once its inputs exist
+    (a Result given as input is waited for on the cluster, not here)."""
     recipe = _recipe(name)
-    return recipe(frames, param=param, output_dir=str(out / name))
+    return recipe(frames, param=param, output_dir=str(out / name), threaded=True)
 
 
 def _as_list(value) -> list[str]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
+#: Exposures of the jitter sequence the current chain reduces: the first two of the
+#: three written. hawki_science_process takes any number (recipes/
+#: hawki_science_process.c:5081 treats n < 2); two are the fewest from which it can
+#: make its own sky (skyalgo auto: pawsky_mask over the exposures). The tile's cost
+#: grows with every exposure: hawki_science_postprocess's "fast" stacking holds
+#: (images + 2) x tile pixels x 25 bytes (casu/src/casu_imstack.c, stack_nn), 5.1 GB
+#: for 2 exposures x 4 detectors, 11.2 GB for 5, so the test uses "slow" (1.0 GB),
+#: whose time grows with the number of images (146 CPU s for 8; docs/hawki.md).
+CHAIN_EXPOSURES = 2
+
+
 @pytest.fixture(scope="session")
 def hawki_data(tmp_path_factory) -> dict:
-    """The synthetic raw data set (about 210 MB, 30 s to write)."""
-    return synthetic.write_dataset(tmp_path_factory.mktemp("hawki_raw"))
+    """The synthetic raw data set (3 darks, 3 flats, 3 exposures; 149 MB). Darks,
+    flats and exposures are written in 3 processes: on 2 cores in about half the
+    time of one (docs/hawki.md)."""
+    return synthetic.write_dataset(tmp_path_factory.mktemp("hawki_raw"), processes=3)
 
 
 @pytest.fixture(scope="session")
 def hawki_products(hawki_data, tmp_path_factory, recipe_path) -> dict[str, cpl.Result]:
-    """The real chain on the synthetic data, once per session."""
+    """The real chain on the synthetic data, once per session.
+
+    Every call is started at once: the cluster runs each when its inputs exist, two
+    at a time (one per core). The chain dark -> flat -> science -> tile is the
+    critical path; hawki_detector_noise and the obsolete chain (hawki_cal_dark,
+    hawki_sci_jitter) run beside it on the other core.
+    """
     out = tmp_path_factory.mktemp("hawki_products")
     d = hawki_data
     static = {tag: d[tag] for tag in ("PHOTCAL_TAB", "MASTER_LOCAL_CATALOGUE_ASTROM",
                                       "MASTER_LOCAL_CATALOGUE_PHOTOM",
                                       "SCHLEGEL_MAP_NORTH", "SCHLEGEL_MAP_SOUTH")}
     dark = _run("hawki_dark_combine", {"DARK": d["DARK"]}, out)
-    flat = _run("hawki_twilight_flat_combine",
-                {"FLAT_TWILIGHT": d["FLAT_TWILIGHT"], "MASTER_DARK": dark.MASTER_DARK}, out)
-    # two darks and two flats of NDIT = 1 (hawki_detector_noise's man page)
+    # two darks and two flats of NDIT = 1 (hawki_detector_noise's man page; reflex/
+    # hawki.oca asks exactly 2 of each), the same frames as the masters'
     noise = _run("hawki_detector_noise",
                  {"DARK": d["DARK"][:2], "FLAT_TWILIGHT": d["FLAT_TWILIGHT"][:2]}, out)
+    flat = _run("hawki_twilight_flat_combine",
+                {"FLAT_TWILIGHT": d["FLAT_TWILIGHT"], "MASTER_DARK": dark}, out)
     science = _run("hawki_science_process",
-                   {"OBJECT": d["OBJECT"], "MASTER_DARK": dark.MASTER_DARK,
-                    "MASTER_TWILIGHT_FLAT": flat.MASTER_TWILIGHT_FLAT,
-                    "MASTER_CONF": flat.MASTER_CONF,
-                    "MASTER_READGAIN": noise.MASTER_READGAIN, **static}, out)
-    # stk_fast: the recipe's "auto" picks its row-by-row algorithm for more than 10
-    # images (here 5 exposures x 4 detectors): 677 s, 1.1 GB; "fast": 226 s but it
-    # holds all inputs at tile size, 11.2 GB peak RSS (docs/hawki.md)
+                   {"OBJECT": d["OBJECT"][:CHAIN_EXPOSURES], "MASTER_DARK": dark,
+                    "MASTER_TWILIGHT_FLAT": flat, "MASTER_CONF": flat,
+                    "MASTER_READGAIN": noise, **static}, out)
+    # stk_fast=slow: "auto" picks "fast" for up to 10 images (recipes/
+    # hawki_science_postprocess.c:1191), here 8, and "fast" peaks at 5.1 GB
     tile = _run("hawki_science_postprocess",
-                {"BASIC_CALIBRATED_SCI": science.BASIC_CALIBRATED_SCI,
-                 "BASIC_VAR_MAP": science.BASIC_VAR_MAP, "MASTER_CONF": flat.MASTER_CONF,
-                 **static}, out, minphotom=5, stk_fast="fast")
-    return {"dark": dark, "flat": flat, "noise": noise, "science": science, "tile": tile}
+                {"BASIC_CALIBRATED_SCI": science, "BASIC_VAR_MAP": science,
+                 "MASTER_CONF": flat, **static}, out, minphotom=5, stk_fast="slow")
+    # The obsolete chain's stacking recipe on all three exposures: hawki_sci_jitter
+    # (tags JITTER_OBS, DARK_IM, BPM, FLAT_IM) with hawki_cal_dark's dark and the
+    # current chain's master flat (hawki_cal_flat would take 3 min). Unlike the
+    # current chain it stacks by the header offsets ESO SEQ CUMOFFSETX/Y, not by
+    # WCS. Its BPM and FLAT_IM products have other tags upstream, so they are
+    # waited for here (cal_dark 3 s, the flat ~25 s: before the science call ends).
+    cal_dark = _run("hawki_cal_dark", {"DARK": d["DARK"]}, out)
+    jitter = _run("hawki_sci_jitter",
+                  {"JITTER_OBS": d["OBJECT"], "DARK_IM": cal_dark, "BPM": cal_dark.BPM_HOT,
+                   "FLAT_IM": flat.MASTER_TWILIGHT_FLAT}, out)
+    return {"dark": dark, "flat": flat, "noise": noise, "science": science, "tile": tile,
+            "cal_dark": cal_dark, "jitter": jitter}
 
 
 def _centroid(img: np.ndarray, x: float, y: float, r: int = 6) -> tuple[float, float, float]:
@@ -195,20 +226,6 @@ def test_rules_classify_and_associate_the_synthetic_data(hawki_data):
     assert [f.path for f in a.frames("FLAT_TWILIGHT")] == [str(p) for p in hawki_data["FLAT_TWILIGHT"]]
 
 
-@pytest.fixture(scope="session")
-def hawki_jitter(hawki_data, hawki_products, tmp_path_factory) -> cpl.Result:
-    """The obsolete chain's stacking recipe on the same raw frames: hawki_sci_jitter
-    (tags JITTER_OBS, DARK_IM, BPM, FLAT_IM) with hawki_cal_dark's dark (8 s) and the
-    current chain's master flat (hawki_cal_flat would take 3 min). Unlike the current
-    chain it stacks by the header offsets ESO SEQ CUMOFFSETX/Y, not by WCS."""
-    out = tmp_path_factory.mktemp("hawki_jitter")
-    dark = _run("hawki_cal_dark", {"DARK": hawki_data["DARK"]}, out)
-    return _run("hawki_sci_jitter",
-                {"JITTER_OBS": hawki_data["OBJECT"], "DARK_IM": dark.DARK_IM,
-                 "BPM": dark.BPM_HOT,
-                 "FLAT_IM": hawki_products["flat"].MASTER_TWILIGHT_FLAT}, out)
-
-
 def _aperture(img: np.ndarray, x: np.ndarray, y: np.ndarray, r: int = 3) -> float:
     """Median over stars of the background-subtracted flux in a (2r+1)^2 box."""
     fluxes = []
@@ -221,7 +238,7 @@ def _aperture(img: np.ndarray, x: np.ndarray, y: np.ndarray, r: int = 3) -> floa
 
 @pytest.mark.requires_cpl
 @pytest.mark.hawki
-def test_header_jitter_offsets_stack_coherently(hawki_jitter, hawki_data):
+def test_header_jitter_offsets_stack_coherently(hawki_products, hawki_data):
     """ESO SEQ CUMOFFSETX/Y as the generator writes them (the sky's shift on the
     detector, pixels) are what hawki_sci_jitter expects: each star's light adds up
     at one place, nothing lands where offsets of the opposite sign would put it."""
@@ -229,16 +246,23 @@ def test_header_jitter_offsets_stack_coherently(hawki_jitter, hawki_data):
     bright = stars[stars["Ksmag"] < 16]
     offsets = [(fits.getval(f, "ESO SEQ CUMOFFSETX"), fits.getval(f, "ESO SEQ CUMOFFSETY"))
                for f in hawki_data["OBJECT"]]
-    (combined,) = _as_list(hawki_jitter.COMBINED)
+    (combined,) = _as_list(hawki_products["jitter"].COMBINED)
     with fits.open(combined) as hdul:
         for ext, hdu in enumerate(hdul[1:], start=1):
             img = np.nan_to_num(hdu.data)
-            # the stack is in the first exposure's pixels, less the rejected borders
             x, y = synthetic.chip_wcs(ext, distorted=True).wcs_world2pix(
                 bright["RA"], bright["Dec"], 0)
-            keep = (x > 80) & (x < img.shape[1] - 80) & (y > 80) & (y < img.shape[0] - 80)
-            x, y = x[keep], y[keep]
-            shift = max(((dx, dy) for dx in range(-8, 1) for dy in range(-8, 1)),
+            # The stack covers the union of the shifted exposures (comb_meth union):
+            # the first exposure's pixels lie where the recipe moved its CRPIX, less
+            # the 4 rejected border pixels; the 9 x 9 search takes up those and the
+            # rounding, without assuming which way the union grew
+            first = fits.getheader(hawki_data["OBJECT"][0], ext)
+            x0 = round(hdu.header["CRPIX1"] - first["CRPIX1"])
+            y0 = round(hdu.header["CRPIX2"] - first["CRPIX2"])
+            keep = (x + x0 > 80) & (x + x0 < img.shape[1] - 80) \
+                & (y + y0 > 80) & (y + y0 < img.shape[0] - 80)
+            x, y = x[keep] + x0, y[keep] + y0
+            shift = max(((dx, dy) for dx in range(-4, 5) for dy in range(-4, 5)),
                         key=lambda s: _aperture(img, x + s[0], y + s[1]))
             x, y = x + shift[0], y + shift[1]
             star = _aperture(img, x, y)

@@ -26,8 +26,8 @@ lines 724 and 1494; a smaller frame fails with "Access beyond boundaries" in
 cpl_image_get_median_window), and every later frame must match the master flat. To
 keep the files small they are written as integer ADU (the read-out's unit) in
 tile-compressed extensions (RICE, lossless, as ESO's archive serves raw data in
-``.fits.fz`` files); CFITSIO, under CPL, reads them transparently: about 9 MB per
-exposure instead of 64 MB.
+``.fits.fz`` files); CFITSIO, under CPL, reads them transparently: 11-24 MB per
+frame instead of 64 MB.
 
 Example
 -------
@@ -39,8 +39,10 @@ Example
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import math
+import multiprocessing
 import os
 import pathlib
 
@@ -89,6 +91,12 @@ FILTER = "Ks"  # DIC INS FILTi NAME; UM: broad-band Y, J, H, Ks
 SKY_LEVEL = 1500.0  # ADU per DIT in Ks (assumed; recipes fit QC SKYBRIGHT 13.8 mag/arcsec2)
 ZERO_POINT = 24.0  # mag giving 1 ADU/s (assumed; the recipes fit it, the test checks)
 SEEING_FWHM = 0.7  # arcsec
+#: DIMM seeing, arcsec at 500 nm (assumed): what Sarazin's relation (FWHM ~
+#: lambda^-0.2 airmass^0.6, cited in SRC hawki_fwhm.c) gives for SEEING_FWHM in Ks at
+#: airmass 1.2 with hawki_fwhm.c's outer-scale factor ~0.8. hawki_fwhm.c itself
+#: divides by the wavelength in microns instead and makes it 0.36" (measured: the
+#: tile's PSF_FWHM), so no test reads the result.
+DIMM_SEEING = 1.0
 CATALOGUE_NAME = "SYNTHETIC"  # EXTNAME of the star catalogue = PHOTCAL_TAB extension
 
 _TELESCOPE = {  # primary keywords every raw frame carries (ESO archive headers)
@@ -245,6 +253,13 @@ def _primary(*, catg: str, typ: str, tech: str, mjd: float, tpl_start: str, nexp
     h["HIERARCH ESO TEL TARG DELTA"] = (_ddmmss(FIELD.dec), "DDMMSS.sss")
     h["HIERARCH ESO TEL AIRM START"] = (airmass, "casu_photcal_extinct reads the airmass")
     h["HIERARCH ESO TEL AIRM END"] = (airmass, "")
+    # DIMM seeing (arcsec at 500 nm; assumed, consistent with SEEING_FWHM in Ks by
+    # the lambda^-0.2 law). SRC hawki_fwhm.c (hawki_get_dimm_fwhm) reads both:
+    # hawki_science_postprocess falls back on them when its tile's classifier finds
+    # fewer than 3 good stars for PSF_FWHM, and fails without them ("Cannot compute
+    # the FWHM from the DIMM"); measured with 2 exposures.
+    h["HIERARCH ESO TEL AMBI FWHM START"] = (DIMM_SEEING, "arcsec, DIMM")
+    h["HIERARCH ESO TEL AMBI FWHM END"] = (DIMM_SEEING, "arcsec, DIMM")
     # Jitter offsets: cumulative offsets from the first exposure in arcsec (A, D)
     # and detector pixels (X, Y) (SRC hawki_pfits_legacy.c reads all four).
     # x grows to the West (East left), so a telescope offset of +A arcsec to the East
@@ -353,8 +368,10 @@ def write_darks(directory: str | os.PathLike, *, n: int = 3, seed: int = 1,
 
 def write_twilight_flats(directory: str | os.PathLike, *, seed: int = 2,
                          flat_seed: int = 7, mjd: float = 60000.98,
-                         levels=(18000.0, 17600.0, 12000.0, 9000.0)) -> list[pathlib.Path]:
+                         levels=(18000.0, 17600.0, 12000.0)) -> list[pathlib.Path]:
     """Raw twilight flats (OCA: CALIB / FLAT / IMAGE), one per level in ``levels``.
+
+    Three by default: the fewest OCA classifies as FLAT_TWILIGHT (TPL NEXP > 2).
 
     hawki_detector_noise takes the first two flats as a pair: its gain (from the
     variance of their difference) assumes equal levels, so they nearly are.
@@ -380,7 +397,8 @@ def write_twilight_flats(directory: str | os.PathLike, *, seed: int = 2,
     return out
 
 
-#: Jitter pattern (arcsec, East/North), within the ~3.5" the star margin allows.
+#: Jitter pattern (arcsec, East/North), within the ~3.5" the star margin allows;
+#: a sequence of n exposures takes the first n offsets.
 JITTER = ((0.0, 0.0), (2.0, 1.5), (-1.8, 2.2), (1.2, -2.4), (-2.5, -1.0))
 
 
@@ -495,9 +513,21 @@ def write_dust_maps(directory: str | os.PathLike) -> tuple[pathlib.Path, pathlib
     return out[0], out[1]
 
 
-def write_dataset(directory: str | os.PathLike, *, seed: int = 1,
-                  per_chip: int = 30) -> dict[str, list[pathlib.Path]]:
+def write_dataset(directory: str | os.PathLike, *, seed: int = 1, per_chip: int = 30,
+                  n_object: int = 3, processes: int = 1) -> dict[str, list[pathlib.Path]]:
     """Everything the dark -> flat -> read-gain -> science chain reads, by tag.
+
+    The fewest frames that the pipeline's rules and recipes take: 3 darks and 3
+    flats (OCA: TPL NEXP > 2), and ``n_object`` jittered exposures (the first
+    offsets of :data:`JITTER`). Three by default, the fewest hawki_sci_jitter
+    stacks correctly: below its ``sky_par`` minimum of 10 frames its sky is the
+    per-pixel median of the exposures (recipes/hawki_sci_jitter.c:1120), and the
+    median of two exposures is their mean, half of every star. The current chain
+    runs on two of them (tests/test_hawki.py says why).
+
+    ``processes`` > 1 writes darks, flats and exposures in that many processes
+    (spawned, so a parent with threads is safe): the same files, each kind has its
+    own random seed.
 
     Returns
     -------
@@ -511,17 +541,26 @@ def write_dataset(directory: str | os.PathLike, *, seed: int = 1,
     --------
     >>> data = write_dataset("raw/")                     # doctest: +SKIP
     >>> len(data["OBJECT"])                              # doctest: +SKIP
-    5
+    3
     """
     d = pathlib.Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     stars = star_field(per_chip=per_chip, seed=seed)
     cat = write_catalogue(d / "HAWKI_STAR_CATALOGUE.fits", stars)
     north, south = write_dust_maps(d)
+    jobs = {"DARK": (write_darks, (d,), {"seed": seed + 10}),
+            "FLAT_TWILIGHT": (write_twilight_flats, (d,), {"seed": seed + 20}),
+            "OBJECT": (write_science, (d, stars),
+                       {"offsets": JITTER[:n_object], "seed": seed + 30})}
+    if processes > 1:
+        with concurrent.futures.ProcessPoolExecutor(
+                processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+            running = {tag: pool.submit(f, *args, **kw) for tag, (f, args, kw) in jobs.items()}
+            raw = {tag: future.result() for tag, future in running.items()}
+    else:
+        raw = {tag: f(*args, **kw) for tag, (f, args, kw) in jobs.items()}
     return {
-        "DARK": write_darks(d, seed=seed + 10),
-        "FLAT_TWILIGHT": write_twilight_flats(d, seed=seed + 20),
-        "OBJECT": write_science(d, stars, seed=seed + 30),
+        **raw,
         "MASTER_LOCAL_CATALOGUE_ASTROM": [cat],
         "MASTER_LOCAL_CATALOGUE_PHOTOM": [cat],
         "PHOTCAL_TAB": [write_photcal_table(d / "HAWKI_PHOTCAL_TAB.fits")],
