@@ -71,7 +71,7 @@ def start(ctx) -> dict:
     import common
 
     import cpldask
-    from cpldask import _runner
+    from cpldask.worker import runner as _runner
 
     py = sys.executable
     path = json.dumps(ctx.search_path)

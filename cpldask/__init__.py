@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 
 # The public names are imported on first use (PEP 562), not by ``import cpldask``:
 # recipe.py and errors.py import python-cpl, _cluster.py distributed, and code that
-# needs neither must import without them — a worker unpickling cpldask._execute,
+# needs neither must import without them — a worker unpickling cpldask.worker.task,
 # cpldask.cluster.job_script(), the rules and the workflow, the tests of the fast tier
 # (tests/conftest.py). ``from cpldask import Recipe`` works as before.
 # name -> "module" (the name is that module) or "module:attribute"

@@ -104,7 +104,7 @@ def store(cache_dir: str, key: str, files: list[tuple[str, str]], record: dict) 
         names, info = [], {}
         for tag, path in files:
             name = os.path.basename(path)
-            _link_or_copy(path, tmp / name)
+            link_or_copy(path, tmp / name)
             st = os.stat(tmp / name)
             info[name] = {"size": st.st_size, "hash": _hashing.file_hash(str(tmp / name), st)}
             names.append((tag, name))
@@ -153,7 +153,7 @@ def verify(cache_dir: str, *, remove: bool = True) -> tuple[int, list[tuple[str,
     return checked, bad
 
 
-def _link_or_copy(src, dest) -> None:
+def link_or_copy(src, dest) -> None:
     try:
         os.link(src, dest)
     except OSError:

@@ -10,7 +10,7 @@ Two keys name a call (docs/cache.md):
   file (path, device, inode, size, mtime, ctime: any write changes it) or the task
   key of the upstream call that makes it. A file written a moment ago is hashed here
   too, since its identity cannot yet tell a second write apart (:mod:`cpldask._hashing`).
-* the **content key**, made on the worker (:func:`cpldask._execute.content_key`):
+* the **content key**, made on the worker (:func:`cpldask.worker.task.content_key`):
   the product cache's key. It covers the same call description (``spec.cache_key``,
   computed here) with every input by the xxh3-128 hash of all its bytes, the recipe
   library and the shared libraries it loads by theirs, and the runner. Hashing there
@@ -158,7 +158,7 @@ def _task_key(provenance: dict, input_key: list, *, raw_tags, input_len: int,
     """(task key, the client's part of the content key) of a call.
 
     The client's part describes the call without its input files' contents, which
-    the worker adds (:func:`cpldask._execute.content_key`). The task key adds what
+    the worker adds (:func:`cpldask.worker.task.content_key`). The task key adds what
     tells this session's inputs and library apart (their identities) and the output
     directory, so that identical calls share a task and a changed input never does.
     """

@@ -38,7 +38,7 @@ from distributed.deploy.spec import SpecCluster
 
 from . import _config
 from ._compat import SubprocessNanny
-from ._execute import WarmUp
+from .worker.forkserver import WarmUp
 
 logger = logging.getLogger(__name__)
 _lock = threading.RLock()

@@ -13,6 +13,9 @@ import os
 import signal
 import sys
 
+# dask's graph nodes: the module is private (underscored) although every graph is made
+# of them since dask 2024.11 (recipe.py builds a call's node from them)
+from dask._task_spec import Task, TaskRef  # noqa: F401  (re-exported)
 from distributed.deploy.subprocess import SubprocessWorker
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -75,3 +78,32 @@ class SubprocessNanny(SubprocessWorker):
 
     #: seconds a Nanny has to close before it is killed
     grace = 10.0
+
+
+# -- the task a worker thread runs -------------------------------------------------------
+# distributed has no public "which task am I, and is it still wanted" for code inside a
+# task: ``distributed.worker.thread_state.key`` is set by the worker around each task,
+# and ``Worker.state.tasks`` is its state machine's table (distributed 2022.6 to 2026.8).
+# If either goes, a cancelled call runs to its end instead of being killed at once, and
+# RunRecord.key is empty: both are checked by tests/test_failures.py and test_core.py.
+def running_task_key() -> str | None:
+    """The key of the task this worker thread runs; None outside a worker task."""
+    try:
+        from distributed.worker import thread_state
+
+        return str(thread_state.key)
+    except (ImportError, AttributeError):
+        return None
+
+
+def running_task_state() -> str | None:
+    """The worker's state of the task this thread runs (``"executing"``...,
+    ``"forgotten"`` once the scheduler has told the worker to drop it); None outside a
+    distributed worker (e.g. dask's threaded scheduler)."""
+    try:
+        from distributed.worker import get_worker, thread_state
+
+        ts = get_worker().state.tasks.get(thread_state.key)
+    except (ImportError, ValueError, AttributeError):
+        return None
+    return "forgotten" if ts is None else ts.state

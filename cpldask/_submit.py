@@ -31,7 +31,7 @@ import weakref
 import dask
 import distributed
 
-from ._execute import run_recipe
+from .worker.task import run_recipe
 
 #: a batch this large is sent by the call that fills it, without waiting for the loop
 MAX_BATCH = 500

@@ -3,7 +3,7 @@
 ``CplError`` and ``RecipeCrash`` are python-cpl's own classes, so code written for
 python-cpl catches the same types. The others are cpldask's additions. This module is
 imported on workers too: it rebuilds the exceptions from the plain report of a recipe
-process (:mod:`cpldask._runner`).
+process (:mod:`cpldask.worker.runner`).
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def loglist(entries) -> LogList:
 
 
 def from_report(report: dict) -> Exception:
-    """Rebuild the exception a recipe process reported (see :mod:`cpldask._runner`)."""
+    """Rebuild the exception a recipe process reported (see :mod:`cpldask.worker.runner`)."""
     log = loglist(report.get("log"))
     kind = report["kind"]
     if kind == "CplError":

@@ -13,11 +13,13 @@ from __future__ import annotations
 import datetime
 import os
 import pathlib
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from . import _call
 from .recipe import Recipe
-from .result import Result
+
+if TYPE_CHECKING:
+    from .result import Result
 
 __all__ = ["record", "to_prov", "replay_script", "from_product"]
 
@@ -39,8 +41,7 @@ def record(result: Result) -> dict:
     >>> prov['params']['muse.muse_bias.combine'], prov['cache_hit']
     ('sigclip', False)
     """
-    rec = result.record
-    return {**rec.provenance, "products": [(p.tag, p.path) for p in rec.products]}
+    return result.provenance
 
 
 def _iso(t: float) -> str:

@@ -2,7 +2,7 @@
 
 The recipe library is loaded here, in the client, with python-cpl — for its
 parameters, tags and documentation, and to validate a call before anything is
-submitted. Running it is the worker's job (:mod:`cpldask._execute`).
+submitted. Running it is the worker's job (:mod:`cpldask.worker`).
 """
 
 from __future__ import annotations
@@ -29,16 +29,17 @@ from astropy.io import fits
 from cpl.frames import FrameList
 from cpl.md5sum import update_md5
 from cpl.param import ParameterList
-from dask._task_spec import Task, TaskRef
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 import distributed
 from distributed import Future
 
 from . import _call, _cluster, _config, _submit, errors
-from ._execute import run_recipe
+from ._compat import Task, TaskRef
+from ._logs import listen_to_logs, log_threshold
 from ._spec import CallSpec, FileInput, MemoryInput, ProductRef
-from .result import Result, listen_to_logs, log_threshold
+from .result import Result
+from .worker.task import run_recipe
 
 __all__ = ["Recipe", "cpl_versions"]
 

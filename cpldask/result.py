@@ -9,10 +9,7 @@ products that waits for the recipe and raises the recipe's exception — on top 
 from __future__ import annotations
 
 import html
-import logging
 import re
-import warnings
-import weakref
 
 from typing import Any, Callable
 
@@ -20,7 +17,7 @@ import distributed
 from astropy.io import fits
 
 from . import _submit, errors
-from ._spec import LOG_TOPIC, RunRecord
+from ._spec import RunRecord
 
 __all__ = ["Result"]
 
@@ -226,9 +223,8 @@ class Result:
     def provenance(self) -> dict:
         """How the products were made: recipe, versions, every parameter, inputs with
         checksums, host, times, memory, cache hit (see :mod:`cpldask.provenance`)."""
-        from . import provenance
-
-        return provenance.record(self)
+        rec = self.record
+        return {**rec.provenance, "products": [(p.tag, p.path) for p in rec.products]}
 
     @property
     def paths(self) -> dict[str, list[str]]:
@@ -333,56 +329,6 @@ def _open(product, record: RunRecord | None = None, client=None) -> fits.HDUList
             return _transfer.open_fetched(product, record, client)
     # -- end of issue 7 hook
     return fits.open(product.path, memmap=True)
-
-
-def listen_to_logs(client: distributed.Client) -> None:
-    """Hand the recipe log messages that workers send (:func:`cpldask._execute.
-    _forward_log`) to ``logging`` under ``cpl.<recipe>.<function>``, as python-cpl does
-    while its recipe runs. A worker sends only the messages at or above the level
-    the client's logging shows, as an event that reaches the client before the task's
-    result does: nothing is fetched for a call whose messages nobody would see."""
-    if client not in _listening:
-        client.subscribe_topic(LOG_TOPIC, _replay_event)
-        _listening.add(client)
-
-
-_listening: weakref.WeakSet = weakref.WeakSet()
-
-
-def log_threshold(logname: str) -> int:
-    """The lowest level of a message to ``logname`` (``cpl.<recipe>``) that the
-    client's logging would emit somewhere; above ``CRITICAL`` when none would be.
-
-    python-cpl sets the root logger to DEBUG and gives ``cpl`` a NullHandler, so by
-    default every message is "enabled" and none is shown: then nothing is sent."""
-    logger = logging.getLogger(logname)
-    levels, found, node = [], False, logger
-    while node is not None:
-        found = found or bool(node.handlers)
-        # logging's NullHandler, or python-cpl's own class of that name
-        levels += [h.level for h in node.handlers if type(h).__name__ != "NullHandler"]
-        node = node.parent if node.propagate else None
-    if not found and logging.lastResort is not None:  # Python's fallback to stderr
-        levels.append(logging.lastResort.level)
-    if not levels:
-        return logging.CRITICAL + 1
-    return max(logger.getEffectiveLevel(), min(levels))
-
-
-def _replay_event(event: tuple) -> None:
-    _, msg = event  # (time, message); the scheduler adds the worker to the message
-    _replay(msg["recipe"], msg["entries"])
-    if msg.get("warning"):  # the cache was not used (see cpldask._execute._warn)
-        warnings.warn(msg["warning"], errors.CacheWarning, stacklevel=2)
-
-
-def _replay(recipe: str, entries) -> None:
-    for name, levelno, func, msg, created in entries:
-        logger = logging.getLogger(name)  # <logname>.<function>
-        if logger.isEnabledFor(levelno):
-            rec = logger.makeRecord(logger.name, levelno, func, 0, msg, None, None, func)
-            rec.created = created
-            logger.handle(rec)
 
 
 def is_result(obj) -> bool:

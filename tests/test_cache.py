@@ -32,7 +32,7 @@ def cache_dir(tmp_path, monkeypatch):
 
 
 def job_files(work_dir) -> set[str]:
-    """One job file per recipe process the workers started (see _execute._spawn)."""
+    """One job file per recipe process the workers started (see cpldask.worker.task._spawn)."""
     return {str(p) for p in pathlib.Path(work_dir).glob("*/.cpldask-job.json")}
 
 

@@ -15,10 +15,10 @@ import pytest
 from astropy.io import fits
 
 import cpldask as cpl
-from cpldask import _execute
+from cpldask.worker import forkserver
 from helpers import recipe_pids, wait_until
 
-#: cpldask._execute imports python-cpl (errors.py); the tests marked requires_cpl run
+#: cpldask.worker imports python-cpl (errors.py); the tests marked requires_cpl run
 #: recipes
 pytestmark = pytest.mark.requires_python_cpl
 
@@ -77,7 +77,7 @@ def test_calls_starting_together_in_a_new_directory_do_not_trip(tmp_path):
     def one(base, barrier):
         barrier.wait()
         try:
-            _execute._no_gdb_dir(base)
+            forkserver.no_gdb_dir(base)
         except OSError as err:
             errors.append(err)
 

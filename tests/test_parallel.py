@@ -299,11 +299,11 @@ def test_recipes_run_without_the_nannys_malloc_setting(test_recipe, any_fits, cl
     """Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_ (for Python workers);
     glibc reads it when a process starts, and with it muse_bias took 1.3 s of system
     CPU instead of 0.9. Neither the fork servers nor the recipes get it."""
-    from cpldask import _execute
+    from cpldask.worker import forkserver
 
     def servers():
         return [(os.environ.get("MALLOC_TRIM_THRESHOLD_"), s.proc.pid)
-                for s in _execute._servers.values() if s.alive()]
+                for s in forkserver._servers.values() if s.alive()]
 
     res = test_recipe(any_fits, param={"envvar": "MALLOC_TRIM_THRESHOLD_", "value": 14.0})
     assert [e.msg for e in res.log if " ENV " in e.msg] == [

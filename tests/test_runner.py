@@ -1,4 +1,4 @@
-"""The recipe process (:mod:`cpldask._runner`) on its own.
+"""The recipe process (:mod:`cpldask.worker.runner`) on its own.
 
 It drives python-cpl's C engine without python-cpl's Python layer (which imports
 astropy into every recipe process), so the rules that layer applied per call are
@@ -18,9 +18,9 @@ import pytest
 from astropy.io import fits
 from helpers import recipe_pids, wait_until
 
-# only _runner here: _execute (the fork server) imports python-cpl through errors.py,
+# only the runner here: the rest of cpldask.worker imports python-cpl through errors.py,
 # and the log parser's test belongs to the fast tier
-from cpldask import _runner
+from cpldask.worker import runner
 
 
 def write_job(call_dir: pathlib.Path, **job) -> pathlib.Path:
@@ -35,10 +35,10 @@ def write_job(call_dir: pathlib.Path, **job) -> pathlib.Path:
 
 
 def run_job(call_dir: pathlib.Path, **job) -> dict:
-    """Run one job with ``python _runner.py JOB`` (no fork server) and return its report."""
+    """Run one job with ``python runner.py JOB`` (no fork server) and return its report."""
     job_file = write_job(call_dir, **job)
     # stdin stays open while it runs: EOF on it means "the worker died, kill everything"
-    proc = subprocess.Popen([sys.executable, _runner.__file__, str(job_file)],
+    proc = subprocess.Popen([sys.executable, runner.__file__, str(job_file)],
                             stdin=subprocess.PIPE)
     assert proc.wait(timeout=120) == 0
     proc.stdin.close()
@@ -59,7 +59,7 @@ def test_a_library_missing_on_this_node_is_found_on_the_path(tmp_path, testrecip
     header = fits.getheader(call_dir / "PRODUCT_0000.fits")
     assert header["ESO QC ECHO VALUE"] == 3.0
     assert any("wrote 1 product" in entry[3] for entry in report["log"])
-    assert not (call_dir / _runner.RECIPE_LOG).exists()  # read into the report
+    assert not (call_dir / runner.RECIPE_LOG).exists()  # read into the report
 
 
 @pytest.mark.requires_cpl
@@ -80,7 +80,7 @@ def test_cpl_log_lines_become_python_cpl_records(tmp_path):
         "10:35:26 [ ERROR ] muse_utils_load: cannot read file",
         "10:35:27 [  INFO ] cpl_dfs_product_save: Writing product",
     ]) + "\n")
-    entries = _runner._read_log(str(log), "muse_bias")
+    entries = runner.read_log(str(log), "muse_bias")
     assert [(e[0], e[1], e[2], e[3]) for e in entries] == [
         ("cpl.muse_bias.muse_bias", 30, "muse_bias", "No file tagged with FLAT"),
         ("cpl.muse_bias.muse_bias", 30, "muse_bias", "    second line of that warning"),
@@ -103,9 +103,9 @@ def test_a_recipe_dies_with_its_fork_server(tmp_path, testrecipe_dir, any_fits):
     """The kernel kills a recipe process group once its server is gone (the server
     killed by the OOM killer, say): no recipe runs on as an orphan."""
     before = recipe_pids("cpldask_test")
-    from cpldask import _execute
+    from cpldask.worker import forkserver
 
-    server = _execute._ForkServer(())
+    server = forkserver.ForkServer(())
     job = sleep_job(tmp_path / "call", testrecipe_dir, any_fits, 41.0)
     proc = server.start(job, dict(os.environ), "cpldask_test", None)
     recipe = wait_until(lambda: recipe_pids("cpldask_test") - before, 60, "the recipe")
@@ -119,7 +119,7 @@ def test_a_recipe_dies_with_its_fork_server(tmp_path, testrecipe_dir, any_fits):
 def test_a_standalone_runner_dies_with_its_caller(tmp_path, testrecipe_dir, any_fits):
     before = recipe_pids("cpldask_test")
     job = sleep_job(tmp_path / "call", testrecipe_dir, any_fits, 42.0)
-    proc = subprocess.Popen([sys.executable, _runner.__file__, str(job)],
+    proc = subprocess.Popen([sys.executable, runner.__file__, str(job)],
                             stdin=subprocess.PIPE)
     recipe = wait_until(lambda: recipe_pids("cpldask_test") - before, 60, "the recipe")
     proc.stdin.close()  # as if the caller died
@@ -133,9 +133,9 @@ def test_the_recipe_process_has_the_callers_environment(tmp_path, testrecipe_dir
     """A recipe process starts with its fork server's environment; what the call's
     environment lacks is removed, what it has is set."""
     monkeypatch.setenv("CPLDASK_TEST_GONE", "server only")
-    from cpldask import _execute
+    from cpldask.worker import forkserver
 
-    server = _execute._ForkServer(())
+    server = forkserver.ForkServer(())
     monkeypatch.delenv("CPLDASK_TEST_GONE")
     entries = []
     for name in ["CPLDASK_TEST_GONE", "CPLDASK_TEST_NEW"]:

@@ -1,6 +1,6 @@
 """The recipe process: runs one recipe call with python-cpl's engine and reports back.
 
-A worker starts one process per call (see :mod:`cpldask._execute`), for three reasons:
+A worker starts one process per call (see :mod:`cpldask.worker.task`), for three reasons:
 
 * the environment, notably ``OMP_NUM_THREADS``, must be in place *before* the recipe
   library (and its OpenMP runtime) is loaded — python-cpl's per-call ``env`` is too
@@ -24,7 +24,7 @@ message log turned into log records, a crash read from python-cpl's backtrace fi
 
 The outcome goes to ``report.json`` beside the job file, written atomically; stdout
 and stderr go to a log file the worker keeps for diagnostics. Nothing here imports
-cpldask: the worker starts this file by its path. ``python _runner.py JOB.json`` runs
+cpldask: the worker starts this file by its path. ``python runner.py JOB.json`` runs
 one job without the server (for debugging).
 """
 
@@ -45,7 +45,7 @@ import time
 from stat import S_ISFIFO
 
 
-#: Part of every content key (cpldask._execute.content_key): raise it with any change
+#: Part of every content key (cpldask.worker.task.content_key): raise it with any change
 #: here that changes what a recipe makes of the same call (how parameters are
 #: converted, how frames are given, the recipe's environment), so that no product
 #: cached by the earlier runner is served for the new one.
@@ -141,19 +141,19 @@ def _typed(types: dict, name: str, value):
     return ptype(value) if ptype is not None else value
 
 
-def _read_log(path: str, recipe: str) -> list:
+def read_log(path: str, recipe: str) -> list:
     """CPL's message log as (logger name, level, function, message, time) entries, as
     python-cpl's LogServer makes its records (loggers ``cpl.<recipe>.<function>``)."""
     try:
         with open(path, encoding="ascii", errors="replace") as lines:
-            entries = _parse_log(lines, recipe)
+            entries = parse_log(lines, recipe)
         os.remove(path)
     except FileNotFoundError:
         return []  # the recipe child died before CPL opened its log
     return entries
 
 
-def _parse_log(lines, recipe: str, last: tuple | None = None) -> list:
+def parse_log(lines, recipe: str, last: tuple | None = None) -> list:
     """Entries of ``lines``; ``last`` is the entry before them (a message that the
     first lines continue), when a log is read in pieces while the recipe runs."""
     entries: list = []
@@ -203,7 +203,7 @@ def run(job: dict) -> dict:
             raise
         products = errors = stat = None  # the child died before sending its outcome
     report["end"] = time.time()
-    report["log"] = _read_log(RECIPE_LOG, job["recipe"])
+    report["log"] = read_log(RECIPE_LOG, job["recipe"])
     if os.path.exists(BACKTRACE):  # python-cpl's crash handler ran (and gdb, if allowed)
         os.replace(BACKTRACE, "recipe.backtrace")  # (in the call directory, our cwd)
         with open("recipe.backtrace", errors="replace") as bt:
@@ -247,7 +247,7 @@ def execute(job_file: pathlib.Path) -> None:
 
 
 # -- the fork server -----------------------------------------------------------------
-# A worker keeps one of these (``python _runner.py --serve``) per OpenMP environment:
+# A worker keeps one of these (``python runner.py --serve``) per OpenMP environment:
 # it has loaded python-cpl's engine and loads each recipe library on first use,
 # with the OpenMP runtime reading the server's own environment, which holds the calls'
 # OMP_* settings. A fork of it starts a recipe process in milliseconds. It stays
@@ -329,7 +329,7 @@ def _warm() -> None:
     0.3 ms of CPU, on top of copying the pages they write."""
     with open(os.devnull, encoding="ascii", errors="replace") as f:
         f.read()
-    _parse_log(["00:00:00 [    INFO] warm: up\n", "more\n"], "warm")
+    parse_log(["00:00:00 [    INFO] warm: up\n", "more\n"], "warm")
     json.loads(json.dumps({"warm": [1.0, "up"]}))
     resource.getrusage(resource.RUSAGE_CHILDREN)
 
@@ -402,4 +402,9 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    # started by its path: Python put this file's directory first on sys.path, where
+    # its sibling modules (task.py, install.py...) would shadow any top-level module
+    # of those names that python-cpl or a recipe's Python imports
+    if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+        del sys.path[0]
     sys.exit(main(sys.argv[1:]))
