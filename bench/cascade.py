@@ -16,7 +16,7 @@ scipost) are run three ways on 2 cores:
   non-critical call. One worker with both slots picks the most urgent ready call
   whenever a slot frees (full run; ``--set cascade.variants=...`` to choose);
 * ``python-cpl serial``: the same calls one after another with python-cpl
-  (:func:`cpldask.reduce.run_sequential`);
+  (:func:`run_sequential`);
 * ``python-cpl threaded``: a hand-written python-cpl script: the calls in the plan's
   order (stage by stage) with ``threaded=True`` and ``set_maxthreads(2)``, each call
   reading the products of the calls it needs (which waits for them) before it starts:
@@ -44,7 +44,7 @@ SLOTS = 2
 
 def exposure(ctx: common.Context, n_ifus: int) -> tuple[pathlib.Path, tuple[int, ...]]:
     """The raw files of a synthetic exposure of IFUs 1..n (made once)."""
-    from cpldask import synthetic
+    from cpldask.instruments.muse import synthetic
 
     ifus = tuple(range(1, n_ifus + 1))
     raw = ctx.data_dir / f"exposure-{n_ifus}ifu"
@@ -60,7 +60,7 @@ def exposure(ctx: common.Context, n_ifus: int) -> tuple[pathlib.Path, tuple[int,
 def run(ctx: common.Context) -> dict:
     if ctx.quick and not ctx.cascade and "cascade.ifus" not in ctx.options:
         raise NotImplementedError("the cascade is left out of --quick (add --cascade)")
-    from cpldask import reduce as red_mod
+    from cpldask import workflow as red_mod
 
     counts = ctx.pick("cascade.ifus", [2], [2, 4])
     reps = int(ctx.options.get("cascade.reps", ctx.reps or 1))
@@ -98,7 +98,7 @@ def run(ctx: common.Context) -> dict:
                     run_threaded(plan, base / "python-cpl-threaded", SLOTS)
                     wall = time.perf_counter() - t0
                 else:
-                    times = red_mod.run_sequential(plan, base / "python-cpl-serial")
+                    times = run_sequential(plan, base / "python-cpl-serial")
                     wall = times.pop("total")
                     cp = critical_path(plan, times)
                     bound = max(cp, sum(times.values()) / SLOTS)
@@ -134,6 +134,50 @@ def critical_path(plan, times: dict[str, float]) -> float:
     return max(finish.values(), default=0.0)
 
 
+def run_sequential(reduction: Reduction, output_dir: str | os.PathLike) -> dict[str, float]:
+    """Run the steps of ``reduction`` one after another in this process with
+    python-cpl (as a script without cpldask would), products under ``output_dir``.
+
+    Returns the wall time of each step by label, and ``'total'``.
+    """
+    import cpl
+
+    from cpldask import Recipe
+    from cpldask.workflow import Step
+
+    cpl.Recipe.path = Recipe.search_path()
+    base = pathlib.Path(output_dir).expanduser().absolute()
+    products: dict[int, dict[str, list[str]]] = {}
+    times: dict[str, float] = {}
+    t_all = time.monotonic()
+    for step in reduction.steps:
+        def resolve(values, tag):
+            out = []
+            for v in values:
+                if isinstance(v, Step):
+                    out += products[id(v)].get(tag, [])
+                else:
+                    out.append(v)
+            return out
+
+        recipe = cpl.Recipe(step.recipe)
+        raw = {tag: resolve(v, tag) for tag, v in step.raw.items()}
+        calib = {tag: resolve(v, tag) for tag, v in step.calib.items()}
+        where = base / pathlib.Path(step.output_dir).relative_to(reduction.output_dir)
+        where.mkdir(parents=True, exist_ok=True)
+        t0 = time.monotonic()
+        res = recipe(raw, tag=next(iter(raw)), param=dict(step.param), calib=calib,
+                     output_dir=str(where))
+        times[step.label] = time.monotonic() - t0
+        got: dict[str, list[str]] = {}
+        for tag, value in res:
+            got[tag] = list(value) if isinstance(value, list) else [value]
+        products[id(step)] = got
+        log(f"{step.label} {times[step.label]:.1f} s")
+    times["total"] = time.monotonic() - t_all
+    return times
+
+
 def run_threaded(plan, output_dir: pathlib.Path, maxthreads: int) -> None:
     """The plan as a hand-written python-cpl script would run it: each call started
     with ``threaded=True`` in the plan's order, after reading the products of its
@@ -141,7 +185,7 @@ def run_threaded(plan, output_dir: pathlib.Path, maxthreads: int) -> None:
     at once (``cpl.Recipe.set_maxthreads``)."""
     import cpl
 
-    from cpldask.reduce import Step
+    from cpldask.workflow import Step
 
     cpl.Recipe.set_maxthreads(maxthreads)
     recipes: dict[str, cpl.Recipe] = {}

@@ -93,7 +93,7 @@ class Context:
     def bias_files(self) -> list[str]:
         """Three synthetic raw BIAS frames of IFU 1 (made once, kept in data_dir)."""
         if self._bias is None:
-            from cpldask import synthetic
+            from cpldask.instruments.muse import synthetic
 
             d = self.data_dir / "bias"
             files = sorted(d.glob("BIAS_*.fits")) if d.is_dir() else []

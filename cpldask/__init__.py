@@ -21,6 +21,8 @@ __version__ = "0.1.0"
 # needs neither must import without them — a worker unpickling cpldask.worker.task,
 # cpldask.cluster.job_script(), the rules and the workflow, the tests of the fast tier
 # (tests/conftest.py). ``from cpldask import Recipe`` works as before.
+# ``cpldask.reduce`` is the function cpldask.workflow.reduce (the workflow layer is the
+# package cpldask.workflow).
 # name -> "module" (the name is that module) or "module:attribute"
 _LAZY = {
     # python-cpl's names
@@ -42,6 +44,7 @@ _LAZY = {
     "dashboard_link": "._cluster:dashboard_link",
     "close": "._cluster:close",
     "provenance": ".provenance",
+    "reduce": ".workflow:reduce",
 }
 
 __all__ = list(_LAZY)

@@ -25,13 +25,12 @@ What is known of a file is remembered per identity in a bounded LRU.
 from __future__ import annotations
 
 import os
-import re
 import stat
 import uuid
 
 from dask.base import tokenize
 
-from . import _fitsheader, _hashing, errors
+from . import _fitsheader, _hashing, errors, instruments
 from ._spec import FileInput, MemoryInput
 
 #: the version of what the keys hold: a change here gives every call a new key
@@ -94,28 +93,13 @@ def check_file(path: str, *, recipe: str, tag: str) -> list[dict]:
 
 
 # -- what a call needs of its raw frames -----------------------------------------------
-#: MUSE recipes with ``nifu=k`` (1..24) read the image extension ``CHANkk`` of each raw
-#: frame (MUSE pipeline user manual, section "Raw data": one extension per IFU, named
-#: CHAN01..CHAN24; ``esorex --man-page muse_bias``: "nifu: IFU to handle"). Checked
-#: for raw files of INSTRUME MUSE that hold CHANnn extensions at all (a reduced
-#: frame given to muse_scibasic holds none).
-_IFU_EXTENSION = re.compile(r"CHAN(\d\d)$")
-
-
 def _check_extensions(recipe: str, params: dict, tag: str, path: str,
                       hdus: list[dict]) -> None:
-    if not recipe.startswith("muse_") or not hdus or hdus[0].get("INSTRUME") != "MUSE":
-        return
-    nifu = next((v for k, v in params.items() if k.rsplit(".", 1)[-1] == "nifu"), None)
-    if not isinstance(nifu, int) or not 1 <= nifu <= 24:
-        return
-    chans = [h["extname"] for h in hdus[1:] if _IFU_EXTENSION.match(str(h["extname"]))]
-    want = f"CHAN{nifu:02d}"
-    if chans and want not in chans:
-        raise errors.InputError(
-            f"{recipe}: raw {tag} file {path!r} has no extension {want}, which nifu="
-            f"{nifu} needs (it holds {', '.join(chans)}); give frames of IFU {nifu} "
-            f"or set nifu to one of theirs")
+    """The instrument's own check of a raw frame for this call, if it has one
+    (``cpldask/instruments/<name>/checks.py``; MUSE: the IFU extension ``nifu`` needs)."""
+    check = instruments.raw_frame_check(recipe)
+    if check is not None:
+        check(recipe, params, tag, path, hdus)
 
 
 def inputs(recipe: str, params: dict, frames, deps, raw_tags) -> tuple[list[dict], list]:

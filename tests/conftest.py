@@ -152,7 +152,7 @@ def _recipe_path_for_cpl_tests(request):
 @pytest.fixture(scope="session")
 def bias_files(tmp_path_factory) -> list[str]:
     """Three synthetic raw BIAS frames of IFU 1."""
-    from cpldask import synthetic
+    from cpldask.instruments.muse import synthetic
 
     d = tmp_path_factory.mktemp("bias")
     return [str(p) for p in synthetic.write_bias(d, n=3, ifus=(1,), seed=11)]

@@ -16,12 +16,12 @@ import yaml
 from astropy.io import fits
 from astropy.time import Time
 
-from cpldask import reduce as R
+from cpldask import workflow as R
 
 RULES = {
     "instrument": "TOY",
     "identify": {"INSTRUME": ["TOY", "TOY2"]},  # either name: the same instrument
-    # catg/type/tech/pro_catg are the short names _classify reads to tell a product
+    # catg/type/tech/pro_catg are the short names cpldask.workflow.classify reads to tell a product
     # ("a pipeline product") from a frame no rule takes
     "keywords": {"catg": "ESO DPR CATG", "type": "ESO DPR TYPE",
                  "pro_catg": "ESO PRO CATG"},

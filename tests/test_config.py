@@ -116,7 +116,8 @@ def test_import_cpldask_loads_neither_python_cpl_nor_distributed(tmp_path):
     recipes) and the client-side engine."""
     code = ("import sys, cpldask\n"
             "print(sorted({'cpl', 'distributed'} & set(sys.modules)))\n"
-            "import cpldask.cluster, cpldask.reduce, cpldask.synthetic, cpldask._classify\n"
+            "import cpldask.cluster, cpldask.workflow, cpldask.instruments.muse.synthetic\n"
+            "import cpldask.instruments.muse.workflow, cpldask.instruments.hawki.workflow\n"
             "print(sorted(m for m in sys.modules if m == 'cpl' or m.startswith('cpl.')))")
     first, second = fresh_python(code, tmp_path).splitlines()
     assert first == "[]" and second == "[]"

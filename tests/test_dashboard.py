@@ -259,7 +259,7 @@ def _main(argv: list[str]) -> int:
     import argparse
 
     import cpldask
-    import cpldask.reduce
+    from cpldask.instruments.muse import demo
 
     parser = argparse.ArgumentParser(description=_main.__doc__)
     parser.add_argument("png")
@@ -269,7 +269,7 @@ def _main(argv: list[str]) -> int:
                         help="take it once this many recipe calls have finished")
     args = parser.parse_args(argv)
     out = pathlib.Path(args.png).absolute()
-    red = cpldask.reduce.demo(args.workdir, ifus=(1,), wait=False)
+    red = demo.demo(args.workdir, ifus=(1,), wait=False)
     try:
         with Browser() as b:
             b.goto(cpldask.dashboard_link())

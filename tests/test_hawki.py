@@ -21,8 +21,10 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS, FITSFixedWarning
 
+import cpldask
 import cpldask as cpl
-from cpldask import _classify
+import cpldask.workflow
+from cpldask import workflow
 from cpldask.instruments.hawki import synthetic
 
 #: the real chain takes minutes; the rules test needs no CPL but writes the 149 MB
@@ -70,8 +72,31 @@ def hawki_data(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="session")
-def hawki_products(hawki_data, tmp_path_factory, recipe_path) -> dict[str, cpl.Result]:
-    """The real chain on the synthetic data, once per session.
+def hawki_reduction(hawki_data, tmp_path_factory, recipe_path) -> cpldask.workflow.Reduction:
+    """``cpldask.reduce`` of the synthetic data, once per session: the instrument picked
+    from the headers, HAWK-I's workflow (instruments/hawki/workflow.py) laid out and
+    submitted — the dark, the flat, the detector noise, the science and the tile.
+    Given the files of the first CHAIN_EXPOSURES exposures only (the third is for
+    the jitter test). Not waited for: the obsolete chain below runs beside it."""
+    d = hawki_data
+    files = [*d["DARK"], *d["FLAT_TWILIGHT"], *d["OBJECT"][:CHAIN_EXPOSURES],
+             *{p for tag in STATIC for p in d[tag]}]
+    # stk_fast=slow: "auto" picks "fast" for up to 10 images (recipes/
+    # hawki_science_postprocess.c:1191), here 8, and "fast" peaks at 5.1 GB
+    return cpldask.reduce(files, output_dir=tmp_path_factory.mktemp("hawki_reduced"),
+                          params={"hawki_science_postprocess": {"stk_fast": "slow"}},
+                          wait=False)
+
+
+#: the static calibrations among the synthetic data
+STATIC = ("PHOTCAL_TAB", "MASTER_LOCAL_CATALOGUE_ASTROM", "MASTER_LOCAL_CATALOGUE_PHOTOM",
+          "SCHLEGEL_MAP_NORTH", "SCHLEGEL_MAP_SOUTH")
+
+
+@pytest.fixture(scope="session")
+def hawki_products(hawki_reduction, hawki_data, tmp_path_factory) -> dict[str, cpl.Result]:
+    """The Results of the reduction's steps, and of the obsolete chain's stacking recipe
+    started beside it.
 
     Every call is started at once: the cluster runs each when its inputs exist, two
     at a time (one per core). The chain dark -> flat -> science -> tile is the
@@ -80,25 +105,11 @@ def hawki_products(hawki_data, tmp_path_factory, recipe_path) -> dict[str, cpl.R
     """
     out = tmp_path_factory.mktemp("hawki_products")
     d = hawki_data
-    static = {tag: d[tag] for tag in ("PHOTCAL_TAB", "MASTER_LOCAL_CATALOGUE_ASTROM",
-                                      "MASTER_LOCAL_CATALOGUE_PHOTOM",
-                                      "SCHLEGEL_MAP_NORTH", "SCHLEGEL_MAP_SOUTH")}
-    dark = _run("hawki_dark_combine", {"DARK": d["DARK"]}, out)
-    # two darks and two flats of NDIT = 1 (hawki_detector_noise's man page; reflex/
-    # hawki.oca asks exactly 2 of each), the same frames as the masters'
-    noise = _run("hawki_detector_noise",
-                 {"DARK": d["DARK"][:2], "FLAT_TWILIGHT": d["FLAT_TWILIGHT"][:2]}, out)
-    flat = _run("hawki_twilight_flat_combine",
-                {"FLAT_TWILIGHT": d["FLAT_TWILIGHT"], "MASTER_DARK": dark}, out)
-    science = _run("hawki_science_process",
-                   {"OBJECT": d["OBJECT"][:CHAIN_EXPOSURES], "MASTER_DARK": dark,
-                    "MASTER_TWILIGHT_FLAT": flat, "MASTER_CONF": flat,
-                    "MASTER_READGAIN": noise, **static}, out)
-    # stk_fast=slow: "auto" picks "fast" for up to 10 images (recipes/
-    # hawki_science_postprocess.c:1191), here 8, and "fast" peaks at 5.1 GB
-    tile = _run("hawki_science_postprocess",
-                {"BASIC_CALIBRATED_SCI": science, "BASIC_VAR_MAP": science,
-                 "MASTER_CONF": flat, **static}, out, minphotom=5, stk_fast="slow")
+    red = hawki_reduction
+    products = {key: red.step(name).result for key, name in (
+        ("dark", "hawki_dark_combine"), ("flat", "hawki_twilight_flat_combine"),
+        ("noise", "hawki_detector_noise"), ("science", "hawki_science_process"),
+        ("tile", "hawki_science_postprocess"))}
     # The obsolete chain's stacking recipe on all three exposures: hawki_sci_jitter
     # (tags JITTER_OBS, DARK_IM, BPM, FLAT_IM) with hawki_cal_dark's dark and the
     # current chain's master flat (hawki_cal_flat would take 3 min). Unlike the
@@ -108,9 +119,23 @@ def hawki_products(hawki_data, tmp_path_factory, recipe_path) -> dict[str, cpl.R
     cal_dark = _run("hawki_cal_dark", {"DARK": d["DARK"]}, out)
     jitter = _run("hawki_sci_jitter",
                   {"JITTER_OBS": d["OBJECT"], "DARK_IM": cal_dark, "BPM": cal_dark.BPM_HOT,
-                   "FLAT_IM": flat.MASTER_TWILIGHT_FLAT}, out)
-    return {"dark": dark, "flat": flat, "noise": noise, "science": science, "tile": tile,
-            "cal_dark": cal_dark, "jitter": jitter}
+                   "FLAT_IM": products["flat"].MASTER_TWILIGHT_FLAT}, out)
+    return {**products, "cal_dark": cal_dark, "jitter": jitter}
+
+
+@pytest.mark.requires_cpl
+@pytest.mark.hawki
+def test_reduce_picks_hawki_and_runs_its_workflow(hawki_reduction, hawki_products):
+    """``cpldask.reduce`` on HAWK-I files: no instrument named, HAWK-I's rules and
+    workflow are used, every step finishes and ``final`` names the tile."""
+    red = hawki_reduction.wait()
+    assert red.instrument == "HAWKI"
+    assert [s.name for s in red.steps] == [
+        "hawki_dark_combine", "hawki_twilight_flat_combine", "hawki_detector_noise",
+        "hawki_science_process", "hawki_science_postprocess"]
+    assert all(s.unit is None for s in red.steps)  # one call covers the 4 detectors
+    assert red.final["TILED_IMAGE"] == hawki_products["tile"].paths["TILED_IMAGE"][0]
+    assert red.final["TILED_IMAGE"].startswith(str(red.output_dir))
 
 
 def _centroid(img: np.ndarray, x: float, y: float, r: int = 6) -> tuple[float, float, float]:
@@ -212,16 +237,16 @@ def test_read_noise_and_gain_measured_as_injected(hawki_products):
 
 def test_rules_classify_and_associate_the_synthetic_data(hawki_data):
     """rules.yaml (from the pipeline's OCA rules) tags every synthetic file."""
-    rules = _classify.load_rules(RULES)
-    c = _classify.classify(pathlib.Path(hawki_data["DARK"][0]).parent, rules)
+    rules = workflow.load_rules(RULES)
+    c = workflow.classify(pathlib.Path(hawki_data["DARK"][0]).parent, rules)
     assert not c.unclassified, c.summary()
     for tag in ("DARK", "FLAT_TWILIGHT", "OBJECT"):
         assert [f.path for f in c[tag]] == [str(p) for p in hawki_data[tag]]
-        assert all(f.ifus == (1, 2, 3, 4) for f in c[tag])
+        assert all(f.units == (1, 2, 3, 4) for f in c[tag])
     for tag in ("PHOTCAL_TAB", "SCHLEGEL_MAP_NORTH", "SCHLEGEL_MAP_SOUTH",
                 "MASTER_LOCAL_CATALOGUE_ASTROM"):
         assert [f.path for f in c[tag]] == [str(p) for p in hawki_data[tag]]
-    a = _classify.associate(c)
+    a = workflow.associate(c)
     assert [f.path for f in a.frames("DARK")] == [str(p) for p in hawki_data["DARK"]]
     assert [f.path for f in a.frames("FLAT_TWILIGHT")] == [str(p) for p in hawki_data["FLAT_TWILIGHT"]]
 

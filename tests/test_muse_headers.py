@@ -2,7 +2,7 @@
 
 Every frame here is written by hand from ESO's documentation of MUSE raw data (the
 table of values and their sources is in docs/reduce.md, "Raw MUSE frames"), not with
-cpldask.synthetic; the generator's frames must then get the same tags. Only headers
+cpldask.instruments.muse.synthetic; the generator's frames must then get the same tags. Only headers
 are written and read: no CPL, no recipe (the fast tier: no ``requires_cpl`` marker).
 """
 
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from cpldask import reduce as R
-from cpldask import synthetic
+from cpldask import workflow as R
+from cpldask.instruments.muse import synthetic
 
 
 #: Raw frame -> (DPR CATG, DPR TYPE, TPL ID, tag the recipes take it under).
@@ -118,7 +118,7 @@ def test_every_documented_raw_type_gets_its_tag(tmp_path, name):
     assert not c.unclassified, c.unclassified
     frame = only(c)
     assert frame.tag == tag
-    assert frame.meta["tech"] == "IFU" and frame.ifus == (1, 24)
+    assert frame.meta["tech"] == "IFU" and frame.units == (1, 24)
 
 
 def test_arcs_are_told_apart_by_their_lamp_and_shutter(tmp_path):
@@ -195,7 +195,7 @@ def test_written_generator_frame_carries_the_header_it_describes(tmp_path):
     path = synthetic.write_raw(tmp_path / "BIAS.fits", "BIAS", ifus=(2,), compress=False,
                                mjd=60001.25)
     frame = only(R.classify(path))
-    assert frame.tag == "BIAS" and frame.ifus == (2,) and frame.mjd == 60001.25
+    assert frame.tag == "BIAS" and frame.units == (2,) and frame.mjd == 60001.25
     written = fits.getheader(path)
     described = synthetic.primary_header("BIAS", mjd=60001.25)
     assert {k: written[k] for k in described} == dict(described)

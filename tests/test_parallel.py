@@ -254,7 +254,7 @@ def test_logname_and_loglevel_as_in_python_cpl(test_recipe, any_fits, caplog):
 
 @pytest.mark.requires_python_cpl
 def test_log_messages_are_sent_only_where_logging_shows_them(monkeypatch):
-    from cpldask.result import log_threshold
+    from cpldask._logs import log_threshold
 
     logger = logging.getLogger("cpl.threshold_check")
     monkeypatch.setattr(logger, "propagate", False)  # away from pytest's root handlers

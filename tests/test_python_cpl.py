@@ -103,7 +103,7 @@ def _bias_with_dead_ifus(directory: pathlib.Path, live=(1, 2)) -> list[str]:
     pixels, the others header-only with ``ESO DET CHIP LIVE = F``, which is how the
     MUSE pipeline knows an IFU to skip (``muse_pfits_get_chip_live``): a recipe called
     with python-cpl's defaults (``nifu=0``, every IFU) then runs in seconds."""
-    from cpldask import synthetic
+    from cpldask.instruments.muse import synthetic
 
     raw = synthetic.write_bias(directory / "raw", n=3, ifus=live, seed=5)
     names = []
@@ -130,7 +130,7 @@ def _bias_with_dead_ifus(directory: pathlib.Path, live=(1, 2)) -> list[str]:
 def user_dir(tmp_path_factory) -> pathlib.Path:
     """A user's folder: bias1-3.fits (24 extensions, IFUs 1 and 2 live) and
     dark1-3.fits (IFU 1), the names the README's examples use."""
-    from cpldask import synthetic
+    from cpldask.instruments.muse import synthetic
 
     d = tmp_path_factory.mktemp("user")
     _bias_with_dead_ifus(d)

@@ -17,8 +17,9 @@ import pytest
 from astropy.io import fits
 
 import cpldask
-from cpldask import reduce as R
-from cpldask import synthetic
+from cpldask import workflow as R
+from cpldask.instruments.muse import demo as muse_demo
+from cpldask.instruments.muse import synthetic
 from helpers import max_overlap, recipe_pids
 
 DAY = 1.0
@@ -132,9 +133,9 @@ def test_classification_of_a_mix_with_junk_and_another_instrument(tmp_path):
     # header metadata travels with each frame
     arc = {f.name: f for f in c["ARC"]}["ARC_3.fits"]
     assert arc.meta["lamps"] == ["Ne"] and arc.meta["mode"] == "WFM-NOAO-N"
-    assert arc.ifus == (1, 2) and arc.mjd == pytest.approx(60000.12)
-    assert c["LINE_CATALOG"][0].mjd is None and c["LINE_CATALOG"][0].ifus == ()
-    assert c.ifus() == (1, 2)
+    assert arc.units == (1, 2) and arc.mjd == pytest.approx(60000.12)
+    assert c["LINE_CATALOG"][0].mjd is None and c["LINE_CATALOG"][0].units == ()
+    assert c.units() == (1, 2)
     text = c.summary()
     assert "UVES_BIAS.fits" in text and "7 files not classified" in text
 
@@ -168,7 +169,7 @@ def test_rules_are_data_another_instrument_needs_no_code(tmp_path):
     path = tmp_path / "uves.yaml"
     path.write_text(yaml.safe_dump(rules))
     assert [f.tag for f in R.classify([uves], rules=path).frames] == ["BIAS_RED"]
-    with pytest.raises(ValueError, match="no rules named 'fors'"):
+    with pytest.raises(ValueError, match="no instrument named 'fors'"):
         R.load_rules("fors")
 
 
@@ -242,9 +243,9 @@ def test_graph_of_two_ifus(tmp_path):
     assert len(labels) == len(set(labels)) == 15
     for name in PER_IFU:
         steps = [s for s in red.steps if s.name == name]
-        assert sorted(s.ifu for s in steps) == [1, 2]  # once per IFU
-        assert all(s.param["nifu"] == s.ifu for s in steps)
-        assert all(s.output_dir == str(tmp_path / "out" / name / f"ifu{s.ifu:02d}")
+        assert sorted(s.unit for s in steps) == [1, 2]  # once per IFU
+        assert all(s.param["nifu"] == s.unit for s in steps)
+        assert all(s.output_dir == str(tmp_path / "out" / name / f"ifu{s.unit:02d}")
                    for s in steps)
     for k in (1, 2):  # each IFU's chain uses its own products
         assert red[f"muse_dark[{k}]"].calib["MASTER_BIAS"] == [red[f"muse_bias[{k}]"]]
@@ -256,7 +257,7 @@ def test_graph_of_two_ifus(tmp_path):
         assert red[f"muse_lsf[{k}]"].calib["WAVECAL_TABLE"] == [red[f"muse_wavecal[{k}]"],
                                                                 red[f"muse_wavecal[{other}]"]]
     twilight = red["muse_twilight"]
-    assert twilight.ifu is None and "nifu" not in twilight.param
+    assert twilight.unit is None and "nifu" not in twilight.param
     assert twilight.calib["WAVECAL_TABLE"] == [red["muse_wavecal[1]"], red["muse_wavecal[2]"]]
     scipost = red["muse_scipost"]
     assert scipost.raw == {"PIXTABLE_OBJECT": [red["muse_scibasic[1]"], red["muse_scibasic[2]"]]}
@@ -274,7 +275,7 @@ def test_graph_of_two_ifus(tmp_path):
 def test_flux_branch_with_three_ifus_and_switches(tmp_path):
     night(tmp_path, ifus=(1, 2, 3))
     red = R.reduce(tmp_path, output_dir=tmp_path / "out", dry_run=True)
-    assert red.ifus == (1, 2, 3)
+    assert red.units == (1, 2, 3)
     assert [s.label for s in red.steps][-5:] == [
         "muse_scibasic_std[1]", "muse_scibasic_std[2]", "muse_scibasic_std[3]",
         "muse_standard", "muse_scipost_flux"]
@@ -313,14 +314,19 @@ def test_dry_run_text_and_graph_image(tmp_path):
     assert '"muse_bias[1]" -> "muse_dark[1]";' in dot
 
 
-def test_parse_ifus_and_callable_module():
-    assert R.parse_ifus("1-24") == tuple(range(1, 25))
-    assert R.parse_ifus("3,1,5-6") == (1, 3, 5, 6)
-    assert R.parse_ifus(range(1, 3)) == (1, 2)
+def test_parse_units_by_the_instruments_range_and_reduce_is_a_function():
+    assert R.parse_units("1-24") == tuple(range(1, 25))
+    assert R.parse_units("3,1,5-6") == (1, 3, 5, 6)
+    assert R.parse_units(range(1, 3)) == (1, 2)
     for bad in ("0-3", "25", "a", ""):
         with pytest.raises(ValueError):
-            R.parse_ifus(bad)
-    assert callable(cpldask.reduce) and cpldask.reduce.demo is R.demo
+            R.parse_units(bad)
+    assert R.parse_units("1-4", "hawki") == (1, 2, 3, 4)
+    with pytest.raises(ValueError, match="HAWKI detector numbers must be within 1..4"):
+        R.parse_units("5", "hawki")
+    import types
+
+    assert isinstance(cpldask.reduce, types.FunctionType) and cpldask.reduce is R.reduce
 
 
 # ---------------------------------------------------------------------------------
@@ -328,12 +334,12 @@ def test_parse_ifus_and_callable_module():
 # ---------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory, recipe_path):
-    """``cpldask.reduce.demo`` of IFUs 1 and 2: synthetic exposure, whole cascade, PNG."""
+    """``cpldask.instruments.muse.demo.demo`` of IFUs 1 and 2: synthetic exposure, whole cascade, PNG."""
     work = tmp_path_factory.mktemp("reduce-demo")
     finished = []
     # the session's product cache is empty (conftest): every recipe really runs, and
     # its products are kept for test_rerun_is_served_from_the_cache
-    red = R.demo(work, ifus=(1, 2), cache=True,
+    red = muse_demo.demo(work, ifus=(1, 2), cache=True,
                  progress=lambda step, res: finished.append(step.label))
     return red, finished, work
 
@@ -383,7 +389,7 @@ def test_reduction_ran_each_recipe_once_per_ifu_in_parallel(demo_run):
     assert len(records) == len(red.steps) == 15
     # exactly once per IFU: one call each, one product set per folder, no re-run
     for name in PER_IFU:
-        assert sorted(s.ifu for s in red.steps if s.name == name) == [1, 2]
+        assert sorted(s.unit for s in red.steps if s.name == name) == [1, 2]
     for name in ("muse_bias", "muse_dark", "muse_flat", "muse_wavecal", "muse_lsf"):
         for k in (1, 2):
             label = f"{name}[{k}]"
@@ -419,7 +425,7 @@ def test_reduction_ran_each_recipe_once_per_ifu_in_parallel(demo_run):
 @pytest.mark.slow
 def test_white_light_png_marks_the_star(demo_run, tmp_path):
     red, _, _ = demo_run
-    png = R.white_light_png(red.final["IMAGE_FOV"], tmp_path / "w.png", ifus=(1, 2),
+    png = muse_demo.white_light_png(red.final["IMAGE_FOV"], tmp_path / "w.png", ifus=(1, 2),
                             title="test")
     import matplotlib.image
 

@@ -110,15 +110,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_run.run)
 
     p = commands.add_parser(
-        "reduce", parents=[cluster], help="reduce a folder of raw MUSE frames",
-        description="Classify the raw frames, associate calibrations and run the whole "
-                    "MUSE cascade as one graph: per IFU muse_bias ... muse_scibasic, "
-                    "then muse_scipost over all IFUs.")
+        "reduce", parents=[cluster], help="reduce a folder of raw frames (MUSE, HAWK-I)",
+        description="Classify the raw frames, associate calibrations and run the "
+                    "instrument's whole cascade as one graph (MUSE: per IFU muse_bias "
+                    "... muse_scibasic, then muse_scipost over all IFUs; HAWK-I: dark, "
+                    "flat, detector noise, science, tile). The instrument is the one "
+                    "the frames' headers name.")
     p.add_argument("raw", metavar="RAW_DIR", help="folder of raw frames (walked)")
-    p.add_argument("--ifus", metavar="LIST", help="IFUs to reduce, e.g. 1-24 or 1,3,5 "
-                   "(default: every IFU in the frames)")
+    p.add_argument("--instrument", metavar="NAME",
+                   help="instrument rules to use (muse, hawki) or a rules YAML file "
+                        "(default: from the headers)")
+    units = p.add_mutually_exclusive_group()
+    units.add_argument("--units", metavar="LIST", help="units to reduce (MUSE: IFUs), "
+                       "e.g. 1-24 or 1,3,5 (default: every unit in the frames)")
+    units.add_argument("--ifus", metavar="LIST",
+                       help="MUSE's IFUs to reduce (--units, checked against 1..24)")
     p.add_argument("--output-dir", default="reduced", metavar="DIR",
-                   help="where products go, one folder per step and IFU (default: "
+                   help="where products go, one folder per step and unit (default: "
                         "./reduced)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the classified frames and the graph; run nothing")

@@ -1,7 +1,7 @@
 """``cpldask demo``: synthetic MUSE bias sets reduced to master biases in parallel.
 
 The demo needs nothing but the MUSE pipeline: it writes a few sets of synthetic raw
-bias frames (:func:`cpldask.synthetic.write_bias`, one IFU, a different noise seed
+bias frames (:func:`cpldask.instruments.muse.synthetic.write_bias`, one IFU, a different noise seed
 per set), makes one threaded ``muse_bias`` call per set, and follows them with the
 same display as ``cpldask run`` (:func:`cpldask._cli._batch.monitor`). A whole MUSE
 reduction (``cpldask reduce``) plugs in the same way: prepare inputs, submit
@@ -26,7 +26,7 @@ import numpy as np
 from astropy.io import fits
 from rich.console import Console
 
-from .. import synthetic
+from ..instruments.muse import synthetic
 from ..recipe import Recipe
 from ._batch import Job, cluster, monitor
 from ._inputs import UsageError, bad_input

@@ -1,8 +1,9 @@
-"""``cpldask reduce RAW_DIR`` and ``cpldask demo``: a whole MUSE reduction, followed
-with the same display as ``cpldask run`` (:func:`cpldask._cli._batch.monitor`).
+"""``cpldask reduce RAW_DIR`` and ``cpldask demo``: a whole reduction (of the
+instrument the headers name; the demo's is MUSE), followed with the same display as
+``cpldask run`` (:func:`cpldask._cli._batch.monitor`).
 
 The reduction itself — classification, association, the graph — is
-:mod:`cpldask.reduce`; this module only turns its steps into display jobs.
+:mod:`cpldask.workflow`; this module only turns its steps into display jobs.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import argparse
 
 from rich.console import Console
 
-from .. import reduce as reduction
+from .. import workflow
+from ..instruments.muse import demo as muse_demo
 from . import _demo
 from ._batch import Job, cluster, monitor
 from ._inputs import UsageError
@@ -23,7 +25,7 @@ def _ifus(text: str | None):
     if text is None:
         return None
     try:
-        return reduction.parse_ifus(text)
+        return workflow.parse_units(text, "muse")
     except ValueError as err:
         raise UsageError(f"--ifus {text!r}: {err}") from err
 
@@ -34,18 +36,19 @@ def _follow(red, title: str, out: Console, err: Console) -> int:
 
 
 def reduce(args: argparse.Namespace, out: Console, err: Console) -> int:
-    """``cpldask reduce RAW [--ifus 1-24] [--output-dir D] [--dry-run] [--graph F]``."""
-    ifus = _ifus(args.ifus)
+    """``cpldask reduce RAW [--instrument I] [--units 1-24] [--output-dir D] [--dry-run]
+    [--graph F]``."""
+    units = args.units if args.ifus is None else _ifus(args.ifus)
+    options = {"units": units, "rules": args.instrument,
+               "output_dir": args.output_dir, "graph": args.graph}
     try:
         if args.dry_run:
-            red = reduction.reduce(args.raw, ifus=ifus, output_dir=args.output_dir,
-                                   dry_run=True, graph=args.graph)
+            red = workflow.reduce(args.raw, dry_run=True, **options)
             out.print(red.describe(), markup=False, highlight=False, soft_wrap=True)
             return 0
         with cluster(args.scheduler, args.slots):
-            red = reduction.reduce(args.raw, ifus=ifus, output_dir=args.output_dir,
-                                   graph=args.graph, wait=False)
-            code = _follow(red, f"reduce {args.raw}", out, err)
+            red = workflow.reduce(args.raw, wait=False, **options)
+            code = _follow(red, f"{red.instrument} reduction of {args.raw}", out, err)
     except (ValueError, LookupError, OSError) as exc:  # nothing to reduce, no match
         raise UsageError(str(exc)) from exc
     if code == 0:
@@ -62,11 +65,11 @@ def demo(args: argparse.Namespace, out: Console, err: Console) -> int:
         return _demo.demo(args, out, err)
     ifus = _ifus(args.ifus) or (1, 2)
     with cluster(args.scheduler, args.slots):
-        red = reduction.demo(args.workdir, ifus=ifus, seed=args.seed, wait=False)
+        red = muse_demo.demo(args.workdir, ifus=ifus, seed=args.seed, wait=False)
         code = _follow(red, f"MUSE reduction of IFUs {args.ifus or '1-2'}", out, err)
     if code == 0:
-        red.png = reduction.white_light_png(red.final["IMAGE_FOV"], red.png_target,
-                                            ifus=red.ifus)
+        red.png = muse_demo.white_light_png(red.final["IMAGE_FOV"], red.png_target,
+                                            ifus=red.units)
         for tag, path in red.final.items():
             out.print(f"{tag}: {path}", markup=False, highlight=False, soft_wrap=True)
         out.print(f"white-light image: {red.png}", markup=False, highlight=False,

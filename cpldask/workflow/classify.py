@@ -1,11 +1,17 @@
 """Data organisation: classify files by their headers, associate calibrations.
 
-Both steps are driven by a rules file (``cpldask/rules/<instrument>.yaml``), so that
+Both steps are driven by a rules file (``cpldask/instruments/<name>/rules.yaml``), so that
 what makes a file a BIAS, or which flat goes with an exposure, is data that can be
 read, changed and extended without touching this code. Only headers are read: a
 directory of 24-IFU exposures is classified in well under a second per hundred files.
 
-Public entry points (re-exported by :mod:`cpldask.reduce`): :func:`load_rules`,
+Nothing here knows an instrument. What the rules call a *unit* is the axis along
+which an instrument's raw frames are split into image extensions and its recipes may
+be called one part at a time: MUSE's 24 IFUs (``CHANnn``, one call per IFU),
+HAWK-I's 4 detectors (``CHIPn.INT1``, one call for all four); an instrument without
+such an axis declares none and has the one unit ``None``.
+
+Public entry points (re-exported by :mod:`cpldask.workflow`): :func:`load_rules`,
 :func:`classify`, :func:`associate`.
 """
 
@@ -13,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import importlib.resources
 import math
 import os
 import pathlib
@@ -26,8 +31,10 @@ from typing import Any
 import yaml
 from astropy.io import fits
 
+from .. import instruments
+
 __all__ = ["Rules", "Frame", "Unclassified", "Classification", "Association",
-           "load_rules", "classify", "associate", "list_files"]
+           "load_rules", "classify", "associate", "list_files", "detect_instrument"]
 
 #: File name endings taken for FITS when a directory is walked (others are listed as
 #: unclassified too, with the reason).
@@ -39,17 +46,28 @@ FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.fz", ".fits.gz", ".fz")
 # ---------------------------------------------------------------------------------
 @dataclasses.dataclass
 class Rules:
-    """One instrument's rules, as read from its YAML file (see ``rules/muse.yaml``)."""
+    """One instrument's rules, as read from its YAML file (see
+    ``cpldask/instruments/muse/rules.yaml``).
+
+    ``unit_name``, ``unit_extension`` and ``unit_split`` come from its ``units``
+    section: what one unit is called (``IFU``), the regular expression whose first
+    group numbers a raw frame's image extension (``^CHAN(\\d+)$``), and whether the
+    workflow calls recipes per unit. Without the section the instrument has no unit
+    axis (the one unit ``None``).
+    """
 
     instrument: str
     identify: dict[str, Any]
-    ifu_extension: str | None
+    unit_extension: str | None
     keywords: dict[str, str]
     lamps: dict[str, str] | None
     classification: list[dict]
     association: dict
     workflow: dict
     source: str = ""
+    unit_name: str = "unit"
+    unit_split: bool = False
+    unit_range: tuple[int, int] | None = None
 
     @property
     def science_tags(self) -> list[str]:
@@ -71,13 +89,17 @@ def load_rules(rules: str | os.PathLike | Rules | Mapping = "muse") -> Rules:
     else:
         text, source = _rules_text(rules)
         data = yaml.safe_load(text)
+    units = dict(data.get("units") or {})
     missing = [k for k in ("instrument", "classification") if k not in data]
     if missing:
         raise ValueError(f"rules {source}: missing section(s) {', '.join(missing)}")
     return Rules(
         instrument=str(data["instrument"]),
         identify={str(k): v for k, v in (data.get("identify") or {}).items()},
-        ifu_extension=data.get("ifu_extension"),
+        unit_extension=units.get("extension"),
+        unit_name=str(units.get("name", "unit")),
+        unit_split=bool(units.get("split", False)),
+        unit_range=tuple(units["range"]) if units.get("range") else None,
         keywords=dict(data.get("keywords") or {}),
         lamps=data.get("lamps"),
         classification=list(data["classification"]),
@@ -91,14 +113,41 @@ def _rules_text(name) -> tuple[str, str]:
     path = pathlib.Path(os.fspath(name)).expanduser()
     if path.suffix in (".yaml", ".yml") or path.exists():
         return path.read_text(), str(path)
-    shipped = importlib.resources.files("cpldask") / "rules" / f"{str(name).lower()}.yaml"
-    if not shipped.is_file():
-        known = sorted(p.name.removesuffix(".yaml")
-                       for p in (importlib.resources.files("cpldask") / "rules").iterdir()
-                       if p.name.endswith(".yaml"))
-        raise ValueError(f"no rules named {name!r}; shipped: {', '.join(known)}; or give "
-                         f"the path of a YAML file")
-    return shipped.read_text(), f"cpldask/rules/{shipped.name}"
+    shipped = instruments.rules_file(str(name))
+    return shipped.read_text(), f"cpldask/instruments/{str(name).lower()}/rules.yaml"
+
+
+def detect_instrument(files: Iterable[str]) -> str:
+    """The shipped instrument whose ``identify`` rule most of ``files`` fit (their
+    primary headers are read): what ``cpldask reduce RAW_DIR`` reduces.
+
+    Raises
+    ------
+    ValueError
+        No file is a frame of a shipped instrument; the message says what the files'
+        INSTRUME keywords are.
+    """
+    rules = [load_rules(name) for name in instruments.names()]
+    votes: dict[str, int] = {}
+    seen: set[str] = set()
+    for path in files:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                header = fits.getheader(path)
+        except (OSError, ValueError, IndexError, TypeError):
+            continue  # not FITS: classify() lists it with the reason
+        seen.add(str(header.get("INSTRUME", "(none)")))
+        for r in rules:
+            if r.identify and all(_matches(_norm(header.get(k)), want)
+                                  for k, want in r.identify.items()):
+                votes[r.instrument] = votes.get(r.instrument, 0) + 1
+    if not votes:
+        raise ValueError(f"no file is a frame of {', '.join(r.instrument for r in rules)} "
+                         f"(INSTRUME: {', '.join(sorted(seen)) or 'no FITS file'}); give "
+                         f"rules=<path of a rules YAML file>")
+    best = max(votes, key=votes.get)
+    return next(name for name, r in zip(instruments.names(), rules) if r.instrument == best)
 
 
 # ---------------------------------------------------------------------------------
@@ -111,7 +160,7 @@ class Frame:
     path: str
     tag: str
     mjd: float | None  # start of the exposure (MJD-OBS or DATE-OBS); None for tables
-    ifus: tuple[int, ...]  # IFUs present as image extensions (raw frames)
+    units: tuple[int, ...]  # units present as image extensions (raw frames)
     meta: dict  # short name -> header value (rules' "keywords"), plus "lamps"
 
     @property
@@ -152,9 +201,12 @@ class Classification:
     def __contains__(self, tag: str) -> bool:
         return tag in self.tags
 
-    def ifus(self) -> tuple[int, ...]:
-        """IFUs present in every raw (multi-extension) frame."""
-        sets = [set(f.ifus) for f in self.frames if f.ifus]
+    def units(self) -> tuple:
+        """Units present in every raw (multi-extension) frame; ``(None,)`` for an
+        instrument without a unit axis."""
+        if not self.rules.unit_extension:
+            return (None,)
+        sets = [set(f.units) for f in self.frames if f.units]
         return tuple(sorted(set.intersection(*sets))) if sets else ()
 
     def summary(self) -> str:
@@ -167,8 +219,8 @@ class Classification:
                 values = sorted({str(f.meta.get(key)) for f in frames if f.meta.get(key) is not None})
                 if values:
                     extra.append(f"{key}={'/'.join(values)}")
-            if first.ifus:
-                extra.append(f"ifus={_ranges(first.ifus)}")
+            if first.units:
+                extra.append(f"units={format_ranges(first.units)}")
             lines.append(f"  {tag:<18} {len(frames):>3}  {', '.join(extra)}")
             for f in frames:
                 when = f"  {_isot(f.mjd)}" if f.mjd is not None else ""
@@ -208,7 +260,8 @@ def classify(files: str | os.PathLike | Iterable, rules="muse") -> Classificatio
     files : path, or iterable of paths
         Files or directories (walked recursively; hidden entries skipped).
     rules : str, path, mapping or Rules
-        The instrument's rules (default: MUSE's, ``cpldask/rules/muse.yaml``).
+        The instrument's rules: a name (``"muse"``, ``"hawki"``), a YAML path or a
+        mapping (see ``cpldask/instruments/muse/rules.yaml``).
 
     Returns
     -------
@@ -265,13 +318,13 @@ def _classify_one(path: str, rules: Rules) -> Frame:
     lamps = _lamps_on(primary, rules.lamps)
     if lamps is not None:
         meta["lamps"] = lamps
-    ifus = _ifus(extnames, rules.ifu_extension)
+    units = _units(extnames, rules.unit_extension)
     for rule in rules.classification:
         if _rule_holds(rule, meta, table):
             tag = str(rule["tag"])
             if tag.startswith("{") and tag.endswith("}"):
                 tag = str(meta[tag[1:-1]])
-            return Frame(path, tag, _mjd(primary), ifus, meta)
+            return Frame(path, tag, _mjd(primary), units, meta)
     if meta.get("pro_catg") and not any(meta.get(k) for k in ("catg", "type", "tech")):
         raise _NotClassified(f"a pipeline product (PRO CATG {meta['pro_catg']!r}), not an "
                              f"input the rules take")
@@ -350,7 +403,7 @@ def _norm(value):
 def _lamps_on(header, spec) -> list[str] | None:
     """Names of the lamps that were on: lamp on and, where the rules name a
     shutter keyword, its shutter open; names cut by ``strip`` and mapped by
-    ``rename`` (see rules/muse.yaml)."""
+    ``rename`` (see instruments/muse/rules.yaml)."""
     if not spec or spec.get("count") not in header:
         return None
     out = []
@@ -367,7 +420,7 @@ def _lamps_on(header, spec) -> list[str] | None:
     return out
 
 
-def _ifus(extnames, pattern) -> tuple[int, ...]:
+def _units(extnames, pattern) -> tuple[int, ...]:
     if not pattern:
         return ()
     rx = re.compile(pattern)
@@ -410,14 +463,14 @@ def _isot(mjd: float) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S")
 
 
-def _ranges(ifus: Iterable[int]) -> str:
+def format_ranges(units: Iterable[int]) -> str:
     """1,2,3,5 -> '1-3,5'."""
-    ifus = sorted(ifus)
+    units = sorted(units)
     parts, start = [], None
-    for i, k in enumerate(ifus):
+    for i, k in enumerate(units):
         if start is None:
             start = k
-        if i + 1 == len(ifus) or ifus[i + 1] != k + 1:
+        if i + 1 == len(units) or units[i + 1] != k + 1:
             parts.append(str(start) if start == k else f"{start}-{k}")
             start = None
     return ",".join(parts)
@@ -430,31 +483,31 @@ def _ranges(ifus: Iterable[int]) -> str:
 class Association:
     """Which frames of each tag go into the reduction of ``science``.
 
-    ``chosen[tag][ifu]`` is the list of frames for the call of IFU ``ifu`` (the same
-    list for every IFU where the rule says ``all_ifus`` or ``static``).
+    ``chosen[tag][unit]`` is the list of frames for the call of ``unit`` (the same
+    list for every unit where the rule says ``all_units`` or ``static``).
     """
 
     science: list[Frame]
-    ifus: tuple[int, ...]
+    units: tuple[int, ...]
     chosen: dict[str, dict[int, list[Frame]]]
     notes: list[str]
     rules: Rules
     unused: list[Frame] = dataclasses.field(default_factory=list)
 
-    def frames(self, tag: str, ifu: int | None = None) -> list[Frame]:
-        """Frames of ``tag`` for IFU ``ifu`` (None: the frames common to all IFUs)."""
-        by_ifu = self.chosen.get(tag)
-        if not by_ifu:
+    def frames(self, tag: str, unit: int | None = None) -> list[Frame]:
+        """Frames of ``tag`` for ``unit`` (None: the frames common to all units)."""
+        by_unit = self.chosen.get(tag)
+        if not by_unit:
             return []
-        if ifu is None:
-            ifu = self.ifus[0]
-        return by_ifu.get(ifu, [])
+        if unit is None:
+            unit = self.units[0]
+        return by_unit.get(unit, [])
 
-    def paths(self, tag: str, ifu: int | None = None) -> list[str]:
-        return [f.path for f in self.frames(tag, ifu)]
+    def paths(self, tag: str, unit: int | None = None) -> list[str]:
+        return [f.path for f in self.frames(tag, unit)]
 
     def __contains__(self, tag: str) -> bool:
-        return bool(self.chosen.get(tag)) and all(self.chosen[tag].get(k) for k in self.ifus)
+        return bool(self.chosen.get(tag)) and all(self.chosen[tag].get(k) for k in self.units)
 
     def summary(self) -> str:
         when = statistics.fmean(f.mjd for f in self.science if f.mjd is not None) \
@@ -462,14 +515,14 @@ class Association:
         head = (f"science: {', '.join(f.name for f in self.science) or '(none)'}"
                 + (f" at {_isot(when)}" if when is not None else ""))
         lines = [head]
-        for tag, by_ifu in self.chosen.items():
-            distinct = {tuple(f.path for f in v) for v in by_ifu.values()}
+        for tag, by_unit in self.chosen.items():
+            distinct = {tuple(f.path for f in v) for v in by_unit.values()}
             if len(distinct) == 1:
-                frames = next(iter(by_ifu.values()))
+                frames = next(iter(by_unit.values()))
                 lines.append(f"  {tag:<18} {_describe(frames, when)}")
             else:
-                for ifu, frames in by_ifu.items():
-                    lines.append(f"  {tag + f'[ifu {ifu}]':<18} {_describe(frames, when)}")
+                for unit, frames in by_unit.items():
+                    lines.append(f"  {tag + f'[unit {unit}]':<18} {_describe(frames, when)}")
         lines += [f"  note: {n}" for n in self.notes]
         if self.unused:
             counts: dict[str, int] = {}
@@ -488,20 +541,20 @@ def _describe(frames: list[Frame], when) -> str:
     return names
 
 
-def associate(classification: Classification, ifus: Iterable[int] | None = None,
+def associate(classification: Classification, units: Iterable[int] | None = None,
               *, science: Iterable[Frame] | None = None) -> Association:
-    """Choose, for each calibration tag and IFU, the frames the reduction uses.
+    """Choose, for each calibration tag and unit, the frames the reduction uses.
 
     The rules (``association`` section) say which header values must agree with the
     science frames (mode, binning, read-out), how many frames a set needs, and whether
-    the frames must hold the call's IFU or all IFUs; among the sets that qualify, the
+    the frames must hold the call's unit or all units; among the sets that qualify, the
     one nearest in time to the science exposures is taken.
 
     Parameters
     ----------
     classification : Classification
-    ifus : iterable of int, optional
-        IFUs to reduce (default: those present in every raw frame).
+    units : iterable of int, optional
+        Units (MUSE: IFUs) to reduce (default: those present in every raw frame).
     science : frames, optional
         The exposures to reduce (default: every frame of the rules' science tags).
 
@@ -512,9 +565,18 @@ def associate(classification: Classification, ifus: Iterable[int] | None = None,
         or the science frames disagree in mode/binning.
     """
     rules = classification.rules
-    ifus = tuple(sorted(set(ifus))) if ifus is not None else classification.ifus()
-    if not ifus and classification.frames:
-        raise ValueError("no IFU is present in every raw frame; give ifus=...")
+    unit = rules.unit_name
+    if not rules.unit_extension:
+        if units is not None and tuple(units) not in ((), (None,)):
+            raise ValueError(f"{rules.instrument} frames are not split into units; "
+                             f"leave units out")
+        units = (None,)
+    elif units is not None:
+        units = tuple(sorted(set(units)))
+    else:
+        units = classification.units()
+    if not units and classification.frames:
+        raise ValueError(f"no {unit} is present in every raw frame; give units=...")
     if science is None:
         science = [f for t in rules.science_tags for f in classification[t]]
     science = sorted(science, key=_time_order)
@@ -523,9 +585,9 @@ def associate(classification: Classification, ifus: Iterable[int] | None = None,
     calib_tags = list(rules.association.get("calibrations", {}))
     all_match = {m for t in calib_tags for m in rules.calibration(t).get("match", [])}
     for frame in science:
-        missing = [k for k in ifus if k not in frame.ifus]
+        missing = [k for k in units if k is not None and k not in frame.units]
         if missing:
-            raise ValueError(f"science frame {frame.name} lacks IFU(s) {_ranges(missing)}")
+            raise ValueError(f"science frame {frame.name} lacks {unit}(s) {format_ranges(missing)}")
     ref_values = {}
     # in the rules' order, so that a mix of modes is named by "mode", not "field"
     keys = [k for k in rules.keywords if k in all_match]
@@ -552,29 +614,29 @@ def associate(classification: Classification, ifus: Iterable[int] | None = None,
             pick = _nearest_static(candidates, ref_mjd)
             if len(candidates) > 1:
                 notes.append(f"{tag}: {len(candidates)} files, took {pick[0].name}")
-            by_ifu = {k: pick for k in ifus} if pick else {}
+            by_unit = {k: pick for k in units} if pick else {}
         else:
-            by_ifu = {}
-            need_all = bool(rule.get("all_ifus"))
-            for k in ifus:
-                want = set(ifus) if need_all else {k}
+            by_unit = {}
+            need_all = bool(rule.get("all_units"))
+            for k in units:
+                want = set(units) if need_all else {k}
                 pick = _nearest_set(candidates, rule, ref_values, ref_mjd, gap, want)
                 if pick:
-                    by_ifu[k] = pick
-        missing = [k for k in ifus if k not in by_ifu]
+                    by_unit[k] = pick
+        missing = [k for k in units if k not in by_unit]
         if missing:
-            why = _why_none(tag, candidates, rule, ref_values)
+            why = _why_none(tag, candidates, rule, ref_values, unit)
             if not rule.get("optional"):
-                raise ValueError(f"no usable {tag} for IFU(s) {_ranges(missing)}: {why}")
-            if candidates or by_ifu:
-                notes.append(f"{tag}: none usable for IFU(s) {_ranges(missing)}: {why}")
-            by_ifu = {} if len(missing) == len(ifus) or rule.get("all_ifus") else by_ifu
-        if by_ifu:
-            chosen[tag] = by_ifu
-    used = {f.path for by_ifu in chosen.values() for fs in by_ifu.values() for f in fs}
+                raise ValueError(f"no usable {tag}{_for(unit, missing)}: {why}")
+            if candidates or by_unit:
+                notes.append(f"{tag}: none usable{_for(unit, missing)}: {why}")
+            by_unit = {} if len(missing) == len(units) or rule.get("all_units") else by_unit
+        if by_unit:
+            chosen[tag] = by_unit
+    used = {f.path for by_unit in chosen.values() for fs in by_unit.values() for f in fs}
     used |= {f.path for f in science}
     unused = [f for f in classification.frames if f.path not in used]
-    return Association(science, ifus, chosen, notes, rules, unused)
+    return Association(science, units, chosen, notes, rules, unused)
 
 
 def _nearest_static(candidates: list[Frame], ref_mjd: float) -> list[Frame]:
@@ -586,11 +648,11 @@ def _nearest_static(candidates: list[Frame], ref_mjd: float) -> list[Frame]:
     return [sorted(candidates, key=lambda f: f.path)[-1]]
 
 
-def _nearest_set(candidates, rule, ref_values, ref_mjd, gap, want_ifus) -> list[Frame]:
+def _nearest_set(candidates, rule, ref_values, ref_mjd, gap, want_units) -> list[Frame]:
     usable = [f for f in candidates
               if all(_norm(f.meta.get(k)) == ref_values.get(k) for k in rule.get("match", [])
                      if k in ref_values)
-              and want_ifus <= set(f.ifus)]
+              and want_units - {None} <= set(f.units)]
     sets = _sets(usable, rule.get("match", []), gap)
     sets = [s for s in sets if len(s) >= int(rule.get("min", 1))]
     if not sets:
@@ -627,7 +689,13 @@ def _mid(frames: list[Frame]) -> float:
     return statistics.fmean(dated) if dated else math.inf
 
 
-def _why_none(tag, candidates, rule, ref_values) -> str:
+def _for(unit: str, missing: list) -> str:
+    """`` for IFU(s) 1-2`` (nothing for an instrument without units)."""
+    missing = [k for k in missing if k is not None]
+    return f" for {unit}(s) {format_ranges(missing)}" if missing else ""
+
+
+def _why_none(tag, candidates, rule, ref_values, unit: str = "unit") -> str:
     if not candidates:
         return f"no {tag} frame in the data"
     match = [k for k in rule.get("match", []) if k in ref_values]
@@ -637,4 +705,4 @@ def _why_none(tag, candidates, rule, ref_values) -> str:
         want = ", ".join(f"{k}={ref_values[k]!r}" for k in match)
         return f"{len(candidates)} {tag} frame(s), none with {want} like the science frames"
     return (f"{len(agree)} matching {tag} frame(s), but no set of at least "
-            f"{rule.get('min', 1)} holding the IFU(s) needed")
+            f"{rule.get('min', 1)} holding the {unit}(s) needed")
