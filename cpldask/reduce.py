@@ -342,7 +342,8 @@ class Reduction:
 
     # -- running -------------------------------------------------------------------
     def submit(self, progress: Callable[[Step, Any], None] | None = None, *,
-               cache: bool | None = None) -> "Reduction":
+               cache: bool | None = None,
+               recipe_path: Iterable[str] | str | None = None) -> "Reduction":
         """Submit every step as a background recipe call; returns at once.
 
         Each step becomes ``cpldask.Recipe(recipe)(raw, calib=..., param=...,
@@ -351,6 +352,7 @@ class Reduction:
         ``progress(step, result)`` is called (from another thread) as each step ends.
         ``cache`` is passed to every call (None: the ``cpldask.cache.enabled`` key;
         False: run every recipe even if the product cache has its products).
+        ``recipe_path``: the recipes' search path (``cpldask.Recipe(path=...)``).
         """
         import dask
 
@@ -362,7 +364,8 @@ class Reduction:
         for i, step in enumerate(self.steps):
             recipe = self._recipes.get(step.recipe)
             if recipe is None:
-                recipe = self._recipes[step.recipe] = Recipe(step.recipe, threaded=True)
+                recipe = Recipe(step.recipe, threaded=True, path=recipe_path)
+                self._recipes[step.recipe] = recipe
                 # calibrations the rules' workflow.optional_calibrations lets go
                 recipe.optional_calib |= set(step.optional_calib)
             raw = {tag: [self._input(v) for v in values] for tag, values in step.raw.items()}
@@ -547,7 +550,8 @@ def reduce(raw: str | os.PathLike | Iterable, *, ifus: Iterable[int] | str | Non
            flux: bool | None = None, rules="muse", params: Mapping | None = None,
            progress: Callable[[Step, Any], None] | None = None,
            graph: str | os.PathLike | None = None, wait: bool = True,
-           cache: bool | None = None) -> Reduction:
+           cache: bool | None = None,
+           recipe_path: Iterable[str] | str | None = None) -> Reduction:
     """Classify the raw files, associate calibrations and run the whole cascade.
 
     Parameters
@@ -578,6 +582,8 @@ def reduce(raw: str | os.PathLike | Iterable, *, ifus: Iterable[int] | str | Non
     cache : bool, optional
         Use the product cache for every call (default: ``cpldask.cache.enabled``);
         False runs every recipe.
+    recipe_path : list or str, optional
+        The recipes' search path (default: ``cpldask.Recipe.path``).
 
     Returns
     -------
@@ -596,7 +602,7 @@ def reduce(raw: str | os.PathLike | Iterable, *, ifus: Iterable[int] | str | Non
         return reduction
     for note in reduction.association.notes:
         log.info("association: %s", note)
-    reduction.submit(progress, cache=cache)
+    reduction.submit(progress, cache=cache, recipe_path=recipe_path)
     if wait:
         try:
             reduction.wait()
@@ -631,7 +637,8 @@ def parse_ifus(text: str | Iterable[int]) -> tuple[int, ...]:
 # ---------------------------------------------------------------------------------
 def demo(workdir: str | os.PathLike = "cpldask-demo", ifus: Iterable[int] = (1, 2), *,
          seed: int = 0, progress: Callable | None = None, flux: bool | None = None,
-         wait: bool = True, cache: bool | None = None) -> Reduction:
+         wait: bool = True, cache: bool | None = None,
+         recipe_path: Iterable[str] | str | None = None) -> Reduction:
     """Generate a synthetic MUSE exposure for ``ifus`` and reduce it end to end.
 
     The raw data go to ``workdir/raw`` (made once, reused while ``ifus`` and ``seed``
@@ -658,7 +665,7 @@ def demo(workdir: str | os.PathLike = "cpldask-demo", ifus: Iterable[int] = (1, 
         synthetic.make_exposure(raw, ifus=ifus, seed=seed, lingain=False)
         stamp.write_text(json.dumps(want))
     red = reduce(raw, ifus=ifus, output_dir=workdir / "reduced", progress=progress,
-                 flux=flux, wait=wait, cache=cache)
+                 flux=flux, wait=wait, cache=cache, recipe_path=recipe_path)
     red.png_target = workdir / "white_light.png"
     red.png = None
     if wait:

@@ -44,7 +44,8 @@ def reduce(args: argparse.Namespace, out: Console, err: Console) -> int:
             return 0
         with cluster(args.scheduler, args.slots):
             red = reduction.reduce(args.raw, ifus=ifus, output_dir=args.output_dir,
-                                   graph=args.graph, wait=False)
+                                   graph=args.graph, wait=False,
+                                   recipe_path=args.recipe_path)
             code = _follow(red, f"reduce {args.raw}", out, err)
     except (ValueError, LookupError, OSError) as exc:  # nothing to reduce, no match
         raise UsageError(str(exc)) from exc
@@ -62,7 +63,8 @@ def demo(args: argparse.Namespace, out: Console, err: Console) -> int:
         return _demo.demo(args, out, err)
     ifus = _ifus(args.ifus) or (1, 2)
     with cluster(args.scheduler, args.slots):
-        red = reduction.demo(args.workdir, ifus=ifus, seed=args.seed, wait=False)
+        red = reduction.demo(args.workdir, ifus=ifus, seed=args.seed, wait=False,
+                             recipe_path=args.recipe_path)
         code = _follow(red, f"MUSE reduction of IFUs {args.ifus or '1-2'}", out, err)
     if code == 0:
         red.png = reduction.white_light_png(red.final["IMAGE_FOV"], red.png_target,
