@@ -107,3 +107,24 @@ def running_task_state() -> str | None:
     except (ImportError, ValueError, AttributeError):
         return None
     return "forgotten" if ts is None else ts.state
+
+
+# -- dask-jobqueue clusters -----------------------------------------------------------
+# Written against dask-jobqueue 0.9.0 on distributed 2026.8. cpldask's own cluster
+# classes (cpldask/_jobqueue.py) need nothing private: their jobs' sizes come from
+# cpldask's options, their adaptive scaler is the one `adapt()` returns. Only a
+# dask-jobqueue cluster made without cpldask, scaled by `set_maxthreads`
+# (cpldask.cluster.scale_to_slots), needs this.
+
+def adaptive_of(cluster):
+    """The adaptive scaler of a distributed cluster someone else started, or None.
+
+    distributed keeps the scaler that ``Cluster.adapt()`` made in the private
+    ``Cluster._adaptive`` (set to None in ``Cluster.__init__``; distributed 2.x to
+    2026.8); there is no public way to ask a cluster whether it adapts. Should it be
+    renamed, this returns None: ``set_maxthreads(n)`` on an adaptive dask-jobqueue
+    cluster made without cpldask then scales it to the jobs for ``n`` slots, and the
+    scaler, still running, undoes that on its next tick (tests/test_jobqueue.py's
+    ``test_set_maxthreads_on_a_plain_dask_jobqueue_cluster`` notices).
+    """
+    return getattr(cluster, "_adaptive", None)

@@ -5,9 +5,15 @@
 >>> res = cpldask.Recipe("muse_bias")(bias_files, param={"nifu": 1})  # runs in a job
 >>> cluster.close()                                               # cancels the jobs
 
-The cluster is the dask-jobqueue one (``SLURMCluster``...), with a
-:class:`distributed.Client` attached as ``cluster.client`` and set as the default, so
-every cpldask call made afterwards runs in the batch jobs. Defaults are recipe-aware;
+The cluster is a :class:`SLURMCluster` (:class:`PBSCluster`, :class:`SGECluster`,
+:class:`LSFCluster`): dask-jobqueue's class of that name, subclassed in
+:mod:`cpldask._jobqueue` with recipe slots, a :class:`distributed.Client` attached as
+``cluster.client`` and set as the default (so every cpldask call made afterwards runs
+in the batch jobs), and jobs that close cleanly. The classes are imported with
+dask-jobqueue on first use: ``import cpldask.cluster``, :func:`options` (but PBS's,
+written in dask-jobqueue's PBS memory form) and the walltime helpers work without
+it; :func:`job_script` and the clusters then raise an ImportError naming the ``hpc``
+extra. Defaults are recipe-aware;
 all of them come from the ``cpldask.jobqueue.*`` keys of :mod:`dask.config` (see
 ``cpldask.yaml``), and anything dask-jobqueue itself knows (queue, account,
 log-directory, job-extra-directives, local-directory...) from its own
@@ -44,14 +50,13 @@ import atexit
 import math
 import re
 import sys
-import threading
 import weakref
 from contextlib import suppress
 
 import dask.config
 import distributed
 
-from . import _config
+from . import _compat, _config
 from ._transfer import copy_products
 
 __all__ = ["jobqueue", "slurm", "pbs", "sge", "lsf", "options", "job_script",
@@ -61,8 +66,6 @@ SYSTEMS = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "sge": "SGECluster",
            "lsf": "LSFCluster"}
 
 _live: "weakref.WeakSet" = weakref.WeakSet()  # clusters made here, closed at exit
-_subclasses: dict = {}
-_lock = threading.Lock()
 
 
 def _cfg(key: str, value=None):
@@ -174,10 +177,9 @@ def _resolve(system, slots_per_job, cores_per_slot, memory_per_slot, walltime,
     elif system == "lsf":
         kw.setdefault("ncpus", dask.config.get(f"{jq}.ncpus", None) or cpus)
     elif system == "pbs" and not dask.config.get(f"{jq}.resource-spec", None):
-        from dask_jobqueue.pbs import pbs_format_bytes_ceil
-
-        kw.setdefault("resource_spec",
-                      f"select=1:ncpus={cpus}:mem={pbs_format_bytes_ceil(spj * mem)}")
+        # PBS's own memory form, written as dask-jobqueue writes its -l mem
+        mem_spec = _require_jobqueue().pbs.pbs_format_bytes_ceil(spj * mem)
+        kw.setdefault("resource_spec", f"select=1:ncpus={cpus}:mem={mem_spec}")
     # (SGE requests no CPUs unless told: job_extra_directives=['-pe smp N'])
     kw.update(
         cores=spj,
@@ -226,100 +228,37 @@ def job_script(system: str | None = None, **kwargs) -> str:
     return cls("tcp://<scheduler>:8786", name="<worker-name>", **kw).job_script()
 
 
-# -- the cluster ----------------------------------------------------------------------
-def _cluster_class(system: str):
+# -- the cluster classes (cpldask._jobqueue, imported when needed) -----------------------
+def _require_jobqueue():
+    """dask-jobqueue, or an ImportError that names the extra to install."""
     try:
         import dask_jobqueue
     except ImportError as err:
         raise ImportError("cpldask.cluster needs dask-jobqueue: pip install "
                           "'cpldask[hpc]' (or dask-jobqueue)") from err
-    return getattr(dask_jobqueue, SYSTEMS[system])
+    return dask_jobqueue
 
 
-class _SlotsMixin:
-    """What cpldask adds to a dask-jobqueue cluster class (see :func:`jobqueue`)."""
+def _classes():
+    """:mod:`cpldask._jobqueue`, which holds the cluster classes and imports
+    dask-jobqueue at its top."""
+    _require_jobqueue()
+    from . import _jobqueue
 
-    client: distributed.Client | None = None
-    slots_per_job: int = 1
-    cores_per_slot: int = 1
-    layout: dict = {}
-
-    @property
-    def slots(self) -> int:
-        """Recipe slots of the workers connected now (threads of live workers)."""
-        return sum(w.get("nthreads", 0) for w in self.scheduler_info["workers"].values())
-
-    def jobs_for(self, slots: int) -> int:
-        """How many jobs hold ``slots`` recipe slots."""
-        return math.ceil(max(0, int(slots)) / self.slots_per_job)
-
-    def scale_slots(self, n: int) -> None:
-        """Hold jobs for ``n`` recipe slots (0: cancel all jobs); stops adaptivity."""
-        adaptive = getattr(self, "_adaptive", None)
-        if adaptive is not None:
-            adaptive.stop(reason="cpldask-scale-slots")
-            self._adaptive = None
-        self.scale(jobs=self.jobs_for(n))
-
-    def adapt_slots(self, minimum: int = 0, maximum: int | None = None, **kwargs):
-        """Adapt between ``minimum`` and ``maximum`` recipe slots (whole jobs).
-
-        ``kwargs`` go to :class:`distributed.deploy.Adaptive` (``interval``,
-        ``wait_count``, ``target_duration``...); defaults from ``cpldask.jobqueue``.
-        The default target duration is tiny: every waiting recipe call asks for a slot
-        (Dask's 5 s target would start one job for a handful of calls whose duration
-        it does not know yet).
-        """
-        maximum = minimum if maximum is None else maximum
-        kwargs.setdefault("interval", _cfg("adapt-interval"))
-        kwargs.setdefault("wait_count", int(_cfg("adapt-wait-count")))
-        kwargs.setdefault("target_duration", _cfg("adapt-target-duration"))
-        return self.adapt(minimum_jobs=self.jobs_for(minimum),
-                          maximum_jobs=self.jobs_for(maximum), **kwargs)
-
-    def job_ids(self) -> dict[str, str]:
-        """``{worker address: batch job id}`` of the workers connected now."""
-        by_name = {str(name): str(job.job_id) for name, job in list(self.workers.items())
-                   if getattr(job, "job_id", None)}
-        out = {}
-        for address, info in list(self.scheduler_info["workers"].items()):
-            name = str(info.get("name"))
-            job = by_name.get(name) or by_name.get(name.rsplit("-", 1)[0])
-            if job:
-                out[address] = job
-        return out
-
-    def close(self, timeout: float | None = None):
-        """Close the client, cancel every job and stop the scheduler."""
-        client, self.client = self.client, None
-        if client is not None and client.status not in ("closed", "closing"):
-            with suppress(Exception):
-                client.close()
-        return super().close(timeout)
+    return _jobqueue
 
 
-def _closing_job(job_cls):
-    """dask-jobqueue's Job.close never marks the job closed, so SpecCluster.close
-    asserts while anything still references a Job; mark it closed."""
-
-    async def close(self):
-        await job_cls.close(self)
-        from distributed.core import Status
-
-        self.status = Status.closed
-
-    return type(job_cls.__name__, (job_cls,), {"close": close, "__module__": __name__})
+def _cluster_class(system: str) -> type:
+    return _classes().CLUSTERS[system]
 
 
-def _subclass(base):
-    with _lock:
-        cls = _subclasses.get(base)
-        if cls is None:
-            cls = type(base.__name__, (_SlotsMixin, base),
-                       {"__module__": __name__, "__doc__": base.__doc__,
-                        "job_cls": _closing_job(base.job_cls)})
-            _subclasses[base] = cls
-        return cls
+def __getattr__(name: str):
+    """``cpldask.cluster.SLURMCluster`` (``PBSCluster``, ``SGECluster``,
+    ``LSFCluster``): the classes need dask-jobqueue, so they are imported on first
+    use and ``import cpldask.cluster`` works without it."""
+    if name in SYSTEMS.values():
+        return getattr(_classes(), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def jobqueue(system: str | None = None, *, slots: int | None = None,
@@ -361,9 +300,16 @@ def jobqueue(system: str | None = None, *, slots: int | None = None,
 
     Returns
     -------
-    The dask-jobqueue cluster (e.g. ``SLURMCluster``), with ``.client`` (the attached
-    :class:`distributed.Client`), ``.scale_slots(n)``, ``.adapt_slots(min, max)``,
-    ``.slots``, ``.job_ids()`` and ``.close()`` (which also closes the client).
+    SLURMCluster, PBSCluster, SGECluster or LSFCluster
+        A subclass of dask-jobqueue's class of that name, with ``.client`` (the
+        attached :class:`distributed.Client`), ``.scale_slots(n)``,
+        ``.adapt_slots(min, max)``, ``.adapting``, ``.slots``, ``.job_ids()`` and
+        ``.close()`` (which also closes the client).
+
+    Examples
+    --------
+    >>> cluster = cpldask.cluster.jobqueue("pbs", slots=4, walltime="01:00:00",
+    ...                                    queue="long")           # doctest: +SKIP
     """
     system, layout, kw = _resolve(system, slots_per_job, cores_per_slot, memory_per_slot,
                                   walltime, lifetime_margin, lifetime_stagger, interface,
@@ -371,7 +317,7 @@ def jobqueue(system: str | None = None, *, slots: int | None = None,
     slots = int(_cfg("slots", slots))
     minimum = int(_cfg("minimum-slots", minimum_slots))
     adaptive = bool(_cfg("adapt", adapt))
-    cls = _subclass(_cluster_class(system))
+    cls = _cluster_class(system)
     # the scheduler runs here: a call whose worker died (job ended, scancel) is re-run
     # cpldask.retries times; a slot takes exactly one recipe, so queued calls wait on
     # the scheduler for whichever job frees a slot or arrives first
@@ -397,22 +343,22 @@ def jobqueue(system: str | None = None, *, slots: int | None = None,
 
 
 def slurm(**kwargs):
-    """:func:`jobqueue` on SLURM (``SLURMCluster``)."""
+    """:func:`jobqueue` on SLURM: a :class:`SLURMCluster`."""
     return jobqueue("slurm", **kwargs)
 
 
 def pbs(**kwargs):
-    """:func:`jobqueue` on PBS / Torque (``PBSCluster``)."""
+    """:func:`jobqueue` on PBS / Torque: a :class:`PBSCluster`."""
     return jobqueue("pbs", **kwargs)
 
 
 def sge(**kwargs):
-    """:func:`jobqueue` on (Son of) Grid Engine (``SGECluster``)."""
+    """:func:`jobqueue` on (Son of) Grid Engine: a :class:`SGECluster`."""
     return jobqueue("sge", **kwargs)
 
 
 def lsf(**kwargs):
-    """:func:`jobqueue` on LSF (``LSFCluster``)."""
+    """:func:`jobqueue` on LSF: a :class:`LSFCluster`."""
     return jobqueue("lsf", **kwargs)
 
 
@@ -427,24 +373,39 @@ def scale_to_slots(client: distributed.Client, n: int) -> bool:
     jq = sys.modules.get("dask_jobqueue")
     if cluster is None or jq is None or not isinstance(cluster, jq.JobQueueCluster):
         return False
-    adaptive = getattr(cluster, "_adaptive", None)
-    adapting = adaptive is not None and getattr(adaptive, "state", None) in ("starting",
-                                                                             "running")
-    if isinstance(cluster, _SlotsMixin):
-        if adapting:
-            cluster.adapt_slots(min(adaptive.minimum * cluster.slots_per_job, n), n)
+    from . import _jobqueue
+
+    if isinstance(cluster, _jobqueue.SlotsMixin):
+        if cluster.adapting:
+            minimum = cluster.adaptive.minimum * cluster.slots_per_job  # 1 worker a job
+            cluster.adapt_slots(min(minimum, n), n)
         else:
             cluster.scale_slots(n)
         return True
     # a dask-jobqueue cluster made without cpldask: its workers' threads are the slots
-    job = cluster._dummy_job
-    jobs = math.ceil(n / job.worker_cores)
-    if adapting:
-        cluster.adapt(minimum_jobs=min(math.ceil(adaptive.minimum / job.worker_processes),
-                                       jobs), maximum_jobs=jobs)
+    threads, processes = _job_shape(cluster)
+    jobs = math.ceil(n / threads)
+    adaptive = _compat.adaptive_of(cluster)
+    if adaptive is not None and adaptive.state in ("starting", "running"):
+        # Adaptive counts workers: `processes` of them a job
+        minimum_jobs = math.ceil(adaptive.minimum / processes)
+        cluster.adapt(minimum_jobs=min(minimum_jobs, jobs), maximum_jobs=jobs)
     else:
         cluster.scale(jobs=jobs)
     return True
+
+
+def _job_shape(cluster) -> tuple[int, int]:
+    """``(worker threads, worker processes)`` of one job of a dask-jobqueue cluster.
+
+    Read from a job made (not submitted) from the cluster's spec for new workers, as
+    the cluster itself makes its jobs (:meth:`SpecCluster.new_worker_spec`): the
+    job resolves what the spec leaves to dask-jobqueue's configuration
+    (``jobqueue.slurm.cores``...).
+    """
+    ((name, spec),) = cluster.new_worker_spec().items()
+    job = spec["cls"](cluster.scheduler_address, name=str(name), **spec["options"])
+    return int(job.worker_cores), int(job.worker_processes)
 
 
 @atexit.register

@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import cpl
@@ -236,6 +237,10 @@ class Recipe:
         Required version (number or string); the newest on the path otherwise.
     threaded : bool
         Run calls in the background: a call returns a pending :class:`Result` at once.
+    path : list of str or str, optional
+        Directories searched for the recipe (a list, or ``':'``-separated), for this
+        recipe only; default: :attr:`Recipe.path`. Its calls' workers search the
+        same directories.
 
     Examples
     --------
@@ -244,6 +249,7 @@ class Recipe:
     >>> muse_bias.param.nifu = 1
     >>> res = muse_bias(['bias1.fits', 'bias2.fits', 'bias3.fits'])
     >>> res.MASTER_BIAS.writeto('master_bias.fits')
+    >>> mine = cpl.Recipe('my_recipe', path='/opt/my-pipeline/lib')  # doctest: +SKIP
     """
 
     path: ClassVar[list[str] | str | None] = None
@@ -256,8 +262,9 @@ class Recipe:
     afterwards as ``CPL_MEMORY_MODE``, which CPL reads when a recipe process starts."""
 
     def __init__(self, name: str, filename: str | os.PathLike | None = None,
-                 version: int | str | None = None, threaded: bool = False):
-        search = self.search_path()
+                 version: int | str | None = None, threaded: bool = False, *,
+                 path: Sequence[str | os.PathLike] | str | None = None):
+        search = self.search_path(path)
         if filename is not None:
             filename = os.path.abspath(os.fspath(filename))
         with _load_lock:
@@ -277,11 +284,11 @@ class Recipe:
             except OSError as err:
                 raise OSError(f"Recipe {name!r} cannot be loaded from {filename!r}: "
                               f"{err}") from err
-        if version and version not in self._cpl.version:
-            # python-cpl's rule: the newest version was found, not the one asked for
-            raise OSError(f"Recipe {name!r} has version {self._cpl.version[1]} "
-                          f"({self._cpl.version[0]}) in {filename}, not {version!r}; "
-                          f"versions on the path: {_versions(name)}")
+            if version and version not in self._cpl.version:
+                # python-cpl's rule: the newest version was found, not the one asked
+                raise OSError(f"Recipe {name!r} has version {self._cpl.version[1]} "
+                              f"({self._cpl.version[0]}) in {filename}, not "
+                              f"{version!r}; versions on the path: {_versions(name)}")
         self.__name__ = name
         self.__file__ = filename
         self._search = tuple(search)
@@ -316,9 +323,20 @@ class Recipe:
 
     # -- python-cpl's descriptive attributes ----------------------------------------
     @classmethod
-    def search_path(cls) -> list[str]:
-        """The directories searched for recipes, in order."""
-        return _config.split_path(cls.path) if cls.path is not None else _config.recipe_path()
+    def search_path(cls, path: Sequence[str | os.PathLike] | str | None = None
+                    ) -> list[str]:
+        """The directories searched for recipes, in order: ``path`` (a list or a
+        ``':'``-separated string), else :attr:`Recipe.path`, else the
+        ``cpldask.recipe-path`` config key.
+
+        Examples
+        --------
+        >>> cpl.Recipe.search_path('/a:/b')
+        ['/a', '/b']
+        """
+        if path is None:
+            path = cls.path
+        return _config.split_path(path) if path is not None else _config.recipe_path()
 
     @property
     def name(self) -> str:
@@ -633,10 +651,12 @@ class Recipe:
 
     # -- class-wide ------------------------------------------------------------------
     @staticmethod
-    def list() -> list[tuple[str, list[str]]]:
-        """Recipes on the search path: ``[(name, [version strings]), ...]``."""
+    def list(*, path: Sequence[str | os.PathLike] | str | None = None
+             ) -> list[tuple[str, list[str]]]:
+        """Recipes on the search path (``path``, default :attr:`Recipe.path`):
+        ``[(name, [version strings]), ...]``."""
         with _load_lock:
-            cpl.Recipe.path = Recipe.search_path()
+            cpl.Recipe.path = Recipe.search_path(path)
             return _list_recipes()
 
     @staticmethod

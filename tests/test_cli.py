@@ -350,3 +350,43 @@ def test_reduce_bad_ifus(tmp_path, capsys):
     assert handle_args(["reduce", str(tmp_path), "--ifus", "0-30", "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("cpldask: error: --ifus") and "Traceback" not in err
+
+
+# -- --recipe-path --------------------------------------------------------------------
+@pytest.mark.requires_cpl
+def test_recipe_path_is_this_command_lines_only(testrecipe_dir, any_fits, tmp_path,
+                                                monkeypatch, capsys):
+    """--recipe-path finds the test recipe, which is not on Recipe.path, and leaves
+    Recipe.path (the process's, python-cpl's attribute) alone."""
+    monkeypatch.setattr(cpldask.Recipe, "path", [MUSE_PLUGINS])
+    before = cpldask.Recipe.path
+    assert handle_args(["info", "cpldask_test"]) == 2  # not on Recipe.path
+    assert "not found in " + MUSE_PLUGINS in capsys.readouterr().err
+
+    where = f"{tmp_path / 'none'}:{testrecipe_dir}"
+    assert handle_args(["--recipe-path", where, "list", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["recipe_path"] == [str(tmp_path / "none"), str(testrecipe_dir)]
+    assert [r["name"] for r in data["recipes"]] == ["cpldask_test"]
+    assert handle_args(["--recipe-path", where, "info", "cpldask_test"]) == 0
+    assert "cpldask_test 1.0.0" in capsys.readouterr().out
+    assert handle_args(["--recipe-path", where, "run", "cpldask_test", any_fits,
+                        "--output-dir", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "PRODUCT_0000.fits").exists()
+    assert cpldask.Recipe.path is before and before == [MUSE_PLUGINS]
+
+
+def test_reduce_takes_the_recipe_path(tmp_path, capsys):
+    """The reduction's recipes are searched on --recipe-path: an empty directory has
+    no muse_bias, and the error says where it looked (before anything is submitted)."""
+    from test_reduce import night
+
+    night(tmp_path / "night")
+    empty = tmp_path / "no-recipes"
+    empty.mkdir()
+    before = cpldask.Recipe.path
+    assert handle_args(["--recipe-path", str(empty), "reduce", str(tmp_path / "night"),
+                        "--ifus", "1", "--output-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"'muse_bias' not found in {empty}." in err and "Traceback" not in err
+    assert cpldask.Recipe.path is before

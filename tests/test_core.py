@@ -292,6 +292,24 @@ def test_workers_use_the_clients_path(testrecipe_dir, any_fits, tmp_path, monkey
 
 
 @pytest.mark.requires_cpl
+def test_a_recipes_own_path_is_searched_and_used_by_its_workers(
+        testrecipe_dir, any_fits, tmp_path, monkeypatch):
+    """Recipe(path=...): the test recipe's directory is on no other path, neither
+    Recipe.path nor the workers' configuration; the class attribute stays as it was."""
+    monkeypatch.setattr(cpldask.Recipe, "path", [str(tmp_path / "elsewhere")])
+    with pytest.raises(OSError, match="not found"):
+        cpldask.Recipe("cpldask_test")
+    # a ':'-separated string as esorex's recipe-dir, a missing directory first
+    recipe = cpldask.Recipe("cpldask_test", path=f"{tmp_path / 'none'}:{testrecipe_dir}")
+    assert recipe.__file__.startswith(str(testrecipe_dir))
+    res = recipe(any_fits, output_dir=tmp_path / "out")
+    assert os.path.exists(res.PRODUCT)
+    assert cpldask.Recipe.path == [str(tmp_path / "elsewhere")]
+    names = [n for n, _ in cpldask.Recipe.list(path=[testrecipe_dir])]
+    assert names == ["cpldask_test"]
+
+
+@pytest.mark.requires_cpl
 def test_an_hdulist_changed_in_memory_is_what_the_recipe_reads(test_recipe, any_fits):
     """python-cpl's tutorial patches a frame in memory and passes the HDUList: each
     call gets the frame as it is at that moment (its content is part of the key), and

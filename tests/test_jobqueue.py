@@ -5,19 +5,25 @@ the fast tier — nothing is submitted, no SLURM, no CPL.
 user configures can be checked against the batch systems' own directives: SLURM's
 ``sbatch`` options (``--cpus-per-task``, ``--mem``, ``-t`` in ``D-HH:MM:SS`` forms),
 PBS ``select=...:ncpus=...:mem=...``, SGE ``h_rt``, LSF ``-n``/``-W HH:MM``. The
-running clusters are tested in test_slurm.py.
+running clusters are tested in test_slurm.py; here, clusters that never submit a job
+(a scheduler in this process, no job: nothing reaches a batch system).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 
 import dask
+import dask_jobqueue
+import distributed
 import pytest
+from distributed.core import Status
 
 import cpldask.cluster
+from cpldask import _compat
 
 
 def test_job_script_maps_recipe_slots_onto_a_job():
@@ -148,8 +154,103 @@ def test_without_dask_jobqueue_the_error_names_the_extra():
     # a Python without dask-jobqueue (None in sys.modules makes its import fail)
     code = ("import sys; sys.modules['dask_jobqueue'] = None\n"
             "import cpldask.cluster\n"
-            "try:\n    cpldask.cluster.job_script('slurm')\n"
-            "except ImportError as err:\n    print(err)\n")
+            "print(cpldask.cluster.options('slurm')['cores'])\n"
+            "for name in ('job_script', 'slurm', 'SLURMCluster'):\n"
+            "    try:\n"
+            "        x = getattr(cpldask.cluster, name)\n"
+            "        x('slurm') if name == 'job_script' else x() if name == 'slurm' else x\n"
+            "    except ImportError as err:\n"
+            "        print(name, err)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, timeout=60).stdout
-    assert "pip install 'cpldask[hpc]'" in out
+                         check=True, timeout=60).stdout.splitlines()
+    assert out[0] == "1"  # options() needs no dask-jobqueue
+    for line, name in zip(out[1:], ("job_script", "slurm", "SLURMCluster"), strict=True):
+        assert line.startswith(name) and "pip install 'cpldask[hpc]'" in line
+
+
+# -- the cluster classes, on clusters that never submit a job ---------------------------
+@pytest.fixture
+def no_dashboard_port():
+    """Dashboards on a free port: 8787 may be another test's (or engineer's)."""
+    with dask.config.set({"cpldask.jobqueue.dashboard-address": "127.0.0.1:0"}):
+        yield {"dashboard_address": "127.0.0.1:0"}
+
+
+@pytest.mark.parametrize("system", ["slurm", "pbs", "sge", "lsf"])
+def test_one_class_per_batch_system_subclassing_dask_jobqueues(system):
+    name = cpldask.cluster.SYSTEMS[system]
+    cls = getattr(cpldask.cluster, name)
+    assert cls.__name__ == name and cls.__module__ == "cpldask._jobqueue"
+    assert issubclass(cls, getattr(dask_jobqueue, name))
+    assert issubclass(cls.job_cls, getattr(dask_jobqueue, name).job_cls)
+
+
+def test_slurm_returns_a_cpldask_slurm_cluster_with_dask_jobqueues_script(
+        no_dashboard_port):
+    cluster = cpldask.cluster.slurm(slots=2, adapt=False, cores_per_slot=2,
+                                    set_as_default=False)
+    plain = dask_jobqueue.SLURMCluster(**cpldask.cluster.options("slurm", cores_per_slot=2))
+    try:
+        assert isinstance(cluster, cpldask.cluster.SLURMCluster)
+        assert isinstance(cluster, dask_jobqueue.SLURMCluster)
+        assert not cluster.adapting and cluster.workers == {}  # nothing submitted
+        # cpldask's options in the script dask-jobqueue writes, nothing else changed
+        ours = cluster.job_script().replace(cluster.scheduler_address, "<scheduler>")
+        theirs = plain.job_script().replace(plain.scheduler_address, "<scheduler>")
+        assert ours == theirs
+        assert "#SBATCH --cpus-per-task=2" in ours and "export OMP_NUM_THREADS=2" in ours
+    finally:
+        plain.close()
+        cluster.close()
+    assert cluster.client is None and cluster.status == Status.closed
+
+
+def test_a_cancelled_job_is_marked_closed():
+    """dask-jobqueue's Job.close leaves the status alone; a SpecCluster that still
+    holds such a Job fails its close (test_slurm.py's test_omp_threads_per_slot... holds
+    one on real SLURM)."""
+    kw = cpldask.cluster.options("slurm")
+    kw.pop("scheduler_options")
+    theirs = dask_jobqueue.slurm.SLURMJob("tcp://127.0.0.1:1", name="x", **kw)
+    ours = cpldask.cluster.SLURMCluster.job_cls("tcp://127.0.0.1:1", name="x", **kw)
+    for job in (theirs, ours):
+        asyncio.run(job.close())  # no job id: nothing to scancel
+    assert ours.status == Status.closed
+    assert theirs.status != Status.closed, (
+        "dask-jobqueue now marks closed jobs closed: cpldask._jobqueue.ClosingJob can go")
+
+
+def test_set_maxthreads_caps_an_adaptive_cluster(no_dashboard_port):
+    cluster = cpldask.cluster.slurm(slots=4, minimum_slots=0, slots_per_job=2,
+                                    set_as_default=False)
+    try:
+        assert cluster.adapting and cluster.adaptive is _compat.adaptive_of(cluster)
+        assert (cluster.adaptive.minimum, cluster.adaptive.maximum) == (0, 2)  # jobs
+        assert cpldask.cluster.scale_to_slots(cluster.client, 5)
+        assert cluster.adapting and cluster.adaptive.maximum == 3  # 5 slots: 3 jobs
+        cluster.scale_slots(0)
+        assert not cluster.adapting and cluster.adaptive.state == "stopped"
+    finally:
+        cluster.close()
+
+
+def test_set_maxthreads_on_a_plain_dask_jobqueue_cluster(no_dashboard_port):
+    """A cluster made without cpldask: its jobs' threads are the slots. Its job size
+    comes from dask-jobqueue's own configuration here, which the cluster's spec does
+    not hold (the job resolves it)."""
+    with dask.config.set({"jobqueue.slurm.cores": 4, "jobqueue.slurm.processes": 2,
+                          "jobqueue.slurm.memory": "2 GiB"}):
+        cluster = dask_jobqueue.SLURMCluster(interface="lo",
+                                             scheduler_options=no_dashboard_port)
+        client = distributed.Client(cluster, set_as_default=False)
+        try:
+            assert cpldask.cluster._job_shape(cluster) == (4, 2)
+            cluster.adapt(minimum_jobs=0, maximum_jobs=1)  # no work: no job submitted
+            assert cpldask.cluster.scale_to_slots(client, 10)
+            adaptive = _compat.adaptive_of(cluster)
+            assert adaptive is not None, "distributed renamed Cluster._adaptive"
+            # 10 slots = 3 jobs of 4 threads; Adaptive counts workers, 2 a job
+            assert (adaptive.minimum, adaptive.maximum) == (0, 6)
+        finally:
+            client.close()
+            cluster.close()

@@ -26,7 +26,6 @@ from typing import NoReturn
 from rich.console import Console
 
 from .. import __version__
-from ..recipe import Recipe
 from . import _cache, _catalog, _reduce, _run
 from ._batch import EXIT_INTERRUPTED
 from ._inputs import UsageError
@@ -205,11 +204,10 @@ def handle_args(argv: Sequence[str]) -> int:
         interrupted.
     """
     out, err = _consoles()
-    saved_path = Recipe.path
     try:
+        # (each handler makes its recipes with path=args.recipe_path: --recipe-path
+        # is this command line's, never written into Recipe.path for the process)
         args = _parse(build_parser(), list(argv))
-        if args.recipe_path is not None:
-            Recipe.path = args.recipe_path
         return args.handler(args, out, err)
     except UsageError as exc:
         # one line, no traceback: bad input is the user's to fix, not a bug
@@ -220,8 +218,6 @@ def handle_args(argv: Sequence[str]) -> int:
     except KeyboardInterrupt:
         print("cpldask: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    finally:
-        Recipe.path = saved_path  # --recipe-path is for this command line only
 
 
 def main() -> NoReturn:

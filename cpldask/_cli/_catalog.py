@@ -24,13 +24,13 @@ __all__ = ["list_recipes", "describe", "info"]
 def list_recipes(args: argparse.Namespace, out: Console, err: Console) -> int:
     """``cpldask list [--json]``: name, versions and synopsis of every recipe."""
     entries = []
-    for name, versions in Recipe.list():
+    for name, versions in Recipe.list(path=args.recipe_path):
         try:
-            synopsis = Recipe(name).description[0]
+            synopsis = Recipe(name, path=args.recipe_path).description[0]
         except OSError as exc:  # a library that lists its recipe but fails to load
             synopsis = f"(cannot load: {exc})"
         entries.append({"name": name, "versions": versions, "synopsis": synopsis})
-    path = Recipe.search_path()
+    path = Recipe.search_path(args.recipe_path)
     if args.json:
         out.print_json(json.dumps({"recipe_path": path, "recipes": entries}))
         return 0
@@ -99,7 +99,7 @@ def _doc(par) -> str:
 def info(args: argparse.Namespace, out: Console, err: Console) -> int:
     """``cpldask info RECIPE [--json]``: description, parameters, tags, outputs."""
     with bad_input():
-        recipe = Recipe(args.recipe)
+        recipe = Recipe(args.recipe, path=args.recipe_path)
     data = describe(recipe)
     if args.json:
         out.print_json(json.dumps(data))

@@ -43,7 +43,7 @@ def demo(args: argparse.Namespace, out: Console, err: Console) -> int:
         raise UsageError("the demo needs --sets >= 1 and --frames >= 3 (muse_bias "
                          "combines at least 3 frames)")
     with bad_input():  # a missing MUSE pipeline is the likely error here
-        recipe = Recipe("muse_bias", threaded=True)
+        recipe = Recipe("muse_bias", threaded=True, path=args.recipe_path)
     recipe.param.nifu = IFU  # the frames hold this IFU only
     workdir = pathlib.Path(args.workdir).absolute()
     sets = write_sets(workdir, sets=args.sets, frames=args.frames, seed=args.seed, err=err)

@@ -39,7 +39,7 @@ def reduce(args: argparse.Namespace, out: Console, err: Console) -> int:
     """``cpldask reduce RAW [--instrument I] [--units 1-24] [--output-dir D] [--dry-run]
     [--graph F]``."""
     units = args.units if args.ifus is None else _ifus(args.ifus)
-    options = {"units": units, "rules": args.instrument,
+    options = {"units": units, "rules": args.instrument, "recipe_path": args.recipe_path,
                "output_dir": args.output_dir, "graph": args.graph}
     try:
         if args.dry_run:
@@ -65,7 +65,8 @@ def demo(args: argparse.Namespace, out: Console, err: Console) -> int:
         return _demo.demo(args, out, err)
     ifus = _ifus(args.ifus) or (1, 2)
     with cluster(args.scheduler, args.slots):
-        red = muse_demo.demo(args.workdir, ifus=ifus, seed=args.seed, wait=False)
+        red = muse_demo.demo(args.workdir, ifus=ifus, seed=args.seed, wait=False,
+                             recipe_path=args.recipe_path)
         code = _follow(red, f"MUSE reduction of IFUs {args.ifus or '1-2'}", out, err)
     if code == 0:
         red.png = muse_demo.white_light_png(red.final["IMAGE_FOV"], red.png_target,

@@ -41,7 +41,7 @@ class Call:
 def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     """Run the recipe on the files or SOFs of ``args``; see the module docstring."""
     with bad_input():
-        recipe = Recipe(args.recipe, threaded=True)
+        recipe = Recipe(args.recipe, threaded=True, path=args.recipe_path)
     apply_params(recipe, args.rc, args.param)
     calls = plan(recipe, files=args.files, sofs=args.sof, tag=args.tag,
                  calib=calib_options(args.calib), output_dir=pathlib.Path(args.output_dir))

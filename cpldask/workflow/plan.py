@@ -235,7 +235,8 @@ class Reduction:
 
     # -- running -------------------------------------------------------------------
     def submit(self, progress: Callable[[Step, Any], None] | None = None, *,
-               cache: bool | None = None) -> "Reduction":
+               cache: bool | None = None,
+               recipe_path: Iterable[str] | str | None = None) -> "Reduction":
         """Submit every step as a background recipe call; returns at once.
 
         Each step becomes ``cpldask.Recipe(recipe)(raw, calib=..., param=...,
@@ -244,6 +245,7 @@ class Reduction:
         ``progress(step, result)`` is called (from another thread) as each step ends.
         ``cache`` is passed to every call (None: the ``cpldask.cache.enabled`` key;
         False: run every recipe even if the product cache has its products).
+        ``recipe_path``: the recipes' search path (``cpldask.Recipe(path=...)``).
         """
         import dask
 
@@ -255,7 +257,8 @@ class Reduction:
         for i, step in enumerate(self.steps):
             recipe = self._recipes.get(step.recipe)
             if recipe is None:
-                recipe = self._recipes[step.recipe] = Recipe(step.recipe, threaded=True)
+                recipe = Recipe(step.recipe, threaded=True, path=recipe_path)
+                self._recipes[step.recipe] = recipe
                 # calibrations the rules' workflow.optional_calibrations lets go
                 recipe.optional_calib |= set(step.optional_calib)
             raw = {tag: [self._input(v) for v in values] for tag, values in step.raw.items()}
@@ -458,7 +461,8 @@ def reduce(raw: str | os.PathLike | Iterable, *, units: Iterable[int] | str | No
            params: Mapping | None = None,
            progress: Callable[[Step, Any], None] | None = None,
            graph: str | os.PathLike | None = None, wait: bool = True,
-           cache: bool | None = None) -> Reduction:
+           cache: bool | None = None,
+           recipe_path: Iterable[str] | str | None = None) -> Reduction:
     """Classify the raw files, associate calibrations and run the instrument's whole
     cascade as one Dask graph.
 
@@ -493,6 +497,8 @@ def reduce(raw: str | os.PathLike | Iterable, *, units: Iterable[int] | str | No
     cache : bool, optional
         Use the product cache for every call (default: ``cpldask.cache.enabled``);
         False runs every recipe.
+    recipe_path : list or str, optional
+        The recipes' search path (default: ``cpldask.Recipe.path``).
 
     Returns
     -------
@@ -525,7 +531,7 @@ def reduce(raw: str | os.PathLike | Iterable, *, units: Iterable[int] | str | No
         return reduction
     for note in reduction.association.notes:
         log.info("association: %s", note)
-    reduction.submit(progress, cache=cache)
+    reduction.submit(progress, cache=cache, recipe_path=recipe_path)
     if wait:
         try:
             reduction.wait()

@@ -21,7 +21,8 @@ log = logging.getLogger("cpldask.demo")
 
 def demo(workdir: str | os.PathLike = "cpldask-demo", ifus: Iterable[int] = (1, 2), *,
          seed: int = 0, progress: Callable | None = None, flux: bool | None = None,
-         wait: bool = True, cache: bool | None = None) -> Reduction:
+         wait: bool = True, cache: bool | None = None,
+         recipe_path: Iterable[str] | str | None = None) -> Reduction:
     """Generate a synthetic MUSE exposure for ``ifus`` and reduce it end to end.
 
     The raw data go to ``workdir/raw`` (made once, reused while ``ifus`` and ``seed``
@@ -46,7 +47,8 @@ def demo(workdir: str | os.PathLike = "cpldask-demo", ifus: Iterable[int] = (1, 
         synthetic.make_exposure(raw, ifus=ifus, seed=seed, lingain=False)
         stamp.write_text(json.dumps(want))
     red = reduce(raw, rules="muse", units=ifus, output_dir=workdir / "reduced",
-                 progress=progress, flux=flux, wait=wait, cache=cache)
+                 progress=progress, flux=flux, wait=wait, cache=cache,
+                 recipe_path=recipe_path)
     red.png_target = workdir / "white_light.png"
     red.png = None
     if wait:
