@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from contextlib import suppress
 
+import dask
 import dask_jobqueue
 import dask_jobqueue.lsf
 import dask_jobqueue.pbs
@@ -29,10 +30,14 @@ import distributed
 from distributed.deploy.adaptive import Adaptive
 from distributed.deploy.spec import ProcessInterface
 
-from .cluster import _cfg
 
 __all__ = ["SLURMCluster", "PBSCluster", "SGECluster", "LSFCluster", "CLUSTERS",
            "SlotsMixin", "ClosingJob"]
+
+
+def _cfg(key: str, value=None):
+    """``value``, or the ``cpldask.jobqueue.<key>`` default (cpldask.yaml)."""
+    return value if value is not None else dask.config.get(f"cpldask.jobqueue.{key}")
 
 
 # -- jobs -----------------------------------------------------------------------------

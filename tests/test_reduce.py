@@ -320,7 +320,7 @@ def test_parse_units_by_the_instruments_range_and_reduce_is_a_function():
     assert R.parse_units(range(1, 3)) == (1, 2)
     for bad in ("0-3", "25", "a", ""):
         with pytest.raises(ValueError):
-            R.parse_units(bad)
+            R.parse_units(bad, "muse")
     assert R.parse_units("1-4", "hawki") == (1, 2, 3, 4)
     with pytest.raises(ValueError, match="HAWKI detector numbers must be within 1..4"):
         R.parse_units("5", "hawki")

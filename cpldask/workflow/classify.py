@@ -78,7 +78,7 @@ class Rules:
         return dict(self.association.get("calibrations", {}).get(tag) or {})
 
 
-def load_rules(rules: str | os.PathLike | Rules | Mapping = "muse") -> Rules:
+def load_rules(rules: str | os.PathLike | Rules | Mapping) -> Rules:
     """Read a rules file: a name shipped with cpldask (``'muse'``), a path to a YAML
     file, a mapping with the same content, or :class:`Rules` (returned as is)."""
     if isinstance(rules, Rules):
@@ -252,16 +252,18 @@ def list_files(raw: str | os.PathLike | Iterable, exclude: Iterable = ()) -> lis
     return list(dict.fromkeys(out))
 
 
-def classify(files: str | os.PathLike | Iterable, rules="muse") -> Classification:
+def classify(files: str | os.PathLike | Iterable,
+             rules: str | os.PathLike | Rules | Mapping | None = None) -> Classification:
     """Classify files by their headers into recipe input tags.
 
     Parameters
     ----------
     files : path, or iterable of paths
         Files or directories (walked recursively; hidden entries skipped).
-    rules : str, path, mapping or Rules
+    rules : str, path, mapping or Rules, optional
         The instrument's rules: a name (``"muse"``, ``"hawki"``), a YAML path or a
-        mapping (see ``cpldask/instruments/muse/rules.yaml``).
+        mapping (see ``cpldask/instruments/muse/rules.yaml``); default: the shipped
+        instrument the files belong to (:func:`detect_instrument`).
 
     Returns
     -------
@@ -277,9 +279,10 @@ def classify(files: str | os.PathLike | Iterable, rules="muse") -> Classificatio
     >>> c.unclassified[0].reason                    # doctest: +SKIP
     "INSTRUME is 'UVES': not a MUSE file"
     """
-    rules = load_rules(rules)
+    paths = list_files(files)
+    rules = load_rules(detect_instrument(paths) if rules is None else rules)
     frames, unclassified = [], []
-    for path in list_files(files):
+    for path in paths:
         try:
             frame = _classify_one(path, rules)
         except _NotClassified as why:

@@ -515,7 +515,7 @@ def reduce(raw: str | os.PathLike | Iterable, *, units: Iterable[int] | str | No
     '/data/reduced/muse_scipost/DATACUBE_FINAL.fits'
     """
     if units is not None and ifus is not None:
-        raise TypeError("give units= or ifus= (MUSE's name for units), not both")
+        raise TypeError("give units= or ifus= (its other name), not both")
     units = ifus if units is None else units
     files = list_files(raw, exclude=[output_dir])
     if rules is None:
@@ -541,17 +541,21 @@ def reduce(raw: str | os.PathLike | Iterable, *, units: Iterable[int] | str | No
     return reduction
 
 
-def parse_units(text: str | Iterable[int], rules: Rules | str = "muse") -> tuple[int, ...]:
+def parse_units(text: str | Iterable[int],
+                rules: Rules | str | os.PathLike | Mapping | None = None) -> tuple[int, ...]:
     """``'1-24'``, ``'1,2,5-8'`` or an iterable of ints -> sorted unit numbers, checked
-    against the instrument's range (MUSE: IFUs 1..24).
+    against the range of the instrument of ``rules`` if given (MUSE: IFUs 1..24).
 
     Examples
     --------
     >>> parse_units("1,2,5-7")
     (1, 2, 5, 6, 7)
+    >>> parse_units("25", "muse")
+    Traceback (most recent call last):
+    ValueError: MUSE IFU numbers must be within 1..24, got '25'
     """
-    rules = load_rules(rules)
-    unit = rules.unit_name
+    rules = load_rules(rules) if rules is not None else None
+    unit = rules.unit_name if rules is not None else "unit"
     if not isinstance(text, str):
         values = [int(v) for v in text]
     else:
@@ -567,7 +571,7 @@ def parse_units(text: str | Iterable[int], rules: Rules | str = "muse") -> tuple
                                  f"'1,2,5-8'") from None
     if not values:
         raise ValueError(f"no {unit} in {text!r}")
-    if rules.unit_range is not None:
+    if rules is not None and rules.unit_range is not None:
         lo, hi = rules.unit_range
         if any(not lo <= v <= hi for v in values):
             raise ValueError(f"{rules.instrument} {unit} numbers must be within "
