@@ -25,7 +25,7 @@ from typing import NoReturn
 
 from rich.console import Console
 
-from .. import __version__
+from .. import __version__, instruments
 from . import _cache, _catalog, _reduce, _run
 from ._batch import EXIT_INTERRUPTED
 from ._inputs import UsageError
@@ -109,15 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_run.run)
 
     p = commands.add_parser(
-        "reduce", parents=[cluster], help="reduce a folder of raw frames (MUSE, HAWK-I)",
+        "reduce", parents=[cluster], help="reduce a folder of raw frames",
         description="Classify the raw frames, associate calibrations and run the "
-                    "instrument's whole cascade as one graph (MUSE: per IFU muse_bias "
-                    "... muse_scibasic, then muse_scipost over all IFUs; HAWK-I: dark, "
-                    "flat, detector noise, science, tile). The instrument is the one "
-                    "the frames' headers name.")
+                    "instrument's whole cascade as one graph (e.g. MUSE: per IFU "
+                    "muse_bias ... muse_scibasic, then muse_scipost over all IFUs). The "
+                    "instrument is the one the frames' headers name; shipped: "
+                    f"{', '.join(instruments.names())}.")
     p.add_argument("raw", metavar="RAW_DIR", help="folder of raw frames (walked)")
     p.add_argument("--instrument", metavar="NAME",
-                   help="instrument rules to use (muse, hawki) or a rules YAML file "
+                   help=f"instrument rules to use ({', '.join(instruments.names())}) or "
+                        "a rules YAML file "
                         "(default: from the headers)")
     units = p.add_mutually_exclusive_group()
     units.add_argument("--units", metavar="LIST", help="units to reduce (MUSE: IFUs), "
