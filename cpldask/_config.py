@@ -9,6 +9,7 @@ so it depends on nothing but dask.
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import pathlib
 import tempfile
@@ -70,3 +71,22 @@ def nbytes(value) -> int | None:
     if value is None:
         return None
     return int(value) if isinstance(value, (int, float)) else dask.utils.parse_bytes(value)
+
+
+def log_level(key: str) -> int | None:
+    """A logging level from the ``cpldask.<key>`` config key: a name (``INFO``), a
+    number, or None (off).
+
+    Raises
+    ------
+    ValueError
+        The value is no level logging knows; the message lists the names.
+    """
+    value = get(key)
+    if value is None or isinstance(value, int):
+        return value
+    level = logging.getLevelName(str(value).upper())
+    if not isinstance(level, int):
+        raise ValueError(f"cpldask.{key}: {value!r} is not a logging level; use DEBUG, "
+                         f"INFO, WARNING, ERROR, CRITICAL, a number or null")
+    return level

@@ -7,9 +7,12 @@ warnings of the product cache), while the recipe runs and at its end.
 
 Client end, :func:`listen_to_logs`: the client subscribes to the topic and replays
 each message under ``<logname>.<function>`` (python-cpl's ``cpl.<recipe>.<function>``)
-with the time the recipe wrote it. A worker sends only messages at or above
-:func:`log_threshold`, computed on the client when the call is made: nothing travels
-for a call whose messages nobody would see.
+with the time the recipe wrote it. A worker sends the messages at or above
+:func:`log_threshold`, computed on the client when the call is made, and while the
+recipe runs also those of at least ``cpldask.live-log-level`` (INFO): these feed the
+call's :class:`LiveLog` (``Result.log_so_far``, a running Result in Jupyter, the CLI's
+current message) but not logging. Nothing travels for a short call (under one 0.2 s
+poll) whose messages nobody would see.
 
 This module imports nothing but the standard library, Dask and :mod:`cpldask._spec`:
 the worker side uses it (see :mod:`cpldask.worker`).
@@ -17,19 +20,24 @@ the worker side uses it (see :mod:`cpldask.worker`).
 
 from __future__ import annotations
 
+import collections
 import logging
+import threading
 import warnings
 import weakref
 
+from . import _compat
 from ._spec import LOG_TOPIC
 
-__all__ = ["send", "listen_to_logs", "log_threshold"]
+__all__ = ["send", "listen_to_logs", "log_threshold", "LiveLog", "live_log"]
 
 
 # -- worker end ------------------------------------------------------------------------
-def send(recipe: str, entries: list, *, warning: str | None = None) -> None:
+def send(recipe: str, entries: list, *, threshold: int = logging.NOTSET,
+         warning: str | None = None) -> None:
     """Publish ``entries`` (``(logger name, level, function, message, created)``) of
-    a call of ``recipe``, and a product-cache ``warning``, to the client. Outside a
+    the call of ``recipe`` this worker thread runs, and a product-cache ``warning``,
+    to the client, which hands those of at least ``threshold`` to logging. Outside a
     distributed worker (dask's threaded scheduler), nothing is sent."""
     if not entries and warning is None:
         return
@@ -39,7 +47,8 @@ def send(recipe: str, entries: list, *, warning: str | None = None) -> None:
         worker = get_worker()
     except (ImportError, ValueError):
         return  # not on a distributed worker
-    msg: dict = {"recipe": recipe, "entries": entries}
+    msg: dict = {"recipe": recipe, "key": _compat.running_task_key(), "entries": entries,
+                 "threshold": threshold}
     if warning is not None:
         msg["warning"] = warning
     worker.log_event(LOG_TOPIC, msg)
@@ -68,8 +77,11 @@ def log_threshold(logname: str) -> int:
     Examples
     --------
     >>> import logging
-    >>> logging.basicConfig(level=logging.INFO)
-    >>> log_threshold("cpl.muse_bias") == logging.INFO
+    >>> shown = logging.getLogger("cpl.example")
+    >>> shown.propagate = False
+    >>> shown.addHandler(logging.StreamHandler())
+    >>> shown.setLevel(logging.INFO)
+    >>> log_threshold("cpl.example") == logging.INFO
     True
     """
     logger = logging.getLogger(logname)
@@ -88,7 +100,12 @@ def log_threshold(logname: str) -> int:
 
 def _replay_event(event: tuple) -> None:
     _, msg = event  # (time, message); the scheduler adds the worker to the message
-    replay(msg["entries"])
+    entries = msg["entries"]
+    live = _live.get(msg.get("key"))
+    if live is not None:
+        live.extend(entries)
+    threshold = msg.get("threshold", logging.NOTSET)
+    replay([e for e in entries if e[1] >= threshold])
     if msg.get("warning"):  # the cache was not used (see cpldask.worker.task._warn)
         from .errors import CacheWarning  # python-cpl's exceptions: only when needed
 
@@ -103,3 +120,53 @@ def replay(entries) -> None:
             rec = logger.makeRecord(logger.name, levelno, func, 0, msg, None, None, func)
             rec.created = created
             logger.handle(rec)
+
+
+# -- the live view of a running call ---------------------------------------------------
+class LiveLog:
+    """The messages of one running call received so far (the last :attr:`maxlen`),
+    shared by the :class:`~cpldask.Result` objects of that call.
+
+    Examples
+    --------
+    >>> live = live_log("muse_bias-0123")
+    >>> live.extend([("cpl.muse_bias.muse_bias", 20, "muse_bias", "Combining 3 images", 0.0)])
+    >>> live.last
+    'Combining 3 images'
+    """
+
+    #: entries kept per call: the newest (a 24-IFU muse_scipost logs thousands)
+    maxlen = 1000
+
+    def __init__(self) -> None:
+        self._entries: collections.deque = collections.deque(maxlen=self.maxlen)
+
+    def extend(self, entries) -> None:
+        self._entries.extend(tuple(e) for e in entries)
+
+    @property
+    def entries(self) -> list[tuple]:
+        return list(self._entries)
+
+    @property
+    def last(self) -> str | None:
+        """The newest message, or None before the first."""
+        return self._entries[-1][3] if self._entries else None
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+#: task key -> its live log, while a Result of that call exists (weak: a forgotten call
+#: leaves nothing behind)
+_live: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+_live_lock = threading.Lock()
+
+
+def live_log(key: str) -> LiveLog:
+    """The live log of the call ``key``, made on first use; the caller keeps it alive."""
+    with _live_lock:
+        live = _live.get(key)
+        if live is None:
+            live = _live[key] = LiveLog()
+        return live

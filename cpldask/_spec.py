@@ -77,6 +77,9 @@ class CallSpec:
     submitted: float = dataclasses.field(default=0.0, compare=False)
     # the lowest level of recipe log message the client's logging would show
     log_level: int = dataclasses.field(default=logging.WARNING, compare=False)
+    # messages of at least this level travel while the recipe runs, for the client's
+    # live view (Result.log_so_far, Jupyter, the CLI); None: only what logging shows
+    live_level: int | None = dataclasses.field(default=None, compare=False)
     # the logger the client sends the recipe's messages to (python-cpl's logname)
     logname: str = dataclasses.field(default="", compare=False)
     # python-cpl's loglevel: messages below it are left out of the call's log

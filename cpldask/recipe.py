@@ -578,7 +578,7 @@ class Recipe:
             cache_dir=str(_config.cache_dir()) if _config.get("cache.enabled", cache) else None,
             cache_key=content, provenance=provenance, slots=slots, submitted=time.time(),
             log_level=max(log_threshold(logname), loglevel or 0), logname=logname,
-            loglevel=loglevel or 0)
+            loglevel=loglevel or 0, live_level=_config.log_level("live-log-level"))
         resources = {**self.resources, **(resources or {})}
         resources = {name: float(_config.nbytes(v) if name == "memory" else v)
                      for name, v in resources.items()}

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import distributed
 from astropy.io import fits
 
-from . import _submit, errors
+from . import _logs, _submit, errors
 from ._spec import RunRecord
 
 __all__ = ["Result"]
@@ -53,6 +53,8 @@ class Result:
         self._path_products = output is not None
         self._record: RunRecord | None = None
         self._opened: dict[str, Any] = {}
+        # the messages that reach this client while the recipe runs (cpldask._logs)
+        self._live = _logs.live_log(call.key)
 
     # -- the Future interface -------------------------------------------------------
     @property
@@ -202,6 +204,32 @@ class Result:
         return errors.loglist(self._get().log)
 
     @property
+    def log_so_far(self):
+        """The recipe's messages received so far, as a python-cpl ``LogList``, without
+        waiting: while it runs, those of at least ``cpldask.live-log-level`` (INFO; a
+        call that ends within 0.2 s sends none), the whole log once it has finished.
+
+        ``res.log`` waits for the recipe's end, as python-cpl's does.
+
+        Examples
+        --------
+        >>> res = cpldask.Recipe("muse_flat", threaded=True)(flats, calib=calib)
+        >>> [r.msg for r in res.log_so_far][-1:]          # doctest: +SKIP
+        ['Found 48 slices']
+        """
+        if self._record is not None or (self.status == "finished" and self._get()):
+            return errors.loglist(self._record.log)
+        return errors.loglist(self._live.entries)
+
+    @property
+    def current_message(self) -> str | None:
+        """The newest message of the running recipe (None before the first; see
+        :attr:`log_so_far`)."""
+        if self._record is not None:
+            return self._record.log[-1][3] if self._record.log else None
+        return self._live.last
+
+    @property
     def stat(self) -> "Stat":
         """Run statistics: return_code, user_time, sys_time, wall_time, max_rss, as
         attributes (python-cpl's ``res.stat.user_time``) and items."""
@@ -275,6 +303,10 @@ class Result:
                              + f"<code>{e(p.path)}</code>"))
             took = f"{rec.end - rec.start:.1f} s on {rec.host}"
             rows.append(("duration", e(took + (" (product cache)" if rec.cache_hit else ""))))
+        elif status == "pending" and len(self._live):
+            lines = [e[3] for e in self._live.entries[-5:]]
+            rows.append(("log (so far)", "<pre style='margin:0'>" + e("\n".join(lines))
+                         + "</pre>"))
         elif status == "error":
             err = self.future.exception()  # held by the client with the error status
             rows.append(("error", e(f"{type(err).__name__}: {err}")))

@@ -242,6 +242,32 @@ def test_recipe_messages_reach_logging_while_it_runs(test_recipe, any_fits, capl
 
 
 @pytest.mark.requires_cpl
+def test_a_running_result_shows_its_messages_so_far(test_recipe, any_fits, monkeypatch):
+    """Nobody's logging shows cpl.cpldask_test here (python-cpl's NullHandler only),
+    yet the messages reach the Result while the recipe runs (cpldask.live-log-level,
+    INFO): ``res.log_so_far`` grows, ``current_message``, the Jupyter display and
+    the CLI's live lines show it. ``res.log`` waits for the end, as python-cpl's."""
+    from cpldask._cli._batch import Job, _current_messages
+
+    logger = logging.getLogger("cpl.cpldask_test")
+    monkeypatch.setattr(logger, "propagate", False)
+    monkeypatch.setattr(logger, "handlers", [logging.NullHandler()])
+    res = test_recipe(any_fits, param={"spin": 6.0, "label": "so-far"}, threaded=True,
+                      cache=False)
+    assert len(res.log_so_far) == 0  # returns at once, nothing yet
+    wait_until(lambda: any("OMP_NUM_THREADS" in r.msg for r in res.log_so_far), 60,
+               "a message of the running recipe in log_so_far")
+    assert not res.done()
+    assert res.current_message
+    assert "log (so far)" in res._repr_html_() and "OMP_NUM_THREADS" in res._repr_html_()
+    job = Job("so-far", res, started=time.monotonic())
+    assert res.current_message in str(_current_messages([job])[0])
+    full = res.log  # waits
+    assert res.done()
+    assert [r.msg for r in res.log_so_far] == [r.msg for r in full]  # the whole log now
+
+
+@pytest.mark.requires_cpl
 def test_logname_and_loglevel_as_in_python_cpl(test_recipe, any_fits, caplog):
     with caplog.at_level(logging.DEBUG, logger="my.reduction"):
         res = test_recipe(any_fits, logname="my.reduction", loglevel=logging.INFO,

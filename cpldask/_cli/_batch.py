@@ -261,7 +261,26 @@ def _progress(jobs: Sequence[Job], title: str, since: float) -> Group:
                 f"{finished}/{len(jobs)}", Text(_clock(time.monotonic() - since), "dim"))
     states = Text("  ·  ").join(Text(f"{state} {n}", style=STYLES[state] if n else "dim")
                                 for state, n in counts.items())
-    return Group(bar, states)
+    return Group(bar, states, *_current_messages(jobs))
+
+
+#: running calls whose current message the live display shows (the first ones)
+SHOWN_RUNNING = 8
+
+
+def _current_messages(jobs: Sequence[Job]) -> list[Text]:
+    """A line per running call with its recipe's newest message (cpldask._logs: the
+    messages of at least ``cpldask.live-log-level`` reach the client as it runs)."""
+    running = [j for j in jobs if j.started is not None and j.ended is None]
+    lines = []
+    for job in running[:SHOWN_RUNNING]:
+        message = job.result.current_message
+        lines.append(Text.assemble(("  ▸ ", STYLES["running"]), (job.label, "bold"),
+                                   ("  " + (message or "…"), "dim"), no_wrap=True,
+                                   overflow="ellipsis"))
+    if len(running) > SHOWN_RUNNING:
+        lines.append(Text(f"  + {len(running) - SHOWN_RUNNING} more running", "dim"))
+    return lines
 
 
 def _log_lines(jobs: Sequence[Job], err: Console) -> Callable[[list[Job]], None]:

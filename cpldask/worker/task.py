@@ -328,7 +328,8 @@ def _named(spec: CallSpec, log: list) -> list:
 def _forward_log(spec: CallSpec, log: list) -> None:
     """Send the client the messages its logging would show (see :mod:`cpldask._logs`);
     the rest stays in the RunRecord."""
-    _logs.send(spec.recipe, [e for e in log if e[1] >= spec.log_level])
+    _logs.send(spec.recipe, [e for e in log if e[1] >= spec.log_level],
+               threshold=spec.log_level)
 
 
 def _from_cache(spec: CallSpec, key: str, hit: dict, call_dir: pathlib.Path):
@@ -430,8 +431,9 @@ class _LogTail:
     """Sends the client the recipe's messages while it runs, as python-cpl's log
     thread hands them to :mod:`logging`: every :data:`POLL` seconds the lines CPL
     has added to the call's log file (it writes each message at once) are parsed and
-    those the client's logging would show are sent (:func:`_forward_log`). A call
-    that ends within one poll is not read here: its whole log goes with its end."""
+    sent: those the client's logging would show, and those of at least the call's
+    ``live_level`` for the client's live view (``Result.log_so_far``). A call that
+    ends within one poll is not read here: its whole log goes with its end."""
 
     def __init__(self, spec: CallSpec, path: pathlib.Path):
         self.spec, self.path = spec, path
@@ -455,7 +457,11 @@ class _LogTail:
         if entries:
             self.read += len(entries)
             self.last = entries[-1]
-            _forward_log(self.spec, _named(self.spec, entries))
+            live = self.spec.live_level
+            least = self.spec.log_level if live is None else min(live, self.spec.log_level)
+            _logs.send(self.spec.recipe, [e for e in _named(self.spec, entries)
+                                          if e[1] >= least],
+                       threshold=self.spec.log_level)
 
 
 def _wait(proc: "forkserver.RecipeProcess", spec: CallSpec, tail: _LogTail) -> None:
