@@ -48,7 +48,7 @@ def reduce(args: argparse.Namespace, out: Console, err: Console) -> int:
             return 0
         with cluster(args.scheduler, args.slots):
             red = workflow.reduce(args.raw, wait=False, **options)
-            code = _follow(red, f"{red.instrument} reduction of {args.raw}", out, err)
+            code = _follow(red, red.instrument, out, err)  # "5 HAWKI calls"
     except (ValueError, LookupError, OSError) as exc:  # nothing to reduce, no match
         raise UsageError(str(exc)) from exc
     if code == 0:
@@ -67,7 +67,7 @@ def demo(args: argparse.Namespace, out: Console, err: Console) -> int:
     with cluster(args.scheduler, args.slots):
         red = muse_demo.demo(args.workdir, ifus=ifus, seed=args.seed, wait=False,
                              recipe_path=args.recipe_path)
-        code = _follow(red, f"MUSE reduction of IFUs {args.ifus or '1-2'}", out, err)
+        code = _follow(red, f"MUSE (IFUs {args.ifus or '1-2'})", out, err)
     if code == 0:
         red.png = muse_demo.white_light_png(red.final["IMAGE_FOV"], red.png_target,
                                             ifus=red.units)
