@@ -245,7 +245,10 @@ def _quiet() -> None:
     is for the console script only: :func:`handle_args` leaves a host program's
     logging and warnings alone.
     """
-    os.environ.setdefault("DASK_LOGGING", repr({"distributed.worker": "critical",
+    # the whole logging section of the workers' (and their Nannies') config: the
+    # Nannies' INFO lines ("Nanny at ... closed.") too would reach the terminal
+    os.environ.setdefault("DASK_LOGGING", repr({"distributed": "warning",
+                                                "distributed.worker": "critical",
                                                 "distributed.worker.memory": "warning"}))
     # the dashboard moves to a free port when 8787 is taken; the link printed
     # with the progress display is the right one
