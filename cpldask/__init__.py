@@ -42,6 +42,7 @@ _LAZY = {
     "dashboard_link": "._cluster:dashboard_link",
     "close": "._cluster:close",
     "provenance": ".provenance",
+    "report": ".report",
 }
 
 __all__ = list(_LAZY)

@@ -33,6 +33,7 @@ What it shows, each picture a PNG inside the page (no network needed to view it)
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import datetime
 import fcntl
@@ -146,7 +147,12 @@ def collect(output_dir: str | os.PathLike) -> list[Step]:
     _name_reruns(steps)
     steps.sort(key=lambda s: (s.run.get("start") or 0.0, s.label))
     _link(steps)
-    return steps + _unfinished(base)
+    labels = {s.label for s in steps}
+    for s in _unfinished(base):
+        if s.label in labels:  # a second call of a finished step, into its folder
+            s.label = f"{s.label} {s.status}"
+        steps.append(s)
+    return steps
 
 
 def _place(base: pathlib.Path, folder: pathlib.Path, recipe: str) -> tuple[str, int | None]:
@@ -161,6 +167,12 @@ def _place(base: pathlib.Path, folder: pathlib.Path, recipe: str) -> tuple[str, 
 
 def _label(name: str, unit: int | None) -> str:
     return name if unit is None else f"{name}[{unit}]"
+
+
+def _parse_label(label: str) -> tuple[str, int | None]:
+    """'muse_flat[2]' -> ('muse_flat', 2); 'muse_scipost' -> ('muse_scipost', None)."""
+    m = re.fullmatch(r"(.*)\[(\d+)\]", label)
+    return (m.group(1), int(m.group(2))) if m else (label, None)
 
 
 def _name_reruns(steps: list[Step]) -> None:
@@ -353,7 +365,7 @@ def _timeline(steps: Sequence[Step]) -> str | None:
         return None
     plt = _pyplot()
     t0 = min(s.run["start"] for s in timed)
-    workers = sorted({str(s.run.get("worker") or s.run.get("host") or "?") for s in timed})
+    workers = sorted({_worker(s) for s in timed})
     colors = plt.get_cmap("tab10")
     row = {id(s): i for i, s in enumerate(timed)}
     edges = _direct_edges(timed)
@@ -362,8 +374,7 @@ def _timeline(steps: Sequence[Step]) -> str | None:
     for s in timed:
         y, start = row[id(s)], s.run["start"] - t0
         end = (s.run.get("end") or now) - t0
-        worker = str(s.run.get("worker") or s.run.get("host") or "?")
-        color = colors(workers.index(worker) % 10)
+        color = colors(workers.index(_worker(s)) % 10)
         ax.barh(y, max(end - start, 0.0), left=start, height=0.6, color=color,
                 hatch="//" if s.status != "finished" else None,
                 edgecolor="0.2" if s.status != "finished" else color)
@@ -379,10 +390,15 @@ def _timeline(steps: Sequence[Step]) -> str | None:
     ax.set_xlabel("seconds after the first call started")
     ax.grid(axis="x", lw=0.3)
     handles = [plt.Rectangle((0, 0), 1, 1, color=colors(i % 10)) for i in range(len(workers))]
-    ax.legend(handles, workers, fontsize=7, loc="lower right", title="worker",
-              title_fontsize=7)
+    ax.legend(handles, workers, fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.0),
+              ncol=min(len(workers), 4), frameon=False, title="worker", title_fontsize=7)
     fig.tight_layout()
     return _png(fig)
+
+
+def _worker(step: Step) -> str:
+    """Who ran a call: its worker's address, else its host, else its state."""
+    return str(step.run.get("worker") or step.run.get("host") or f"({step.status})")
 
 
 def _direct_edges(steps: Sequence[Step]) -> dict[int, list[Step]]:
@@ -553,6 +569,11 @@ def _natural(text: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
 
 
+#: the sky spectrum is the median of at most this many pixels (evenly spread): for a
+#: 24-IFU cube, 3681 planes of 2000 pixels are 59 MB, all its sky pixels 1.3 GB
+SKY_PIXELS = 2000
+
+
 def _spectra(cube: pathlib.Path, fov: Product | None) -> dict | None:
     """The white-light image of a DATACUBE_FINAL (its IMAGE_FOV, or the cube's mean
     over wavelength) with the regions marked, and the spectra summed over them: a
@@ -563,32 +584,33 @@ def _spectra(cube: pathlib.Path, fov: Product | None) -> dict | None:
 
     from astropy.io import fits
 
-    with fits.open(cube, memmap=True) as hdul:
+    with fits.open(cube, memmap=True) as hdul, warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels and planes
         hdu = hdul["DATA"] if "DATA" in hdul else next(h for h in hdul if h.data is not None)
-        header = hdu.header
-        data = hdu.data
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            if fov is not None and fov.path.exists():
+        header, data = hdu.header, hdu.data
+        white = None
+        if fov is not None:
+            with contextlib.suppress(KeyError, OSError):
                 white = np.asarray(fits.getdata(fov.path, "DATA"), dtype=float)
-            else:
-                white = np.nanmean(data, axis=0)
-            if white.shape != data.shape[1:]:
-                white = np.nanmean(data, axis=0)
-            finite = np.isfinite(white)
-            if not finite.any():
-                return None
-            smooth = _box3(np.where(finite, white, np.nan))
-            y0, x0 = np.unravel_index(np.nanargmax(smooth), white.shape)
-            yy, xx = np.indices(white.shape)
-            r2 = (yy - y0) ** 2 + (xx - x0) ** 2
-            radius = 3.0
-            star = (r2 <= radius ** 2) & finite
-            sky = (r2 > (3 * radius) ** 2) & finite & (white < np.nanmedian(white))
-            spec = np.asarray(data[:, star], dtype=float)
-            obj = np.nansum(spec, axis=1)
-            sky_spec = (np.nanmedian(np.asarray(data[:, sky], dtype=float), axis=1)
-                        * star.sum() if sky.any() else None)
+        if white is None or white.shape != data.shape[1:]:
+            white = _mean_over_wavelength(data)
+        finite = np.isfinite(white)
+        if not finite.any():
+            return None
+        y0, x0 = np.unravel_index(np.nanargmax(_box3(white)), white.shape)
+        yy, xx = np.indices(white.shape)
+        r2 = (yy - y0) ** 2 + (xx - x0) ** 2
+        radius = 3.0
+        star = (r2 <= radius ** 2) & finite
+        sky = (r2 > (3 * radius) ** 2) & finite & (white < np.nanmedian(white))
+        obj = np.nansum(np.asarray(data[:, star], dtype=float), axis=1)
+        sky_spec = None
+        if sky.any():
+            ys, xs = np.nonzero(sky)
+            pick = np.linspace(0, len(ys) - 1, min(len(ys), SKY_PIXELS)).astype(int)
+            sky_spec = np.nanmedian(np.asarray(data[:, ys[pick], xs[pick]], dtype=float),
+                                    axis=1) * star.sum()
+        nsky = int(min(sky.sum(), SKY_PIXELS))
     n = data.shape[0]
     step = header.get("CD3_3", header.get("CDELT3", 1.0))
     wave = header.get("CRVAL3", 0.0) + (np.arange(n) + 1 - header.get("CRPIX3", 1.0)) * step
@@ -614,7 +636,7 @@ def _spectra(cube: pathlib.Path, fov: Product | None) -> dict | None:
     ax.plot(wave, obj, lw=0.6, color="tab:blue", label=f"brightest spot ({star.sum()} px)")
     if sky_spec is not None:
         ax.plot(wave, sky_spec, lw=0.6, color="tab:orange",
-                label=f"sky (median of {sky.sum()} px) x {star.sum()} px")
+                label=f"sky (median of {nsky} px) x {star.sum()} px")
         ax.plot(wave, obj - sky_spec, lw=0.6, color="k", label="difference")
     ax.set_xlabel(f"wavelength [{unit}]" if unit else "wavelength")
     ax.set_ylabel(f"sum [{bunit}]" if bunit else "sum")
@@ -623,7 +645,21 @@ def _spectra(cube: pathlib.Path, fov: Product | None) -> dict | None:
     ax.tick_params(labelsize=7)
     fig.tight_layout()
     return {"image": image, "spectrum": _png(fig), "star": (int(x0) + 1, int(y0) + 1),
-            "npix": int(star.sum()), "nsky": int(sky.sum())}
+            "npix": int(star.sum()), "nsky": nsky}
+
+
+def _mean_over_wavelength(data) -> np.ndarray:
+    """A cube's mean over its first axis (NaN ignored), 100 planes at a time: a
+    24-IFU cube is 1.3 GB, which nanmean would copy whole."""
+    total = np.zeros(data.shape[1:])
+    count = np.zeros(data.shape[1:])
+    for i in range(0, data.shape[0], 100):
+        chunk = np.asarray(data[i:i + 100], dtype=float)
+        good = np.isfinite(chunk)
+        total += np.where(good, chunk, 0.0).sum(axis=0)
+        count += good.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / count, np.nan)
 
 
 def _box3(image: np.ndarray) -> np.ndarray:
@@ -639,26 +675,37 @@ def _box3(image: np.ndarray) -> np.ndarray:
 # The page
 # ---------------------------------------------------------------------------------
 CSS = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d2733;background:#f6f7f9}
-header{background:#1d3557;color:#fff;padding:14px 28px}header h1{margin:0;font-size:22px}
-header p{margin:4px 0 0;opacity:.85}main{padding:8px 28px 40px;max-width:1500px}
-nav{margin:10px 0}nav a{margin-right:14px}a{color:#1d5fa8}
-h2{border-bottom:2px solid #1d3557;padding-bottom:3px;margin-top:34px}h3{margin:0 0 6px}
-h4{margin:12px 0 4px}table{border-collapse:collapse;font-size:12.5px;background:#fff}
-th,td{border:1px solid #d5dae1;padding:2px 7px;text-align:left;vertical-align:top}
-th{background:#e9edf2}td.num{text-align:right;font-variant-numeric:tabular-nums}
-.step{background:#fff;border:1px solid #d5dae1;border-left:5px solid #2a9d8f;border-radius:4px;
-padding:10px 14px;margin:12px 0}.step.failed{border-left-color:#c0392b}
-.step.cached{border-left-color:#8e9aaf}.step.running,.step.interrupted,.step.not-run{border-left-color:#e9a23b}
-.badge{font-size:11px;padding:1px 7px;border-radius:8px;color:#fff;background:#2a9d8f;margin-left:6px;vertical-align:middle}
-.badge.failed{background:#c0392b}.badge.cached{background:#8e9aaf}
-.badge.running,.badge.interrupted,.badge.not-run{background:#e9a23b}
-.out{color:#c0392b;font-weight:600}pre{background:#1e1e1e;color:#e8e8e8;padding:8px;overflow:auto;
-font-size:11.5px;max-height:420px}details{margin:4px 0}summary{cursor:pointer;color:#1d5fa8}
-.grid{display:flex;flex-wrap:wrap;gap:12px}figure{margin:0;background:#fff;border:1px solid #d5dae1;padding:6px}
-figure img{display:block;width:300px;image-rendering:pixelated}figure.wide img{width:100%;max-width:1000px;image-rendering:auto}
-figcaption{font-size:11.5px;max-width:300px}figure.wide figcaption{max-width:none}
-img.plot{max-width:100%;background:#fff;border:1px solid #d5dae1}.muted{color:#68717d}
+body {font: 14px/1.45 system-ui, sans-serif; margin: 0; color: #1d2733;
+      background: #f6f7f9}
+header {background: #1d3557; color: #fff; padding: 14px 28px}
+header h1 {margin: 0; font-size: 22px}
+header p {margin: 4px 0 0; opacity: .85}
+main {padding: 8px 28px 40px; max-width: 1500px}
+nav {margin: 10px 0} nav a {margin-right: 14px} a {color: #1d5fa8}
+h2 {border-bottom: 2px solid #1d3557; padding-bottom: 3px; margin-top: 34px}
+h3 {margin: 0 0 6px} h4 {margin: 12px 0 4px}
+table {border-collapse: collapse; font-size: 12.5px; background: #fff}
+th, td {border: 1px solid #d5dae1; padding: 2px 7px; text-align: left;
+        vertical-align: top}
+th {background: #e9edf2}
+.step {background: #fff; border: 1px solid #d5dae1; border-left: 5px solid #2a9d8f;
+       border-radius: 4px; padding: 10px 14px; margin: 12px 0}
+.badge {font-size: 11px; padding: 1px 7px; border-radius: 8px; color: #fff;
+        background: #2a9d8f; margin-left: 6px; vertical-align: middle}
+.step.failed {border-left-color: #c0392b} .badge.failed {background: #c0392b}
+.step.cached {border-left-color: #8e9aaf} .badge.cached {background: #8e9aaf}
+.step.running, .step.interrupted, .step.not-run {border-left-color: #e9a23b}
+.badge.running, .badge.interrupted, .badge.not-run {background: #e9a23b}
+.out {color: #c0392b; font-weight: 600} .muted {color: #68717d}
+pre {background: #1e1e1e; color: #e8e8e8; padding: 8px; overflow: auto;
+     font-size: 11.5px; max-height: 420px}
+details {margin: 4px 0} summary {cursor: pointer; color: #1d5fa8}
+.grid {display: flex; flex-wrap: wrap; gap: 12px}
+figure {margin: 0; background: #fff; border: 1px solid #d5dae1; padding: 6px}
+figure img {display: block; width: 300px; image-rendering: pixelated}
+figure.wide img {width: 100%; max-width: 1000px; image-rendering: auto}
+figcaption {font-size: 11.5px; max-width: 300px} figure.wide figcaption {max-width: none}
+img.plot {max-width: 100%; background: #fff; border: 1px solid #d5dae1}
 """
 
 
@@ -667,8 +714,8 @@ def _e(value: Any) -> str:
 
 
 def _num(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.6g}"
+    if isinstance(value, float):  # 10 digits: a time stamp keeps its tenths
+        return f"{value:.10g}"
     return str(value)
 
 
@@ -784,20 +831,16 @@ def write_report(output_dir: str | os.PathLike, path: str | os.PathLike | None =
     steps = collect(base)
     known = {s.label for s in steps}
     for label, failure in (failed or {}).items():
-        name, _, rest = label.partition("[")
-        unit = int(rest.rstrip("]")) if rest.rstrip("]").isdigit() else None
         earlier = [s for s in steps if s.label == label]
         if earlier:  # the files here are from an earlier run: say so, keep them shown
-            earlier[0].log = _failure_text(failure)
-            earlier[0].status = "failed"
+            earlier[0].log, earlier[0].status = _failure_text(failure), "failed"
         else:
-            steps.append(Step(label, name, unit, "failed", log=_failure_text(failure)))
+            steps.append(Step(label, *_parse_label(label), "failed",
+                              log=_failure_text(failure)))
             known.add(label)
     for label in planned or ():
         if label not in known:
-            name, _, rest = label.partition("[")
-            unit = int(rest.rstrip("]")) if rest.rstrip("]").isdigit() else None
-            steps.append(Step(label, name, unit, "not run"))
+            steps.append(Step(label, *_parse_label(label), "not run"))
     if not steps:
         raise ValueError(f"{base} holds no provenance record (*.provenance.json): no "
                          f"call has finished there yet; is it the output_dir of a "
@@ -854,17 +897,18 @@ def _summary(base: pathlib.Path, steps: list[Step], bad: set) -> str:
     for s in steps:
         start = s.run.get("start")
         end = s.run.get("end")
+        status = s.status.replace(" ", "-")
         outs = sum(1 for k in bad if k[0] == id(s))
         rows.append([f'<a href="#{s.anchor}">{_e(s.label)}</a>', _e(s.recipe),
-                     f'<span class="badge {s.status.replace(" ", "-")}">{_e(s.status)}</span>',
+                     f'<span class="badge {status}">{_e(s.status)}</span>',
                      _e(s.run.get("worker") or "-"),
                      _seconds(start - t0 if start is not None else None),
                      _seconds(end - start if start is not None and end else None),
                      _e(", ".join(p.path.name for p in s.products) or "-"),
                      f'<span class="out">{outs}</span>' if outs else "0"])
+    recipes = "; ".join(f"{r} {v} (CPL {c})" for r, v, c in versions)
     return (f'<h2 id="summary">Summary</h2><p>{_e(text)}</p>'
-            + (f"<p class=\"muted\">Recipes: {_e('; '.join(f'{r} {v} (CPL {c})' for r, v, c in versions))}.</p>"
-               if versions else "")
+            + (f'<p class="muted">Recipes: {_e(recipes)}.</p>' if versions else "")
             + _table(["step", "recipe", "status", "worker", "start", "wall", "products",
                       "QC outliers"], rows, raw=True))
 
@@ -963,12 +1007,14 @@ def _qc_section(qc: dict[str, list[_Value]]) -> str:
     out = ['<h2 id="qc">QC across IFUs and exposures</h2><p>The <code>ESO QC</code> '
            'keywords of each step, numbers in a keyword (slice, quadrant, input) as '
            'the x axis; keywords without a number in a table (and plotted against the '
-           f'IFUs/exposures when there are at least {MIN_VALUES}). Outliers (red circles) are more than '
-           f'{SIGMAS:g} robust sigma (1.4826 x the median absolute deviation) from the '
-           'median of the same keyword in the other IFUs and exposures, when there are '
-           f'at least {MIN_VALUES}; otherwise from the median of the same keyword pattern over the '
-           'slices, quadrants or inputs of one product. Where all values are equal, '
-           'any value that differs is an outlier.</p>']
+           f'IFUs/exposures when there are at least {MIN_VALUES}). Outliers (red '
+           f'circles) are more than {SIGMAS:g} robust sigma from the median of the same '
+           f'keyword in the other IFUs and exposures when there are at least '
+           f'{MIN_VALUES} of them, otherwise of the same keyword pattern over the '
+           'slices, quadrants or inputs of one product. The robust sigma is 1.4826 x '
+           'the median absolute deviation, or 1.2533 x the mean absolute deviation '
+           'when more than half the values are equal (both are the standard deviation '
+           'of normally distributed values).</p>']
     if not qc:
         out.append("<p>No numeric QC keyword in this directory.</p>")
     for name, values in qc.items():
@@ -1020,7 +1066,8 @@ def _steps_section(steps: list[Step], page: pathlib.Path, bad: set) -> str:
                              else "")))
         if s.deps:
             facts.append(("after", ", ".join(d.label for d in s.deps)))
-        parts.append(_table(["", ""], facts))
+        parts.append("<table>" + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>"
+                                         for k, v in facts) + "</table>")
         if s.status == "failed":
             note = (" The products below are from an earlier run." if s.products else "")
             parts.append(f"<h4>Log tail</h4><p>This call failed.{_e(note)}</p>"

@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="print the classified frames and the graph; run nothing")
     p.add_argument("--graph", metavar="FILE", help="also draw the graph (.png, .svg, .dot)")
+    p.add_argument("--report", metavar="FILE",
+                   help="then write the HTML report, with the logs of failed calls "
+                        "(which 'cpldask report' cannot find in the output folder)")
     p.set_defaults(handler=_reduce.reduce)
 
     p = commands.add_parser(

@@ -34,7 +34,8 @@ def _follow(red, title: str, out: Console, err: Console) -> int:
 
 
 def reduce(args: argparse.Namespace, out: Console, err: Console) -> int:
-    """``cpldask reduce RAW [--ifus 1-24] [--output-dir D] [--dry-run] [--graph F]``."""
+    """``cpldask reduce RAW [--ifus 1-24] [--output-dir D] [--dry-run] [--graph F]
+    [--report F]``."""
     ifus = _ifus(args.ifus)
     try:
         if args.dry_run:
@@ -46,6 +47,9 @@ def reduce(args: argparse.Namespace, out: Console, err: Console) -> int:
             red = reduction.reduce(args.raw, ifus=ifus, output_dir=args.output_dir,
                                    graph=args.graph, wait=False)
             code = _follow(red, f"reduce {args.raw}", out, err)
+            if args.report:  # while the cluster holds the failed calls' exceptions
+                out.print(f"report: {red.report(args.report)}", markup=False,
+                          highlight=False, soft_wrap=True)
     except (ValueError, LookupError, OSError) as exc:  # nothing to reduce, no match
         raise UsageError(str(exc)) from exc
     if code == 0:
