@@ -186,12 +186,18 @@ class Browser:
         """Open ``url`` and wait until the page and its images have loaded."""
         self.errors.clear()
         self.goto(url)
+        self.wait_for("document.readyState === 'complete' && "
+                      "[...document.images].every(i => i.complete)")
+
+    def wait_for(self, expression: str):
+        """Wait until a JavaScript expression is true in the page (what the page's
+        own loading and decoding do: no event of ours tells when it is done)."""
         deadline = time.monotonic() + self.timeout
-        while not self.evaluate("document.readyState === 'complete' && "
-                                "[...document.images].every(i => i.complete)"):
+        while not (value := self.evaluate(expression)):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{url} did not load within {self.timeout} s")
-            time.sleep(0.1)
+                raise TimeoutError(f"not true within {self.timeout} s: {expression}")
+            time.sleep(0.05)
+        return value
 
     def console_errors(self) -> list[str]:
         """The page's errors since :meth:`load`: console.error() calls, uncaught

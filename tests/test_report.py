@@ -166,3 +166,9 @@ def test_report_of_the_muse_cascade_in_chromium(demo_run, tmp_path):
                                     ".map(s => s.dataset.step)")
         assert rendered == shown
         assert browser.evaluate("document.body.scrollHeight") > 5000
+        # the checks can fail: an error and an undecodable image are seen
+        browser.evaluate("console.error('seen'); const i = new Image(); "
+                         "i.src = 'data:image/png;base64,AAAA'; document.body.append(i); 0")
+        browser.wait_for("[...document.images].every(i => i.complete)")
+        assert browser.console_errors() == ["seen"]
+        assert browser.evaluate("[...document.images].filter(i => !i.naturalWidth).length") == 1
