@@ -1038,91 +1038,102 @@ def _qc_section(qc: dict[str, list[_Value]]) -> str:
 
 
 def _steps_section(steps: list[Step], page: pathlib.Path, bad: set) -> str:
-    out = ['<h2 id="steps">Steps</h2>']
-    by_id = {id(s): s for s in steps}
-    for s in steps:
-        status = s.status.replace(" ", "-")
-        run = s.run
-        parts = [f'<section class="step {status}" id="{s.anchor}" data-step="{_e(s.label)}">'
-                 f'<h3>{_e(s.label)}<span class="badge {status}">{_e(s.status)}</span></h3>']
-        facts = [("recipe", f"{s.recipe} {s.prov.get('recipe_version') or ''} "
-                            f"(CPL {s.prov.get('cpl_version') or '?'})"
-                  if s.prov.get("recipe_version") else s.recipe)]
-        if s.unit is not None:
-            facts.append(("IFU", str(s.unit)))
-        if run:
-            facts += [("worker", f"{run.get('worker') or '-'} on {run.get('host') or '?'}"),
-                      ("start", _clock(run.get("start"))), ("end", _clock(run.get("end")))]
-            if run.get("end") and run.get("start") is not None:
-                facts.append(("wall / user / sys",
-                              f"{run['end'] - run['start']:.1f} s / "
-                              f"{run.get('user_time', 0):.1f} s / "
-                              f"{run.get('sys_time', 0):.1f} s"))
-            if run.get("max_rss"):
-                facts.append(("max RSS", _bytes(run["max_rss"])))
-        if s.prov.get("key"):
-            facts.append(("content key", f"{s.prov['key']} ({s.prov.get('hash', '')})"
-                          + (", served from the product cache" if s.prov.get("cache_hit")
-                             else "")))
-        if s.deps:
-            facts.append(("after", ", ".join(d.label for d in s.deps)))
-        parts.append("<table>" + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>"
-                                         for k, v in facts) + "</table>")
-        if s.status == "failed":
-            note = (" The products below are from an earlier run." if s.products else "")
-            parts.append(f"<h4>Log tail</h4><p>This call failed.{_e(note)}</p>"
-                         f"<pre>{_e(s.log)}</pre>")
-        if s.prov.get("inputs"):
-            makers = {}
-            for d in s.deps:
-                for _, p in d.prov.get("products", []):
-                    makers[p] = d
-                if d.prov.get("key"):
-                    makers[d.prov["key"]] = d
-            rows = []
-            for inp in s.prov["inputs"]:
-                maker = makers.get(inp.get("from")) or next(
-                    (makers[p] for p in _paths(inp) if p in makers), None)
-                hashes = inp.get("hash")
-                hashes = hashes if isinstance(hashes, list) else [hashes]
-                for i, p in enumerate(_paths(inp)):
-                    origin = (f'<a href="#{maker.anchor}">{_e(maker.label)}</a>'
-                              if maker is not None and id(maker) in by_id else
-                              ("product of another call" if inp.get("from") else "file"))
-                    digest = hashes[i] if i < len(hashes) and hashes[i] else \
-                        (inp.get("datamd5") or [None] * (i + 1))[i]
-                    rows.append([_e(inp.get("tag")), _e(p), origin, _e(digest or "-")])
-            parts.append("<h4>Inputs</h4>" + _table(["tag", "file", "from", "hash / DATAMD5"],
-                                                    rows, raw=True))
-        if s.products:
-            rows = []
-            for p in s.products:
-                outs = sum(1 for k in p.qc if (id(s), k) in bad)
-                hdus = "; ".join(f"{n} {'x'.join(map(str, reversed(sh)))} {dt}"
-                                 for n, sh, dt in p.hdus)
-                rows.append([_e(p.tag), f'<a href="{_e(_rel(p.path, page))}">'
-                             f'{_e(p.path.name)}</a>', _e(p.catg or "-"), _e(hdus or "-"),
-                             _bytes(p.size), f"{len(p.qc)}"
-                             + (f' (<span class="out">{outs} outliers</span>)' if outs else "")])
-            parts.append("<h4>Products</h4>" + _table(
-                ["tag", "file", "PRO CATG", "HDUs", "size", "QC keywords"], rows, raw=True))
-            for p in s.products:
-                if not p.qc:
-                    continue
-                rows = [[_e(k), (f'<span class="out">{_e(_num(v))}</span>'
-                                 if (id(s), k) in bad else _e(_num(v)))]
-                        for k, v in p.qc.items()]
-                parts.append(f"<details><summary>QC keywords of {_e(p.path.name)} "
-                             f"({len(p.qc)})</summary>"
-                             + _table(["keyword", "value"], rows, raw=True) + "</details>")
-        if s.prov.get("params"):
-            rows = [[k, _num(v)] for k, v in s.prov["params"].items()]
-            parts.append(f"<details><summary>Parameters ({len(rows)})</summary>"
-                         + _table(["parameter", "value"], rows) + "</details>")
-        if s.record is not None:
-            parts.append(f'<details><summary>Provenance record '
-                         f'(<a href="{_e(_rel(s.record, page))}">{_e(s.record.name)}</a>)'
-                         f'</summary><pre>{_e(json.dumps(s.prov, indent=1))}</pre></details>')
-        parts.append("</section>")
-        out.append("".join(parts))
+    return '<h2 id="steps">Steps</h2>' + "".join(_step(s, page, bad) for s in steps)
+
+
+def _step(s: Step, page: pathlib.Path, bad: set) -> str:
+    """One step's section: facts, log tail, inputs, products, QC, parameters and
+    the provenance record."""
+    status = s.status.replace(" ", "-")
+    parts = [f'<section class="step {status}" id="{s.anchor}" data-step="{_e(s.label)}">'
+             f'<h3>{_e(s.label)}<span class="badge {status}">{_e(s.status)}</span></h3>',
+             "<table>" + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>"
+                                 for k, v in _facts(s)) + "</table>"]
+    if s.status == "failed":
+        note = " The products below are from an earlier run." if s.products else ""
+        parts.append(f"<h4>Log tail</h4><p>This call failed.{_e(note)}</p>"
+                     f"<pre>{_e(s.log)}</pre>")
+    if s.prov.get("inputs"):
+        parts.append("<h4>Inputs</h4>" + _table(["tag", "file", "from", "hash / DATAMD5"],
+                                                _input_rows(s), raw=True))
+    if s.products:
+        parts.append("<h4>Products</h4>" + _products(s, page, bad))
+    if s.prov.get("params"):
+        rows = [[k, _num(v)] for k, v in s.prov["params"].items()]
+        parts.append(f"<details><summary>Parameters ({len(rows)})</summary>"
+                     + _table(["parameter", "value"], rows) + "</details>")
+    if s.record is not None:
+        parts.append(f'<details><summary>Provenance record '
+                     f'(<a href="{_e(_rel(s.record, page))}">{_e(s.record.name)}</a>)'
+                     f'</summary><pre>{_e(json.dumps(s.prov, indent=1))}</pre></details>')
+    return "".join(parts) + "</section>"
+
+
+def _facts(s: Step) -> list[tuple[str, str]]:
+    prov, run = s.prov, s.run
+    recipe = s.recipe
+    if prov.get("recipe_version"):
+        recipe += f" {prov['recipe_version']} (CPL {prov.get('cpl_version') or '?'})"
+    facts = [("recipe", recipe)]
+    if s.unit is not None:
+        facts.append(("IFU", str(s.unit)))
+    if run:
+        facts += [("worker", f"{run.get('worker') or '-'} on {run.get('host') or '?'}"),
+                  ("start", _clock(run.get("start"))), ("end", _clock(run.get("end")))]
+        if run.get("end") and run.get("start") is not None:
+            facts.append(("wall / user / sys", f"{run['end'] - run['start']:.1f} s / "
+                          f"{run.get('user_time', 0):.1f} s / {run.get('sys_time', 0):.1f} s"))
+        if run.get("max_rss"):
+            facts.append(("max RSS", _bytes(run["max_rss"])))
+    if prov.get("key"):
+        cached = ", served from the product cache" if prov.get("cache_hit") else ""
+        facts.append(("content key", f"{prov['key']} ({prov.get('hash', '')}){cached}"))
+    if s.deps:
+        facts.append(("after", ", ".join(d.label for d in s.deps)))
+    return facts
+
+
+def _input_rows(s: Step) -> list[list[str]]:
+    """One row per input file: tag, path, the step that made it (a link), and its
+    hash (xxh3-128 of a file; DATAMD5 of another call's product)."""
+    makers: dict[str, Step] = {}
+    for d in s.deps:
+        makers.update({path: d for _, path in d.prov.get("products", [])})
+        if d.prov.get("key"):
+            makers[d.prov["key"]] = d
+    rows = []
+    for inp in s.prov["inputs"]:
+        paths = _paths(inp)
+        maker = makers.get(inp.get("from") or "") or next(
+            (makers[p] for p in paths if p in makers), None)
+        if maker is not None:
+            origin = f'<a href="#{maker.anchor}">{_e(maker.label)}</a>'
+        else:
+            origin = "product of another call" if inp.get("from") else "file"
+        hashes = inp.get("hash") or inp.get("datamd5") or []
+        hashes = hashes if isinstance(hashes, list) else [hashes]
+        for i, p in enumerate(paths):
+            digest = hashes[i] if i < len(hashes) and hashes[i] else "-"
+            rows.append([_e(inp.get("tag")), _e(p), origin, _e(digest)])
+    return rows
+
+
+def _products(s: Step, page: pathlib.Path, bad: set) -> str:
+    """The products table (linked to the files), then each product's QC keywords."""
+    rows = []
+    for p in s.products:
+        outs = sum(1 for k in p.qc if (id(s), k) in bad)
+        hdus = "; ".join(f"{n} {'x'.join(map(str, reversed(sh)))} {dt}"
+                         for n, sh, dt in p.hdus)
+        qc = f"{len(p.qc)}" + (f' (<span class="out">{outs} outliers</span>)' if outs else "")
+        rows.append([_e(p.tag), f'<a href="{_e(_rel(p.path, page))}">{_e(p.path.name)}</a>',
+                     _e(p.catg or "-"), _e(hdus or "-"), _bytes(p.size), qc])
+    out = [_table(["tag", "file", "PRO CATG", "HDUs", "size", "QC keywords"], rows, raw=True)]
+    for p in s.products:
+        if p.qc:
+            rows = [[_e(k), f'<span class="out">{_e(_num(v))}</span>'
+                     if (id(s), k) in bad else _e(_num(v))] for k, v in p.qc.items()]
+            out.append(f"<details><summary>QC keywords of {_e(p.path.name)} ({len(p.qc)})"
+                       f"</summary>" + _table(["keyword", "value"], rows, raw=True)
+                       + "</details>")
     return "".join(out)
