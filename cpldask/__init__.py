@@ -45,6 +45,7 @@ _LAZY = {
     "close": "._cluster:close",
     "provenance": ".provenance",
     "reduce": ".workflow:reduce",
+    "report": ".report",
 }
 
 __all__ = list(_LAZY)

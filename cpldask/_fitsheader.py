@@ -154,7 +154,7 @@ def summary(path: str) -> tuple[dict, tuple]:
     try:
         cards = headers(path)
     except Unsupported:
-        cards = _astropy_headers(path)
+        cards = astropy_headers(path)
     except OSError:
         return {}, ()
     if not cards:
@@ -162,10 +162,10 @@ def summary(path: str) -> tuple[dict, tuple]:
     primary = cards[0]
     kept = {k: primary[k] for k in KEEP if k in primary}
     kept.update({k: v for k, v in primary.items() if k.startswith("ESO QC")})
-    return kept, tuple(filter(None, (_shape(c, i) for i, c in enumerate(cards))))
+    return kept, tuple(filter(None, (hdu_shape(c, i) for i, c in enumerate(cards))))
 
 
-def _shape(cards: dict, index: int) -> tuple | None:
+def hdu_shape(cards: dict, index: int) -> tuple | None:
     name = cards.get("EXTNAME", "PRIMARY" if index == 0 else "")
     if cards.get("ZIMAGE"):  # a tile-compressed image, stored as a binary table
         naxes = [cards.get(f"ZNAXIS{i}", 0) for i in range(1, cards.get("ZNAXIS", 0) + 1)]
@@ -180,7 +180,7 @@ def _shape(cards: dict, index: int) -> tuple | None:
     return name, tuple(int(n) for n in reversed(naxes)), _BITPIX.get(bitpix, f"BITPIX {bitpix}")
 
 
-def _astropy_headers(path: str) -> list[dict]:
+def astropy_headers(path: str) -> list[dict]:
     """The same as :func:`headers`, read by astropy (for what that does not handle)."""
     from astropy.io import fits
 

@@ -187,3 +187,19 @@ def test_recipe(recipe_path):
     import cpldask
 
     return cpldask.Recipe("cpldask_test")
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory, recipe_path):
+    """The MUSE demo (``cpldask.instruments.muse.demo.demo``) of IFUs 1 and 2:
+    synthetic exposure, whole cascade, PNG (~6 min on 2 cores; tests/test_reduce.py
+    and tests/test_report.py share it)."""
+    from cpldask.instruments.muse import demo as muse_demo
+
+    work = tmp_path_factory.mktemp("reduce-demo")
+    finished = []
+    # the session's product cache is empty (conftest): every recipe really runs, and
+    # its products are kept for test_rerun_is_served_from_the_cache
+    red = muse_demo.demo(work, ifus=(1, 2), cache=True,
+                         progress=lambda step, res: finished.append(step.label))
+    return red, finished, work

@@ -18,148 +18,19 @@ docs/notebooks.md).
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import json
 import pathlib
-import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 import uuid
 
 import pytest
 
+from helpers import CHROMIUM, Browser
+
 #: the dashboard shows test-recipe runs
 pytestmark = pytest.mark.requires_cpl
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                  "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--hide-scrollbars"]
-
-
-class Browser:
-    """Headless Chromium driven over the DevTools protocol: ``goto``, ``evaluate``,
-    ``screenshot``. Its own profile directory (removed on ``close``), debugging port on
-    127.0.0.1 only."""
-
-    def __init__(self, width: int = 1400, height: int = 900, timeout: float = 60):
-        if CHROMIUM is None:
-            raise FileNotFoundError("chromium is not installed (apt-get install chromium)")
-        self.timeout = timeout
-        self.profile = tempfile.mkdtemp(prefix="cpldask-chromium-")
-        self.proc = subprocess.Popen(
-            [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}",
-             "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
-             f"--window-size={width},{height}", "about:blank"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
-                                        name="cpldask-devtools")
-        self._thread.start()
-        self._ws = None
-        self._id = 0
-        try:
-            page = self._page_target()
-            self._ws = self._run(self._connect(page["webSocketDebuggerUrl"]))
-            self.call("Page.enable")
-            self.call("Emulation.setDeviceMetricsOverride", width=width, height=height,
-                      deviceScaleFactor=1, mobile=False)
-        except BaseException:
-            self.close()
-            raise
-
-    def _page_target(self) -> dict:
-        """The DevTools port Chromium chose (it writes it to DevToolsActivePort) and
-        the websocket of its one page."""
-        port_file = pathlib.Path(self.profile, "DevToolsActivePort")
-        deadline = time.monotonic() + self.timeout
-        while not (port_file.exists() and len(port_file.read_text().split()) >= 2):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"chromium exited with {self.proc.returncode}")
-            if time.monotonic() > deadline:
-                raise TimeoutError("chromium did not open its DevTools port")
-            time.sleep(0.1)
-        port = int(port_file.read_text().split()[0])
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
-            targets = json.load(r)
-        return next(t for t in targets if t.get("type") == "page")
-
-    @staticmethod
-    async def _connect(url: str):
-        from tornado.websocket import websocket_connect
-
-        return await websocket_connect(url, max_message_size=1 << 28)
-
-    def _run(self, coro):
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(self.timeout + 5)
-
-    def call(self, method: str, **params) -> dict:
-        """Send one DevTools command and return its result (events are skipped)."""
-        self._id += 1
-        ident = self._id
-
-        async def roundtrip():
-            await self._ws.write_message(json.dumps(
-                {"id": ident, "method": method, "params": params}))
-            while True:
-                msg = await asyncio.wait_for(self._ws.read_message(), self.timeout)
-                if msg is None:
-                    raise ConnectionError("the DevTools connection closed")
-                msg = json.loads(msg)
-                if msg.get("id") == ident:
-                    if "error" in msg:
-                        raise RuntimeError(f"{method}: {msg['error']}")
-                    return msg["result"]
-
-        return self._run(roundtrip())
-
-    def goto(self, url: str) -> None:
-        self.call("Page.navigate", url=url)
-
-    def evaluate(self, expression: str):
-        """The value of a JavaScript expression in the page (JSON-able values)."""
-        out = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
-        if "exceptionDetails" in out:
-            raise RuntimeError(f"JavaScript error: {out['exceptionDetails']}")
-        return out["result"].get("value")
-
-    def screenshot(self, path, clip: dict | None = None) -> pathlib.Path:
-        params = {"format": "png"}
-        if clip is not None:
-            params.update(clip={**clip, "scale": 1}, captureBeyondViewport=True)
-        data = self.call("Page.captureScreenshot", **params)["data"]
-        path = pathlib.Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(base64.b64decode(data))
-        return path
-
-    def close(self) -> None:
-        try:
-            if self._ws is not None:
-                self._loop.call_soon_threadsafe(self._ws.close)
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            shutil.rmtree(self.profile, ignore_errors=True)
-
-    def __enter__(self) -> "Browser":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
 
 #: The Bokeh data sources of the page: their columns and the distinct values of
 #: their ``name`` column (task-key prefixes), with the progress bars' counts by name.

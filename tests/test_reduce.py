@@ -332,18 +332,7 @@ def test_parse_units_by_the_instruments_range_and_reduce_is_a_function():
 # ---------------------------------------------------------------------------------
 # One real reduction of 2 IFUs through every recipe (shared by the slow tests)
 # ---------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def demo_run(tmp_path_factory, recipe_path):
-    """``cpldask.instruments.muse.demo.demo`` of IFUs 1 and 2: synthetic exposure, whole cascade, PNG."""
-    work = tmp_path_factory.mktemp("reduce-demo")
-    finished = []
-    # the session's product cache is empty (conftest): every recipe really runs, and
-    # its products are kept for test_rerun_is_served_from_the_cache
-    red = muse_demo.demo(work, ifus=(1, 2), cache=True,
-                 progress=lambda step, res: finished.append(step.label))
-    return red, finished, work
-
-
+# (the fixture demo_run is in conftest.py: tests/test_report.py reports on it too)
 @pytest.mark.requires_cpl
 @pytest.mark.muse
 @pytest.mark.slow

@@ -7,6 +7,7 @@
     cpldask run muse_bias b1.fits b2.fits b3.fits  one call, products in .
     cpldask run muse_bias --sof night*/bias.sof    one call per SOF, in parallel
     cpldask demo                                   synthetic biases, reduced
+    cpldask report reduced/                        an HTML page of an output folder
 
 :func:`handle_args` does the work and returns the exit code, so tests drive the
 command without a subprocess; :func:`main` is the console script. Exit codes: 0
@@ -26,7 +27,7 @@ from typing import NoReturn
 from rich.console import Console
 
 from .. import __version__, instruments
-from . import _cache, _catalog, _reduce, _run
+from . import _cache, _catalog, _reduce, _report, _run
 from ._batch import EXIT_INTERRUPTED
 from ._inputs import UsageError
 
@@ -131,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="print the classified frames and the graph; run nothing")
     p.add_argument("--graph", metavar="FILE", help="also draw the graph (.png, .svg, .dot)")
+    p.add_argument("--report", metavar="FILE",
+                   help="then write the HTML report, with the logs of failed calls "
+                        "(which 'cpldask report' cannot find in the output folder)")
     p.set_defaults(handler=_reduce.reduce)
 
     p = commands.add_parser(
@@ -150,6 +154,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0,
                    help="noise seed (--bias: set i uses SEED+i) (default: 0)")
     p.set_defaults(handler=_reduce.demo)
+
+    p = commands.add_parser(
+        "report", help="write the HTML report of an output folder",
+        description="Write one self-contained HTML page of a reduction's output folder "
+                    "(finished or not): every call with its timing, worker, inputs, "
+                    "products, QC keywords and provenance, a timeline, zscale images "
+                    "of the master calibrations, QC across IFUs with outliers marked, "
+                    "white-light images and spectra.")
+    p.add_argument("output_dir", metavar="OUT_DIR", help="the folder the reduction wrote")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="the page to write (default: OUT_DIR/report.html)")
+    p.set_defaults(handler=_report.report)
 
     p = commands.add_parser(
         "cache", help="list, size, verify or prune the product cache",

@@ -37,7 +37,7 @@ def _follow(red, title: str, out: Console, err: Console) -> int:
 
 def reduce(args: argparse.Namespace, out: Console, err: Console) -> int:
     """``cpldask reduce RAW [--instrument I] [--units 1-24] [--output-dir D] [--dry-run]
-    [--graph F]``."""
+    [--graph F] [--report F]``."""
     units = args.units if args.ifus is None else _ifus(args.ifus)
     options = {"units": units, "rules": args.instrument, "recipe_path": args.recipe_path,
                "output_dir": args.output_dir, "graph": args.graph}
@@ -49,6 +49,9 @@ def reduce(args: argparse.Namespace, out: Console, err: Console) -> int:
         with cluster(args.scheduler, args.slots):
             red = workflow.reduce(args.raw, wait=False, **options)
             code = _follow(red, red.instrument, out, err)  # "5 HAWKI calls"
+            if args.report:  # while the cluster holds the failed calls' exceptions
+                out.print(f"report: {red.report(args.report)}", markup=False,
+                          highlight=False, soft_wrap=True)
     except (ValueError, LookupError, OSError) as exc:  # nothing to reduce, no match
         raise UsageError(str(exc)) from exc
     if code == 0:

@@ -384,6 +384,15 @@ class Reduction:
                          f"{len(self.steps)} recipe calls")
         return "\n".join(lines)
 
+    def report(self, path: str | os.PathLike | None = None) -> pathlib.Path:
+        """Write the HTML report (:func:`cpldask.report.write_report`) of output_dir,
+        with the logs of the failed steps, which leave nothing there."""
+        from ..report import write_report
+
+        failed = {s.label: s.result.exception() for s in self.failed()}
+        return write_report(self.output_dir, path, failed=failed,
+                            planned=[s.label for s in self.steps])
+
     def __repr__(self) -> str:
         state = "planned" if self.submitted_at is None else (
             "done" if self.done else "running")
