@@ -31,7 +31,9 @@ def draw_graph(steps: list, units: tuple, path: pathlib.Path, *, unit_name: str 
         ancestors[id(s)] = set().union(*[{id(d)} | ancestors[id(d)] for d in s.deps])
     edges = [(d, s) for s in steps for d in s.deps
              if not any(id(d) in ancestors[id(o)] for o in s.deps if o is not d)]
-    lanes = [*dict.fromkeys([*(u for u in units if u is not None), None])]
+    # a lane per unit that has calls of its own (HAWK-I's detectors have none)
+    split = [u for u in units if u is not None and any(s.unit == u for s in steps)]
+    lanes = [*split, None]
     slot: dict[int, int] = {}
     depth = {lane: 1 for lane in lanes}
     taken: dict[tuple, int] = {}
@@ -65,7 +67,6 @@ def draw_graph(steps: list, units: tuple, path: pathlib.Path, *, unit_name: str 
                                 "mutation_scale": 7, "shrinkA": 1, "shrinkB": 1,
                                 "patchA": boxes[id(d)].get_bbox_patch(),
                                 "patchB": boxes[id(s)].get_bbox_patch()})
-    split = [u for u in units if u is not None]
     ax.set_title(f"{len(steps)} recipe calls" + (
         f", {unit_name}s {format_ranges(split)} (blue: one call per {unit_name}, orange: "
         f"one call over all {unit_name}s)" if split else ""), fontsize=8)
