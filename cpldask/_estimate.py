@@ -41,7 +41,7 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 
 __all__ = ["Features", "Run", "History", "Call", "TimeLeft", "time_left", "remaining",
-           "format_seconds", "KEEP"]
+           "format_seconds", "describe_left", "KEEP"]
 
 #: runs kept per kind of call (each of the four kinds of :meth:`History.expected`):
 #: the newest, so that an estimate follows a machine that got faster
@@ -361,3 +361,17 @@ def format_seconds(seconds: float) -> str:
         return f"~{minutes} min"
     return f"~{minutes // 60} h {minutes % 60:02d} min"
 
+
+def describe_left(estimate: TimeLeft) -> str:
+    """The whole set's time left for a display.
+
+    ``'~4 min left'``; ``'≥ ~4 min left (2 calls never timed)'`` when some recipes
+    have no earlier run; ``'time left: ? (no earlier runs)'`` when none has.
+    """
+    if estimate.seconds is None:
+        return "time left: ? (no earlier runs)" if estimate.unknown else ""
+    text = f"{format_seconds(estimate.seconds)} left"
+    if estimate.unknown:
+        return f"≥ {text} ({estimate.unknown} call{'s' if estimate.unknown != 1 else ''} " \
+               f"never timed)"
+    return text

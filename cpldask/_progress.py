@@ -23,11 +23,11 @@ from typing import Any
 import distributed
 
 from . import _cluster, _config
-from ._estimate import (Call, Features, History, Run, TimeLeft, format_seconds, remaining,
-                        time_left as _time_left)
+from ._estimate import (Call, Features, History, Run, TimeLeft, describe_left, format_seconds,
+                        remaining, time_left as _time_left)
 from .result import Result
 
-__all__ = ["Job", "Tracker", "progress", "describe_left"]
+__all__ = ["Job", "Tracker", "progress", "counts"]
 
 log = logging.getLogger("cpldask.progress")
 
@@ -207,21 +207,6 @@ class Tracker:
         if job.started is not None and left == 0.0:
             return f"over the usual {format_seconds(expected)}"
         return f"{format_seconds(left)} left"
-
-
-def describe_left(estimate: TimeLeft) -> str:
-    """The whole set's time left for a display.
-
-    ``'~4 min left'``; ``'≥ ~4 min left (2 calls never timed)'`` when some recipes
-    have no earlier run; ``'time left: ?'`` when none has.
-    """
-    if estimate.seconds is None:
-        return "time left: ? (no earlier runs)" if estimate.unknown else ""
-    text = f"{format_seconds(estimate.seconds)} left"
-    if estimate.unknown:
-        return f"≥ {text} ({estimate.unknown} call{'s' if estimate.unknown != 1 else ''} " \
-               f"never timed)"
-    return text
 
 
 class _Running:
