@@ -4,7 +4,8 @@ Every finished call leaves a provenance record with its wall time (``run.wall_ti
 the recipe process's own clock): in the product cache (``<cache>/<key>/
 provenance.json``) and beside its products in ``output_dir``
 (``<product>.provenance.json``). A :class:`History` reads the newest of them once,
-when first asked, and learns from the calls that finish while it is in use.
+when first asked (at most ``cpldask.progress.history``), and learns from the calls
+that finish while it is in use.
 
 What makes two calls alike — :class:`Features` — is the recipe, then its
 parameters (every value, defaults included) and the number of input frames. The
@@ -13,8 +14,9 @@ the same recipe with the same parameters and as many inputs, else with the same
 parameters, else with as many inputs, else any run of the recipe. Parameters come
 first because they can change a run's length tenfold (MUSE's ``nifu=0``, all 24
 IFUs in one process, against one IFU); the number of inputs next, because most
-recipes read and combine every frame. A recipe never run before has no expectation
-(shown as "?").
+recipes read and combine every frame. That is scaled by the *pace* of the calls
+finished since (:attr:`History.pace`: the same machine under another load). A recipe
+never run before has no expectation (shown as "?") until a call of it finishes.
 
 The time left of a set of calls (:func:`time_left`) is the larger of two lower
 bounds on when the last one ends: the longest chain of unfinished calls through the
@@ -107,13 +109,45 @@ class Run:
         return cls(features, float(seconds), float(end))
 
 
+class _Index:
+    """Runs filed under each kind of call they are (:meth:`Features.kinds`), the
+    newest :data:`KEEP` per kind."""
+
+    def __init__(self) -> None:
+        self.kinds: dict[tuple, collections.deque] = {}
+        self.seen: set[tuple[str, float]] = set()
+
+    def file(self, run: Run) -> None:
+        # the same run is in the cache and beside its products: counted once
+        ident = (run.features.recipe, run.end)
+        if ident in self.seen:
+            return
+        self.seen.add(ident)
+        for kind in run.features.kinds():
+            self.kinds.setdefault(kind, collections.deque(maxlen=KEEP)).append(run)
+
+    def median(self, features: Features) -> float | None:
+        for kind in features.kinds():
+            runs = self.kinds.get(kind)
+            if runs:
+                return statistics.median(r.seconds for r in runs)
+        return None
+
+
 class History:
-    """Wall times of earlier runs, the newest :data:`KEEP` per kind of call.
+    """Wall times of earlier runs, and the pace of the calls finished since.
+
+    The expected duration of a call is the median of the most alike earlier runs
+    (the newest :data:`KEEP` of each kind), times the *pace*: the median ratio of
+    the wall time of each call finished meanwhile (:meth:`add`) to what the earlier
+    runs expected of it — a loaded machine, a slower disk, bigger frames than last
+    time make every call slower alike. A call of a recipe no earlier run knows is
+    expected to take what the alike calls finished meanwhile took.
 
     Parameters
     ----------
     runs : iterable of Run
-        Runs known from the start.
+        Earlier runs known from the start.
     sources : sequence of (str, path)
         ``("cache", dir)``: a product cache; ``("output", dir)``: a folder of products
         with their ``*.provenance.json``. Read on the first :meth:`expected` or
@@ -130,14 +164,15 @@ class History:
 
     def __init__(self, runs: Iterable[Run] = (), *,
                  sources: Sequence[tuple[str, str | os.PathLike]] = (), limit: int = 0):
-        self._kinds: dict[tuple, collections.deque] = {}
-        self._seen: set[tuple[str, float]] = set()
+        self._earlier = _Index()
+        self._now = _Index()  # the calls finished since (add)
+        self._ratios: collections.deque = collections.deque(maxlen=KEEP)
         self._sources = list(sources)
         self._limit = limit
         #: provenance files read from disk (the cost of the history: see docs/cli.md)
         self.loaded = 0
-        for run in runs:
-            self._file(run)
+        for run in sorted(runs, key=lambda r: r.end):  # the deques keep the newest
+            self._earlier.file(run)
 
     @classmethod
     def from_disk(cls, *, cache_dir: str | os.PathLike | None = None,
@@ -157,42 +192,43 @@ class History:
         return cls(sources=sources, limit=limit)
 
     def add(self, run: Run | None) -> None:
-        """Learn from a run (one of the calls being followed, just finished)."""
+        """Learn from a call just finished (one of those being followed)."""
         self._load()
-        if run is not None:
-            self._file(run)
+        if run is None or (run.features.recipe, run.end) in self._now.seen:
+            return
+        before = self._earlier.median(run.features)
+        if before:
+            self._ratios.append(run.seconds / before)
+        self._now.file(run)
+
+    @property
+    def pace(self) -> float:
+        """How much longer than the earlier runs the calls finished since took
+        (the median ratio; 1 before the first, kept within 1/10..10)."""
+        if not self._ratios:
+            return 1.0
+        return min(10.0, max(0.1, statistics.median(self._ratios)))
 
     def expected(self, features: Features | None) -> float | None:
-        """The median wall time of the most alike earlier runs, or None."""
+        """The expected wall time (s) of a call, or None (see the class)."""
         self._load()
         if features is None:
             return None
-        for kind in features.kinds():
-            runs = self._kinds.get(kind)
-            if runs:
-                return statistics.median(r.seconds for r in runs)
-        return None
+        before = self._earlier.median(features)
+        if before is None:
+            return self._now.median(features)
+        return before * self.pace
 
     def __len__(self) -> int:
         self._load()
-        return len(self._seen)
-
-    def _file(self, run: Run) -> None:
-        # the same run is in the cache and beside its products: counted once
-        ident = (run.features.recipe, run.end)
-        if ident in self._seen:
-            return
-        self._seen.add(ident)
-        for kind in run.features.kinds():
-            self._kinds.setdefault(kind, collections.deque(maxlen=KEEP)).append(run)
+        return len(self._earlier.seen) + len(self._now.seen)
 
     def _load(self) -> None:
         if not self._sources:
             return
         sources, self._sources = self._sources, []
-        records = sorted(_newest(sources, self._limit), key=lambda pm: pm[1])
         runs = []
-        for path, _ in records:
+        for path, _ in _newest(sources, self._limit):
             try:
                 with open(path, encoding="utf-8") as f:
                     run = Run.of(json.load(f))
@@ -202,7 +238,7 @@ class History:
             if run is not None:
                 runs.append(run)
         for run in sorted(runs, key=lambda r: r.end):  # the deques keep the newest
-            self._file(run)
+            self._earlier.file(run)
 
 
 def _newest(sources: Sequence[tuple[str, str | os.PathLike]], limit: int
@@ -279,6 +315,9 @@ class TimeLeft:
         The sum of what is left of every unfinished call (s).
     slots : int
         Recipes that run at once.
+    overdue : int
+        Running calls already longer than expected (what is left of them is
+        unknown: they count as ending now).
     """
 
     seconds: float | None
@@ -286,6 +325,7 @@ class TimeLeft:
     path: float
     work: float
     slots: int
+    overdue: int = 0
 
 
 def remaining(expected: float | None, elapsed: float | None) -> float | None:
@@ -320,6 +360,8 @@ def time_left(calls: Sequence[Call], slots: int) -> TimeLeft:
     by_key = {c.key: c for c in calls}
     left = {c.key: 0.0 if c.done else remaining(c.expected, c.elapsed) for c in calls}
     unknown = sum(1 for c in calls if not c.done and c.expected is None)
+    overdue = sum(1 for c in calls if not c.done and c.expected is not None
+                  and c.elapsed is not None and c.elapsed > c.expected)
     work = sum(v for v in left.values() if v is not None)
     # the longest chain ending at each call: its own time left after its inputs'
     # (calls are visited inputs first, without recursion: graphs of thousands)
@@ -342,7 +384,7 @@ def time_left(calls: Sequence[Call], slots: int) -> TimeLeft:
     path = max(finish.values(), default=0.0)
     known = unknown < sum(1 for c in calls if not c.done)
     seconds = max(path, work / slots) if known else None
-    return TimeLeft(seconds, unknown, path, work, slots)
+    return TimeLeft(seconds, unknown, path, work, slots, overdue)
 
 
 def format_seconds(seconds: float) -> str:
@@ -366,12 +408,21 @@ def describe_left(estimate: TimeLeft) -> str:
     """The whole set's time left for a display.
 
     ``'~4 min left'``; ``'≥ ~4 min left (2 calls never timed)'`` when some recipes
-    have no earlier run; ``'time left: ? (no earlier runs)'`` when none has.
+    have no earlier run (or ``'..., 1 running longer than usual'``); ``'time left: ?
+    (no earlier runs)'`` when none has.
+
+    Examples
+    --------
+    >>> describe_left(TimeLeft(240.0, unknown=2, path=240.0, work=240.0, slots=1))
+    '≥ ~4 min left (2 calls never timed)'
     """
     if estimate.seconds is None:
         return "time left: ? (no earlier runs)" if estimate.unknown else ""
-    text = f"{format_seconds(estimate.seconds)} left"
+    notes = []
     if estimate.unknown:
-        return f"≥ {text} ({estimate.unknown} call{'s' if estimate.unknown != 1 else ''} " \
-               f"never timed)"
-    return text
+        notes.append(f"{estimate.unknown} call{'s' if estimate.unknown != 1 else ''} "
+                     f"never timed")
+    if estimate.overdue:
+        notes.append(f"{estimate.overdue} running longer than usual")
+    text = f"{format_seconds(estimate.seconds)} left"
+    return f"≥ {text} ({', '.join(notes)})" if notes else text

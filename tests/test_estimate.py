@@ -64,12 +64,32 @@ def test_the_most_alike_runs_decide():
 
 
 def test_the_history_keeps_the_newest_runs():
-    h = History([Run.of(record(seconds=100.0, end=i)) for i in range(KEEP)])
-    for i in range(KEEP):  # the machine got faster
-        h.add(Run.of(record(seconds=10.0, end=1000 + i)))
+    old = [Run.of(record(seconds=100.0, end=i)) for i in range(KEEP)]
+    new = [Run.of(record(seconds=10.0, end=1000 + i)) for i in range(KEEP)]
+    h = History(new + old + [new[0]])  # in any order; the same run twice: once
     assert h.expected(Features.of(record())) == 10.0
-    h.add(Run.of(record(seconds=10.0, end=1000)))  # the same run again: once
     assert len(h) == 2 * KEEP
+
+
+def test_calls_finished_meanwhile_set_the_pace():
+    """Under twice the load, the first finished call took twice what the earlier
+    runs did: every call is expected to take twice as long."""
+    h = History([Run.of(record(seconds=10.0, end=1)),
+                 Run.of(record(recipe="muse_flat", seconds=50.0, end=2))])
+    assert h.pace == 1.0
+    h.add(Run.of(record(seconds=20.0, end=10)))
+    h.add(Run.of(record(seconds=20.0, end=10)))  # seen twice: counted once
+    assert h.pace == 2.0
+    assert h.expected(Features.of(record(recipe="muse_flat"))) == 100.0
+    assert h.expected(Features.of(record())) == 20.0
+    # a recipe no earlier run knows: what its calls took meanwhile (no pace)
+    assert h.expected(Features.of(record(recipe="muse_wavecal"))) is None
+    h.add(Run.of(record(recipe="muse_wavecal", seconds=33.0, end=11)))
+    assert h.pace == 2.0
+    assert h.expected(Features.of(record(recipe="muse_wavecal"))) == 33.0
+    h.add(Run.of(record(seconds=1000.0, end=12)))  # one odd call: the median holds
+    h.add(Run.of(record(seconds=1000.0, end=13)))
+    assert h.pace == 100.0 / 10.0  # (capped at 10)
 
 
 def _write(path, rec, mtime):
@@ -135,6 +155,8 @@ def test_time_left_is_the_longest_chain_or_the_work_per_slot():
     calls[3] = Call("bias2", 10.0, elapsed=12.0, done=True)
     calls[4] = Call("flat2", 20.0, elapsed=25.0, deps=("bias2",))
     later = time_left(calls, slots=8)
+    assert later.overdue == 1
+    assert describe_left(later) == "≥ ~2 min left (1 running longer than usual)"
     assert later.path == 6.0 + 20.0 + 30.0 + 40.0
     assert later.work == 6.0 + 20.0 + 30.0 + 0.0 + 30.0 + 40.0
 
