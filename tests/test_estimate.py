@@ -197,8 +197,10 @@ def test_a_second_run_is_expected_to_take_what_the_first_took(test_recipe, any_f
     import dask
     from rich.console import Console
 
+    import cpldask
+
     from cpldask._cli._batch import _progress
-    from cpldask._progress import Job, Tracker
+    from cpldask._progress import Job, Tracker, to_html
     from helpers import wait_until
 
     param = {"spin": 3.0, "label": "eta"}
@@ -234,7 +236,40 @@ def test_a_second_run_is_expected_to_take_what_the_first_took(test_recipe, any_f
     line = next(line for line in text.splitlines() if "▸ a" in line)
     assert re.search(r"(~\d+ s left|over the usual)", line)
     assert a.current_message[:20] in line
+    # the notebook display says the same
+    page = to_html(tracker, "cpldask_test", jobs[0].submitted)
+    assert re.search(r"~\d+ s left|over the usual", page) and "<progress" in page
     b.result()
     second = a.provenance["run"]["wall_time"]
     print(f"first run {took:.2f} s, expected {expected:.2f} s, second run {second:.2f} s")
     assert second == pytest.approx(expected, rel=0.3)
+    # outside a notebook, cpldask.progress is distributed.progress (a text bar)
+    cpldask.progress([a, b])
+
+
+@pytest.mark.requires_cpl
+@pytest.mark.slow
+def test_progress_in_a_notebook(testrecipe_dir, any_fits, tmp_path, monkeypatch):
+    """cpldask.progress in a real Jupyter kernel: an ipywidgets HTML display that
+    follows a chain of two calls to their end on its own, while the next cell runs."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    code = [f"""import cpldask
+cpldask.Recipe.path = [{str(testrecipe_dir)!r}]
+r = cpldask.Recipe('cpldask_test', threaded=True)
+a = r({any_fits!r}, param={{'spin': 1.0}}, output_dir={str(tmp_path / 'a')!r})
+b = r(raw={{'RAW': [a]}}, param={{'spin': 1.0}}, output_dir={str(tmp_path / 'b')!r})
+cpldask.progress([a, b])""",
+            # the display's own thread notes the end within its refresh (0.5 s)
+            "b.result(); import time; time.sleep(2)"]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in code])
+    # the kernel inherits this process's environment
+    monkeypatch.setenv("DASK_CPLDASK__CACHE__DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("DASK_CPLDASK__LOCAL__DASHBOARD_ADDRESS", "127.0.0.1:0")
+    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3").execute()
+    shown = nb.cells[0].outputs[0]["data"]
+    assert "application/vnd.jupyter.widget-view+json" in shown
+    state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    final = [w["state"]["value"] for w in state.values() if w["model_name"] == "HTMLModel"]
+    print(final)
+    assert len(final) == 1 and "2/2" in final[0] and "done 2" in final[0]
