@@ -43,11 +43,15 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 
 __all__ = ["Features", "Run", "History", "Call", "TimeLeft", "time_left", "remaining",
-           "format_seconds", "describe_left", "KEEP"]
+           "format_seconds", "describe_left", "KEEP", "PACE_PRIOR"]
 
 #: runs kept per kind of call (each of the four kinds of :meth:`History.expected`):
 #: the newest, so that an estimate follows a machine that got faster
 KEEP = 20
+#: seconds of calls at the earlier runs' pace that :attr:`History.pace` starts from:
+#: a call of one second that took twice as long says little of the next of ten
+#: minutes; calls of several minutes say much
+PACE_PRIOR = 30.0
 PROVENANCE_SUFFIX = ".provenance.json"
 CACHE_RECORD = "provenance.json"  # cpldask._cache.PROVENANCE (not imported: no cycle)
 
@@ -138,10 +142,10 @@ class History:
     """Wall times of earlier runs, and the pace of the calls finished since.
 
     The expected duration of a call is the median of the most alike earlier runs
-    (the newest :data:`KEEP` of each kind), times the *pace*: the median ratio of
-    the wall time of each call finished meanwhile (:meth:`add`) to what the earlier
-    runs expected of it — a loaded machine, a slower disk, bigger frames than last
-    time make every call slower alike. A call of a recipe no earlier run knows is
+    (the newest :data:`KEEP` of each kind), times the *pace*: how much longer than
+    the earlier runs expected the calls finished meanwhile (:meth:`add`) took — a
+    loaded machine, a slower disk, bigger frames than last time make every call
+    slower alike. A call of a recipe no earlier run knows is
     expected to take what the alike calls finished meanwhile took.
 
     Parameters
@@ -166,7 +170,8 @@ class History:
                  sources: Sequence[tuple[str, str | os.PathLike]] = (), limit: int = 0):
         self._earlier = _Index()
         self._now = _Index()  # the calls finished since (add)
-        self._ratios: collections.deque = collections.deque(maxlen=KEEP)
+        # (took, expected) of the calls finished meanwhile that earlier runs knew
+        self._paced: collections.deque = collections.deque(maxlen=KEEP)
         self._sources = list(sources)
         self._limit = limit
         #: provenance files read from disk (the cost of the history: see docs/cli.md)
@@ -197,17 +202,26 @@ class History:
         if run is None or (run.features.recipe, run.end) in self._now.seen:
             return
         before = self._earlier.median(run.features)
-        if before:
-            self._ratios.append(run.seconds / before)
+        if before is not None:
+            self._paced.append((run.seconds, before))
         self._now.file(run)
 
     @property
     def pace(self) -> float:
-        """How much longer than the earlier runs the calls finished since took
-        (the median ratio; 1 before the first, kept within 1/10..10)."""
-        if not self._ratios:
-            return 1.0
-        return min(10.0, max(0.1, statistics.median(self._ratios)))
+        """How much longer than the earlier runs expected the calls finished since
+        took: the ratio of their sums, each sum starting at :data:`PACE_PRIOR`
+        seconds (1 before the first call; kept within 1/10..10).
+
+        Examples
+        --------
+        >>> h = History([Run(Features("muse_flat", "{}", 3), 60.0, 0.0)])
+        >>> h.add(Run(Features("muse_flat", "{}", 3), 120.0, 1.0))
+        >>> round(h.pace, 2)      # (30 + 120) / (30 + 60)
+        1.67
+        """
+        took = PACE_PRIOR + sum(t for t, _ in self._paced)
+        expected = PACE_PRIOR + sum(e for _, e in self._paced)
+        return min(10.0, max(0.1, took / expected))
 
     def expected(self, features: Features | None) -> float | None:
         """The expected wall time (s) of a call, or None (see the class)."""
@@ -407,22 +421,21 @@ def format_seconds(seconds: float) -> str:
 def describe_left(estimate: TimeLeft) -> str:
     """The whole set's time left for a display.
 
-    ``'~4 min left'``; ``'≥ ~4 min left (2 calls never timed)'`` when some recipes
-    have no earlier run (or ``'..., 1 running longer than usual'``); ``'time left: ?
-    (no earlier runs)'`` when none has.
+    ``'~4 min left'``; ``'≥ ~4 min left (2 never timed)'`` when some calls' recipes
+    have no earlier run (and ``'..., 1 running late'`` when a running call is over
+    its expected time); ``'time left: ? (no earlier runs)'`` when none has.
 
     Examples
     --------
     >>> describe_left(TimeLeft(240.0, unknown=2, path=240.0, work=240.0, slots=1))
-    '≥ ~4 min left (2 calls never timed)'
+    '≥ ~4 min left (2 never timed)'
     """
     if estimate.seconds is None:
         return "time left: ? (no earlier runs)" if estimate.unknown else ""
     notes = []
     if estimate.unknown:
-        notes.append(f"{estimate.unknown} call{'s' if estimate.unknown != 1 else ''} "
-                     f"never timed")
+        notes.append(f"{estimate.unknown} never timed")
     if estimate.overdue:
-        notes.append(f"{estimate.overdue} running longer than usual")
+        notes.append(f"{estimate.overdue} running late")
     text = f"{format_seconds(estimate.seconds)} left"
     return f"≥ {text} ({', '.join(notes)})" if notes else text

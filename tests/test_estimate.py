@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from cpldask._estimate import (KEEP, Call, Features, History, Run, describe_left,
+from cpldask._estimate import (KEEP, PACE_PRIOR, Call, Features, History, Run, describe_left,
                                format_seconds, remaining, time_left)
 
 
@@ -72,24 +72,28 @@ def test_the_history_keeps_the_newest_runs():
 
 
 def test_calls_finished_meanwhile_set_the_pace():
-    """Under twice the load, the first finished call took twice what the earlier
-    runs did: every call is expected to take twice as long."""
-    h = History([Run.of(record(seconds=10.0, end=1)),
-                 Run.of(record(recipe="muse_flat", seconds=50.0, end=2))])
+    """Under twice the load, the calls finished so far took twice what the earlier
+    runs did: every call is expected to take about twice as long. A short call
+    hardly moves the pace (it starts from PACE_PRIOR seconds at pace 1)."""
+    h = History([Run.of(record(seconds=60.0, end=1)),
+                 Run.of(record(recipe="muse_flat", seconds=100.0, end=2)),
+                 Run.of(record(recipe="muse_illum", seconds=1.0, end=3))])
     assert h.pace == 1.0
-    h.add(Run.of(record(seconds=20.0, end=10)))
-    h.add(Run.of(record(seconds=20.0, end=10)))  # seen twice: counted once
-    assert h.pace == 2.0
-    assert h.expected(Features.of(record(recipe="muse_flat"))) == 100.0
-    assert h.expected(Features.of(record())) == 20.0
+    h.add(Run.of(record(recipe="muse_illum", seconds=0.5, end=9)))
+    assert h.pace == pytest.approx((PACE_PRIOR + 0.5) / (PACE_PRIOR + 1.0))
+    h.add(Run.of(record(seconds=120.0, end=10)))
+    h.add(Run.of(record(seconds=120.0, end=10)))  # seen twice: counted once
+    pace = (PACE_PRIOR + 120.5) / (PACE_PRIOR + 61.0)
+    assert h.pace == pytest.approx(pace)
+    assert h.expected(Features.of(record(recipe="muse_flat"))) == pytest.approx(100.0 * pace)
     # a recipe no earlier run knows: what its calls took meanwhile (no pace)
     assert h.expected(Features.of(record(recipe="muse_wavecal"))) is None
     h.add(Run.of(record(recipe="muse_wavecal", seconds=33.0, end=11)))
-    assert h.pace == 2.0
+    assert h.pace == pytest.approx(pace)
     assert h.expected(Features.of(record(recipe="muse_wavecal"))) == 33.0
-    h.add(Run.of(record(seconds=1000.0, end=12)))  # one odd call: the median holds
-    h.add(Run.of(record(seconds=1000.0, end=13)))
-    assert h.pace == 100.0 / 10.0  # (capped at 10)
+    for end in range(12, 12 + KEEP):  # far slower: capped
+        h.add(Run.of(record(seconds=6000.0, end=end)))
+    assert h.pace == 10.0
 
 
 def _write(path, rec, mtime):
@@ -156,7 +160,7 @@ def test_time_left_is_the_longest_chain_or_the_work_per_slot():
     calls[4] = Call("flat2", 20.0, elapsed=25.0, deps=("bias2",))
     later = time_left(calls, slots=8)
     assert later.overdue == 1
-    assert describe_left(later) == "≥ ~2 min left (1 running longer than usual)"
+    assert describe_left(later) == "≥ ~2 min left (1 running late)"
     assert later.path == 6.0 + 20.0 + 30.0 + 40.0
     assert later.work == 6.0 + 20.0 + 30.0 + 0.0 + 30.0 + 40.0
 
@@ -166,7 +170,7 @@ def test_unknown_recipes_make_the_estimate_a_lower_bound():
              Call("z", None, done=True), Call("d", 10.0, deps=("not-followed",))]
     est = time_left(calls, slots=4)
     assert (est.seconds, est.unknown) == (30.0, 2)
-    assert describe_left(est) == "≥ ~30 s left (2 calls never timed)"
+    assert describe_left(est) == "≥ ~30 s left (2 never timed)"
     nothing = time_left([Call("b", None)], slots=4)
     assert nothing.seconds is None and describe_left(nothing) == "time left: ? (no earlier runs)"
     assert describe_left(time_left([Call("a", 150.0)], slots=1)) == "~3 min left"

@@ -170,7 +170,7 @@ def _progress(jobs: Sequence[Job], title: str, since: float,
     bar.add_row(Text(title, style="bold"), ProgressBar(total=len(jobs), completed=finished,
                                                         width=30),
                 f"{finished}/{len(jobs)}", Text(_clock(now - since), "dim"),
-                Text(left, "bold"))
+                Text(left, "bold", no_wrap=True, overflow="ellipsis"))
     states = Text("  ·  ").join(Text(f"{state} {k}", style=STYLES[state] if k else "dim")
                                 for state, k in n.items())
     return Group(bar, states, *_current_messages(jobs, tracker, now))
