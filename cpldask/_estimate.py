@@ -402,7 +402,8 @@ def time_left(calls: Sequence[Call], slots: int) -> TimeLeft:
 
 
 def format_seconds(seconds: float) -> str:
-    """A rounded duration for a display: ``'~40 s'``, ``'~3 min'``, ``'~1 h 05 min'``.
+    """A rounded duration for a display: ``'~4 s'``, ``'~40 s'``, ``'~3 min'``,
+    ``'~1 h 05 min'`` (at least ``'~1 s'``).
 
     Examples
     --------
@@ -410,8 +411,10 @@ def format_seconds(seconds: float) -> str:
     ('~40 s', '~3 min', '~1 h 05 min')
     """
     # (halves up: Python's round() goes to the even neighbour, 2.5 min -> 2)
+    if seconds < 9.5:
+        return f"~{max(1, int(seconds + 0.5))} s"
     if seconds < 57.5:
-        return f"~{max(5, int(seconds / 5 + 0.5) * 5)} s"
+        return f"~{int(seconds / 5 + 0.5) * 5} s"
     minutes = int(seconds / 60 + 0.5)
     if minutes < 60:
         return f"~{minutes} min"

@@ -182,8 +182,9 @@ def test_a_call_counts_with_what_is_left_of_it():
     assert remaining(30.0, 10.0) == 20.0
     assert remaining(30.0, 45.0) == 0.0  # over its time: nothing more expected
     assert remaining(None, 5.0) is None
-    assert [format_seconds(s) for s in (0, 42, 57.4, 89, 150, 3900)] == \
-        ["~5 s", "~40 s", "~55 s", "~1 min", "~3 min", "~1 h 05 min"]
+    assert [format_seconds(s) for s in (0, 1.1, 9.4, 12, 42, 57.4, 89, 150, 3900)] == \
+        ["~1 s", "~1 s", "~9 s", "~10 s", "~40 s", "~55 s", "~1 min", "~3 min",
+         "~1 h 05 min"]
 
 
 def test_a_cycle_does_not_hang_the_estimate():

@@ -209,7 +209,7 @@ def _log_lines(tracker: Tracker, err: Console) -> Callable[[list[Job]], None]:
             err.print(Text.assemble(f"[{finished}/{len(jobs)}] ",
                                     (f"{job.state:<9}", STYLES[job.state]),
                                     f"{_format_duration(job.duration):>9}  {job.label}",
-                                    (f"  ({left})" if left else "", "dim")),
+                                    (f"  · {left}" if left else "", "dim")),
                       soft_wrap=True)
 
     return update
