@@ -279,6 +279,21 @@ def slots_for_call(client: distributed.Client, *, direct: bool = False
     return limit, omp
 
 
+def recipe_slots(client: distributed.Client) -> int:
+    """How many recipes run at once now: the worker threads (each runs one recipe
+    task), at most the :func:`set_maxthreads` limit in force; the limit alone while
+    no worker is there yet (a batch-system cluster before its first job starts).
+    The embedded cluster counts the threads it is starting, not only those that
+    have joined (its second worker arrives a few seconds after the first)."""
+    limit = _limits.get(client.scheduler.address)
+    threads = sum(client.nthreads().values())
+    if client is _embedded.get("client"):
+        threads = max(threads, _embedded["threads"])
+    if limit is not None:
+        return max(1, min(limit[1], threads) if threads else limit[1])
+    return max(1, threads)
+
+
 def check_resources(client: distributed.Client, resources: dict, recipe: str) -> None:
     """Refuse resource annotations no worker can satisfy: the task would wait forever."""
     workers = client.scheduler_info(n_workers=-1)["workers"].values()
