@@ -128,3 +128,34 @@ def adaptive_of(cluster):
     ``test_set_maxthreads_on_a_plain_dask_jobqueue_cluster`` notices).
     """
     return getattr(cluster, "_adaptive", None)
+
+
+# -- the scheduler: cpldask's dashboard page (cpldask/_dashboard.py) ---------------------
+# A SchedulerPlugin sees task keys and states through public hooks; two things it
+# needs have no public API (distributed 2024.11 to 2026.8). Should either change, the
+# page lists no run (``task_function``) or is not served (``add_http_routes``): both
+# are checked by tests/test_dashboard.py.
+def task_function(ts) -> str | None:
+    """``module.qualname`` of the function a scheduler's task (a ``TaskState``) runs;
+    None for data or an unknown kind of node.
+
+    ``TaskState.run_spec`` is a ``dask._task_spec.Task`` since dask 2024.11 (the
+    scheduler unpickles the graph), whose ``func`` is the function itself.
+    """
+    func = getattr(getattr(ts, "run_spec", None), "func", None)
+    if func is None:
+        return None
+    return f"{getattr(func, '__module__', '')}.{getattr(func, '__qualname__', '')}"
+
+
+def add_http_routes(scheduler, routes: list[tuple]) -> None:
+    """Serve tornado ``routes`` from ``scheduler``'s HTTP server (its dashboard).
+
+    ``Scheduler.http_application`` is the tornado ``Application`` every route of
+    ``distributed.scheduler.http.routes`` and the Bokeh dashboard hang from (set by
+    ``ServerNode.start_http_server``, distributed 2.x to 2026.8). Adding routes to it
+    after the server started is tornado's public ``Application.add_handlers``; the
+    config key is read only when a scheduler starts, so it cannot reach a scheduler
+    that is already running elsewhere.
+    """
+    scheduler.http_application.add_handlers(r".*$", routes)

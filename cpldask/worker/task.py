@@ -46,6 +46,8 @@ POLL = 0.2
 
 def run_recipe(spec: CallSpec, *deps) -> RunRecord:
     """Run the call ``spec``; ``deps`` are the upstream outcomes it references."""
+    # the scheduler knows which worker holds a task, not whether a thread runs it yet
+    _logs.send_run_event(spec.recipe, "begin")
     frames = _resolve(spec, deps)
     return _run(spec, frames, _hash_inputs(spec, frames, deps))
 
@@ -280,6 +282,10 @@ def _run(spec: CallSpec, frames, inputs: list[_Input]) -> RunRecord:
                                 provenance=prov)
         else:
             (call_dir / "provenance.json").write_text(json.dumps(prov, indent=1, default=str))
+        # the products where they are now, for the scheduler's page of recipe runs
+        # (the RunRecord stays on this worker until a client asks for it)
+        _logs.send_run_event(spec.recipe, "done", products=[[p.tag, p.path] for p in products],
+                             cache_hit=hit is not None)
         return RunRecord(
             recipe=spec.recipe, key=_task_key(), products=products,
             input_len=spec.input_len, log=report["log"],
@@ -408,6 +414,7 @@ def _spawn(spec: CallSpec, frames, call_dir: pathlib.Path, server: "forkserver.F
         # was there before, so if that differs the products are not cached
         server, now = forkserver.server_for(env, spec.recipe_file)
         library_changed |= now != library
+    _logs.send_run_event(spec.recipe, "start")  # the dashboard's "running for ..."
     tail = _LogTail(spec, call_dir / runner.RECIPE_LOG)
     try:
         _wait(proc, spec, tail)
