@@ -424,8 +424,9 @@ def test_runs_page_on_a_scheduler_the_client_connects_to(scheduler_of_its_own, t
 
 # -- the screenshot in docs/ -----------------------------------------------------------------
 def _main(argv: list[str]) -> int:
-    """``python tests/test_dashboard.py OUT.png [--workdir DIR]``: screenshot the Status
-    page in the middle of a one-IFU synthetic MUSE reduction."""
+    """``python tests/test_dashboard.py OUT.png [--page runs] [--workdir DIR]``:
+    screenshot the Status page (or cpldask's page of recipe runs) in the middle of a
+    one-IFU synthetic MUSE reduction."""
     import argparse
 
     import cpldask
@@ -435,6 +436,7 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("png")
     parser.add_argument("--workdir", default=str(pathlib.Path(tempfile.gettempdir())
                                                  / "cpldask-notebooks" / "dashboard"))
+    parser.add_argument("--page", default="status", choices=("status", "runs"))
     parser.add_argument("--after", type=int, default=6,
                         help="take it once this many recipe calls have finished")
     args = parser.parse_args(argv)
@@ -442,7 +444,7 @@ def _main(argv: list[str]) -> int:
     red = demo.demo(args.workdir, ifus=(1,), wait=False)
     try:
         with Browser() as b:
-            b.goto(cpldask.dashboard_link())
+            b.goto(cpldask.dashboard_link(page=args.page))
             while True:
                 done = sum(1 for s in red.steps if s.status == "finished")
                 running = len(red.steps) - done
@@ -450,7 +452,10 @@ def _main(argv: list[str]) -> int:
                     break
                 time.sleep(1)
             time.sleep(2)  # the page polls the scheduler about every 100 ms - 1 s
-            b.screenshot(out)
+            # the runs page: down to the end of its table, not the empty window below
+            height = b.evaluate("document.body.scrollHeight") if args.page == "runs" else None
+            b.screenshot(out, clip=dict(x=0, y=0, width=1400, height=height + 10)
+                         if height else None)
             print(f"{out}: {done} of {len(red.steps)} calls finished")
     finally:
         red.cancel()
