@@ -300,7 +300,8 @@ def dashboard_link(*, page: str = "status") -> str | None:
     page : str
         ``"status"``: Dask's Status page; ``"runs"``: cpldask's page of recipe runs
         (queued, running, done, failed, with their current log line and products; see
-        docs/dashboard.md); any other of Dask's pages by its name (``"workers"``).
+        docs/dashboard.md), None where the scheduler does not have it; any other of
+        Dask's pages by its name (``"workers"``).
 
     Examples
     --------
@@ -309,7 +310,10 @@ def dashboard_link(*, page: str = "status") -> str | None:
     'http://127.0.0.1:8787/cpldask/runs'
     """
     try:
-        link = get_client().dashboard_link
+        client = get_client()
+        link = client.dashboard_link
     except Exception:  # no dashboard (bokeh missing) is not an error for the caller
         return None
-    return _dashboard.page_link(link, page) if link else None
+    if not link or (page == "runs" and not _dashboard.has_page(client)):
+        return None
+    return _dashboard.page_link(link, page)

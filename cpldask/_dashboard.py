@@ -50,7 +50,7 @@ from tornado import web
 from . import _compat, _config
 from ._spec import LOG_TOPIC, RUNS_TOPIC
 
-__all__ = ["RecipeRuns", "install", "page_link", "PAGE", "DATA"]
+__all__ = ["RecipeRuns", "install", "has_page", "page_link", "PAGE", "DATA"]
 
 logger = logging.getLogger(__name__)
 
@@ -268,26 +268,34 @@ class _DataHandler(web.RequestHandler):
 
 
 # -- the client side ------------------------------------------------------------------------
-#: the clients whose scheduler has the plugin (weak: a closed client is forgotten)
-_installed: weakref.WeakSet = weakref.WeakSet()
+#: client -> whether its scheduler has the plugin (weak: a closed client is forgotten)
+_installed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def install(client) -> None:
     """Register :class:`RecipeRuns` on ``client``'s scheduler, once per client, unless
     ``cpldask.dashboard.runs-page`` is false. A scheduler that cannot take it (no
     cpldask where it runs) costs the page only: a warning, and calls run as before."""
-    if client in _installed or not _config.get("dashboard.runs-page"):
+    if client in _installed:
         return
-    _installed.add(client)
+    _installed[client] = False
+    if not _config.get("dashboard.runs-page"):
+        return
     try:
         plugin = RecipeRuns(history=int(_config.get("dashboard.history")),
                             level=_config.log_level("live-log-level") or logging.INFO)
         client.register_plugin(plugin, name=NAME)
+        _installed[client] = True
     except Exception as err:  # noqa: BLE001  (whatever the scheduler raised)
         logger.warning("cpldask: no page of recipe runs on the dashboard of %s (%s: %s); "
                        "install cpldask where the scheduler runs, or set "
                        "cpldask.dashboard.runs-page to false", client.scheduler.address,
                        type(err).__name__, err)
+
+
+def has_page(client) -> bool:
+    """Whether :func:`install` gave ``client``'s scheduler the page of recipe runs."""
+    return _installed.get(client, False)
 
 
 def page_link(dashboard_link: str, page: str) -> str:
