@@ -2,8 +2,8 @@
 
 ``python bench/dashboard_hooks.py [N]``: the hooks of :class:`cpldask._dashboard.RecipeRuns`
 called as the scheduler calls them for N recipe calls (default 20 000) — ``update_graph``,
-the transitions waiting, processing, memory, the worker's three events and one log
-message — then the page's data built once for all of them, then the calls forgotten.
+the transitions waiting, processing, memory, one log message and the worker's
+``done`` event — then the page's data built once for all of them, then the calls forgotten.
 The scheduler's task table is stood in for by objects with the attributes the hooks
 read (``state``, ``run_spec.func``, ``processing_on``, ``waiting_on``): the figure is the
 plugin's own cost, not the scheduler's.
@@ -34,8 +34,6 @@ def main(n: int) -> None:
     for key in tasks:
         plugin.transition(key, "released", "waiting", stimulus_id="bench")
         plugin.transition(key, "waiting", "processing", stimulus_id="bench")
-        for event in ("begin", "start"):
-            plugin.log_event("cpldask-runs", {"key": key, "event": event, "worker": "w"})
         plugin.log_event("cpldask-log", {"key": key, "entries": line, "worker": "w"})
         plugin.log_event("cpldask-runs", {"key": key, "event": "done", "products": done,
                                           "cache_hit": False, "worker": "w"})

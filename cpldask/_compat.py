@@ -131,10 +131,11 @@ def adaptive_of(cluster):
 
 
 # -- the scheduler: cpldask's dashboard page (cpldask/_dashboard.py) ---------------------
-# A SchedulerPlugin sees task keys and states through public hooks; two things it
-# needs have no public API (distributed 2024.11 to 2026.8). Should either change, the
-# page lists no run (``task_function``) or is not served (``add_http_routes``): both
-# are checked by tests/test_dashboard.py.
+# A SchedulerPlugin sees task keys and states through public hooks; three things it
+# needs have no public API (distributed 2024.11 to 2026.8). Should one change, the
+# page lists no run (``task_function``), is not served (``add_http_routes``), or shows
+# a call running only once it logs (``executing_for``): all checked by
+# tests/test_dashboard.py.
 def task_function(ts) -> str | None:
     """``module.qualname`` of the function a scheduler's task (a ``TaskState``) runs;
     None for data or an unknown kind of node.
@@ -159,3 +160,18 @@ def add_http_routes(scheduler, routes: list[tuple]) -> None:
     that is already running elsewhere.
     """
     scheduler.http_application.add_handlers(r".*$", routes)
+
+
+def executing_for(ts) -> float | None:
+    """Seconds the worker holding a scheduler's task has been running it, as of that
+    worker's last heartbeat (every 0.5 s on a small cluster, more on a large one); None
+    while it waits there for a thread, or once it has ended.
+
+    The scheduler has no "task started" transition: a worker is sent more tasks than
+    it has threads, and says which it executes only in its heartbeats, kept in
+    ``WorkerState.executing`` (documented, but "unused" by the scheduler itself,
+    distributed 2022.x to 2026.8).
+    """
+    ws = getattr(ts, "processing_on", None)
+    executing = getattr(ws, "executing", None) or {}
+    return executing.get(ts)

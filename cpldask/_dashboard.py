@@ -11,18 +11,20 @@ What the page shows comes from the scheduler, through public SchedulerPlugin hoo
 
 * the runs and their states: the scheduler's tasks whose function is
   ``cpldask.worker.task.run_recipe`` (``update_graph``, ``transition``): *queued*
-  (waiting for upstream calls or a worker thread), *running* (processing on a worker;
-  a worker thread runs it: its recipe process started, or the call is still being
-  prepared — inputs hashed, a slot of ``set_maxthreads`` awaited), *done*, *failed* (the error's first line), *cancelled*;
+  (waiting for upstream calls, for a worker thread, or for a slot of
+  ``set_maxthreads``), *running* (a worker thread runs it), *done*, *failed* (the
+  error's first line), *cancelled*. The scheduler knows which worker holds a task,
+  not whether a thread runs it yet (a worker is sent more tasks than it has
+  threads): that comes with the worker's heartbeats (``WorkerState.executing``), or
+  with the call's first log message, whichever is first;
 * the current log line: the last recipe message the worker sent the client on the
   topic ``cpldask-log`` (with the task key; INFO and above while the recipe runs,
   ``cpldask.live-log-level``), which the scheduler hands to its plugins as it
   publishes it (``log_event``);
-* when a worker thread took the call (the scheduler only knows which worker holds
-  it: a worker is sent more tasks than it has threads), when its recipe process
-  started, and the products with their paths on the worker's disk: one small event
-  each on ``cpldask-runs``
-  (:func:`cpldask._logs.send_run_event`). The call's RunRecord stays on its worker.
+* the products with their paths on the worker's disk: an event on ``cpldask-runs``
+  sent with the task's end (:func:`cpldask._logs.send_run_event`; the call's
+  RunRecord stays on its worker); and from a call that waits a second or more for a
+  slot of ``set_maxthreads``, when it waits and when it has one.
 
 The client registers the plugin on whichever scheduler the session uses, the
 embedded one or a remote one (:func:`install`, from ``cpldask.get_client``). The
@@ -76,7 +78,7 @@ class Run:
     state: str = "queued"
     processing: float | None = None  # sent to a worker (maybe behind its other tasks)
     began: float | None = None  # a worker thread runs it
-    started: float | None = None  # its recipe process started
+    waiting_for_slot: bool = False  # of set_maxthreads, on its worker
     ended: float | None = None
     worker: str | None = None
     line: list | None = None  # (logger name, level, function, message, created)
@@ -133,14 +135,14 @@ class RecipeRuns(SchedulerPlugin):
             return
         now = time.time()
         if finish == "processing":  # running only once a worker thread takes it
-            run.state, run.processing, run.began, run.started, run.ended = \
-                "queued", now, None, None, None
+            run.state, run.processing, run.began, run.ended = "queued", now, None, None
+            run.waiting_for_slot = False
             ts = self.scheduler.tasks.get(key) if self.scheduler is not None else None
             if ts is not None and ts.processing_on is not None:
                 run.worker = ts.processing_on.address
         elif finish in ("waiting", "queued", "no-worker"):  # again, after a lost worker
-            run.state, run.processing, run.began, run.started, run.ended = \
-                "queued", None, None, None, None
+            run.state, run.processing, run.began, run.ended = "queued", None, None, None
+            run.waiting_for_slot = False
         elif finish == "memory":
             run.state, run.ended = "done", now
         elif finish == "erred":
@@ -161,10 +163,13 @@ class RecipeRuns(SchedulerPlugin):
             shown = [e for e in msg.get("entries") or () if e[1] >= self.level]
             if shown:
                 run.line = list(shown[-1])
-        elif msg.get("event") == "begin" and run.state == "queued":
-            run.state, run.began = "running", time.time()
+            if msg.get("entries") and not run.waiting_for_slot:  # the recipe runs
+                self._running(run, time.time())
+        elif msg.get("event") == "waiting" and run.state in ("queued", "running"):
+            run.state, run.began, run.waiting_for_slot = "queued", None, True
         elif msg.get("event") == "start":
-            run.started = time.time()
+            run.waiting_for_slot = False
+            self._running(run, time.time())
         elif msg.get("event") == "done":
             run.products = [list(p) for p in msg.get("products") or []]
             run.cache_hit = bool(msg.get("cache_hit"))
@@ -181,6 +186,20 @@ class RecipeRuns(SchedulerPlugin):
         run = self.runs[key] = Run(key, key.partition("-")[0], time.time())
         self.history.pop(key, None)  # the same call made again
         return run
+
+    @staticmethod
+    def _running(run: Run, since: float) -> None:
+        if run.state == "queued" and run.processing is not None:
+            run.state, run.began = "running", since
+
+    def _notice_running(self, now: float) -> None:
+        """Calls that a worker thread has taken since, as its heartbeats say."""
+        for run in self.runs.values():
+            if run.state == "queued" and run.processing is not None \
+                    and not run.waiting_for_slot:
+                seconds = _compat.executing_for(self.scheduler.tasks.get(run.key))
+                if seconds is not None:
+                    self._running(run, now - seconds)
 
     def _retire(self, run: Run) -> None:
         del self.runs[run.key]
@@ -202,6 +221,9 @@ class RecipeRuns(SchedulerPlugin):
     def view(self, *, limit: int = 200) -> dict:
         """The page's data: the number of runs in each state, and the first ``limit``
         of each (running and queued: oldest first; the others: newest first)."""
+        now = time.time()
+        if self.scheduler is not None:
+            self._notice_running(now)
         by_state: dict[str, list[Run]] = {s: [] for s in STATES}
         for run in [*self.runs.values(), *self.history.values()]:
             by_state[run.state].append(run)
@@ -210,7 +232,7 @@ class RecipeRuns(SchedulerPlugin):
         for state in STATES:
             key = order.get(state, lambda r: -(r.ended or 0.0))
             rows += [self._row(r) for r in heapq.nsmallest(limit, by_state[state], key=key)]
-        return {"now": time.time(), "limit": limit,
+        return {"now": now, "limit": limit,
                 "counts": {s: len(v) for s, v in by_state.items()}, "runs": rows}
 
     def _row(self, run: Run) -> dict:
@@ -232,11 +254,11 @@ def _detail(run: Run, ts) -> str:
             return f"waiting for {n} upstream call{'s' if n != 1 else ''}"
         if ts.state == "no-worker":
             return "no worker can run it (the resources it asks for?)"
+        if run.waiting_for_slot:
+            return f"on {run.worker}, waiting for a slot (set_maxthreads)"
         if ts.state == "processing" and run.worker:
             return f"on {run.worker}, waiting for a thread"
         return "waiting for a worker thread"
-    if run.state == "running" and run.started is None:
-        return "preparing (hashing inputs, waiting for a slot)"
     if run.state == "done" and run.cache_hit:
         return "from the product cache"
     return ""

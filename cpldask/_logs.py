@@ -55,10 +55,11 @@ def send(recipe: str, entries: list, *, threshold: int = logging.NOTSET,
 def send_run_event(recipe: str, event: str, *, products: list | None = None,
                    cache_hit: bool = False) -> None:
     """Tell the scheduler's page of recipe runs (:mod:`cpldask._dashboard`) about the
-    call of ``recipe`` this worker thread runs: ``"begin"`` when the thread takes it,
-    ``"start"`` when its recipe process has started, ``"done"`` with its ``products``
-    (``[tag, path]`` each) once they are installed. One small message each, on the topic :data:`RUNS_TOPIC`, to which no
-    client subscribes. Outside a distributed worker, nothing is sent."""
+    call of ``recipe`` this worker thread runs: ``"done"`` with its ``products``
+    (``[tag, path]`` each) once they are installed (it travels with the task's end);
+    ``"waiting"`` when it has waited a second for a slot of ``set_maxthreads``, and
+    ``"start"`` once it has one. On the topic :data:`RUNS_TOPIC`, to which no client
+    subscribes. Outside a distributed worker, nothing is sent."""
     worker = _this_worker()
     if worker is None:
         return

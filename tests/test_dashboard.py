@@ -364,6 +364,46 @@ def test_runs_page_lists_recipe_runs_with_their_log_line_and_products(
     assert browser.errors == []
 
 
+def runs_json(link: str) -> dict:
+    """The page's data, as its script reads it: {task key: run}."""
+    with urllib.request.urlopen(link + ".json", timeout=10) as r:
+        return {run["key"]: run for run in json.load(r)["runs"]}
+
+
+@pytest.mark.timeout(120)
+def test_runs_page_tells_a_call_waiting_for_a_slot_from_a_running_one(client, test_recipe,
+                                                                       any_fits):
+    """Under ``set_maxthreads(1)`` on a cluster of more threads, the second call holds
+    a worker thread but waits for the slot: queued, saying so; then running."""
+    import cpldask
+
+    threads = sum(w["nthreads"] for w in client.scheduler_info(n_workers=-1)["workers"].values())
+    assert threads >= 2, "the session's cluster has one thread: no slot to wait for"
+    link = cpldask.dashboard_link(page="runs")
+    run = uuid.uuid4().hex[:8]
+    cpldask.Recipe.set_maxthreads(1)
+    try:
+        calls = [test_recipe(any_fits, param={"sleep": 4.0, "value": 30 + i},
+                             env={"RUN": run}, threaded=True) for i in range(2)]
+
+        def one_runs_one_waits():
+            rows = runs_json(link)
+            states = [rows.get(c.key, {}).get("state") for c in calls]
+            details = [rows.get(c.key, {}).get("detail", "") for c in calls]
+            if states.count("running") == 1 and any("waiting for a slot" in d for d in details):
+                return rows
+            return None
+
+        rows = wait_until(one_runs_one_waits, 30, "one call running, one waiting for the slot")
+        waiting = next(c for c in calls if rows[c.key]["state"] == "queued")
+        wait_until(lambda: runs_json(link)[waiting.key]["state"] in ("running", "done"),
+                   30, "the waiting call running")
+        for c in calls:
+            c.result()
+    finally:
+        cpldask.Recipe.set_maxthreads(threads)
+
+
 @pytest.fixture
 def scheduler_of_its_own(tmp_path):
     """A ``dask scheduler`` and one ``dask worker`` in processes of their own, on
@@ -408,13 +448,8 @@ def test_runs_page_on_a_scheduler_the_client_connects_to(scheduler_of_its_own, t
         link = cpldask.dashboard_link(page="runs")
         assert link.startswith(client.dashboard_link.rsplit("/", 1)[0])
 
-        def listed():
-            with urllib.request.urlopen(link + ".json", timeout=10) as r:
-                data = json.load(r)
-            return next((run for run in data["runs"] if run["key"] == res.key
-                         and run["products"]), None)
-
-        row = wait_until(listed, 30, "the call on the page")
+        row = wait_until(lambda: runs_json(link).get(res.key, {}).get("products")
+                         and runs_json(link)[res.key], 30, "the call on the page")
         assert row["state"] == "done" and row["recipe"] == "cpldask_test"
         assert [tag for tag, _ in row["products"]] == ["PRODUCT"]
         assert [path for _, path in row["products"]] == res.paths["PRODUCT"]

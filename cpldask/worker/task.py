@@ -46,8 +46,6 @@ POLL = 0.2
 
 def run_recipe(spec: CallSpec, *deps) -> RunRecord:
     """Run the call ``spec``; ``deps`` are the upstream outcomes it references."""
-    # the scheduler knows which worker holds a task, not whether a thread runs it yet
-    _logs.send_run_event(spec.recipe, "begin")
     frames = _resolve(spec, deps)
     return _run(spec, frames, _hash_inputs(spec, frames, deps))
 
@@ -193,9 +191,15 @@ def _slot(spec: CallSpec):
         yield
         return
     sem = _semaphore(*spec.slots)
+    waited = False
     while not sem.acquire(timeout=POLL * 5):
         if _cancelled():
             raise _Cancelled()
+        if not waited:  # the page of recipe runs shows the call as waiting, not running
+            _logs.send_run_event(spec.recipe, "waiting")
+            waited = True
+    if waited:
+        _logs.send_run_event(spec.recipe, "start")
     try:
         yield
     finally:
@@ -414,7 +418,6 @@ def _spawn(spec: CallSpec, frames, call_dir: pathlib.Path, server: "forkserver.F
         # was there before, so if that differs the products are not cached
         server, now = forkserver.server_for(env, spec.recipe_file)
         library_changed |= now != library
-    _logs.send_run_event(spec.recipe, "start")  # the dashboard's "running for ..."
     tail = _LogTail(spec, call_dir / runner.RECIPE_LOG)
     try:
         _wait(proc, spec, tail)
