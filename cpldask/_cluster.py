@@ -36,7 +36,7 @@ import dask.config
 import distributed
 from distributed.deploy.spec import SpecCluster
 
-from . import _config
+from . import _config, _dashboard
 from ._compat import SubprocessNanny
 from .worker.forkserver import WarmUp
 
@@ -47,16 +47,17 @@ _limits: dict = {}  # scheduler address -> (semaphore name, n) in force there
 
 
 def get_client() -> distributed.Client:
-    """The client recipe calls go to, starting the embedded cluster if needed."""
+    """The client recipe calls go to, starting the embedded cluster if needed; its
+    scheduler gets cpldask's page of recipe runs (:mod:`cpldask._dashboard`)."""
     with _lock:
         try:
-            return distributed.get_client()
+            client = distributed.get_client()
         except ValueError:
-            pass
-        address = _config.get("scheduler-address")
-        if address:
-            return distributed.Client(address, set_as_default=True)
-        return _start_embedded()
+            address = _config.get("scheduler-address")
+            client = distributed.Client(address, set_as_default=True) if address \
+                else _start_embedded()
+        _dashboard.install(client)
+        return client
 
 
 def _cores() -> int:
@@ -306,9 +307,28 @@ def check_resources(client: distributed.Client, resources: dict, recipe: str) ->
                 f"'{name}=...' or drop the resources= option")
 
 
-def dashboard_link() -> str | None:
-    """The dashboard URL of the cluster in use, if it has one."""
+def dashboard_link(*, page: str = "status") -> str | None:
+    """The address of a dashboard page of the cluster in use, if it has a dashboard.
+
+    Parameters
+    ----------
+    page : str
+        ``"status"``: Dask's Status page; ``"runs"``: cpldask's page of recipe runs
+        (queued, running, done, failed, with their current log line and products; see
+        docs/dashboard.md), None where the scheduler does not have it; any other of
+        Dask's pages by its name (``"workers"``).
+
+    Examples
+    --------
+    >>> import cpldask
+    >>> cpldask.dashboard_link(page="runs")  # doctest: +SKIP
+    'http://127.0.0.1:8787/cpldask/runs'
+    """
     try:
-        return get_client().dashboard_link
+        client = get_client()
+        link = client.dashboard_link
     except Exception:  # no dashboard (bokeh missing) is not an error for the caller
         return None
+    if not link or (page == "runs" and not _dashboard.has_page(client)):
+        return None
+    return _dashboard.page_link(link, page)

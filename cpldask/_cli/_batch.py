@@ -5,7 +5,7 @@ A command submits its calls (threaded :class:`cpldask.Recipe` calls), wraps each
 :class:`~cpldask.Result` in a :class:`Job` with a label, and hands the list to
 :func:`monitor`, which
 
-1. prints the dashboard link,
+1. prints the dashboard link (and the one of cpldask's page of recipe runs),
 2. shows live counts of queued, running, done and failed calls, the time left (from
    earlier runs of the same recipes: :mod:`cpldask._estimate`) and, per running
    call, its time left and its recipe's current message (on a terminal; in a log
@@ -113,10 +113,11 @@ def monitor(jobs: Sequence[Job], *, title: str, out: Console, err: Console,
     int
         0 if every call succeeded, 1 if any failed, 130 if interrupted.
     """
-    link = _cluster.dashboard_link()
+    link, runs = _cluster.dashboard_link(), _cluster.dashboard_link(page="runs")
     err.print(Text.assemble(("cpldask", "bold"), f": {len(jobs)} {title} "
                             f"call{'s' if len(jobs) != 1 else ''}; dashboard: ",
-                            (link or "none", "link " + link if link else "dim")),
+                            (link or "none", "link " + link if link else "dim"),
+                            *([", recipe runs: ", (runs, "link " + runs)] if runs else [])),
               soft_wrap=True)
     clock = min((job.submitted for job in jobs), default=time.monotonic())
     # the graph of the calls (a reduction's) is in their provenance: a call given
