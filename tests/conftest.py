@@ -18,6 +18,8 @@ would hide a missing install step.
 
 from __future__ import annotations
 
+import helpers  # noqa: F401  (sets CPLDASK_TEST_SESSION before any process starts)
+
 import ast
 import importlib.util
 import pathlib

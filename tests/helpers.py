@@ -38,13 +38,21 @@ def max_overlap(spans) -> int:
     return best
 
 
+#: every process this test session starts inherits this variable (workers, fork
+#: servers, recipe processes): recipe_pids counts the session's own recipes only, not
+#: those of another test run on the same machine
+TEST_SESSION = os.environ.setdefault("CPLDASK_TEST_SESSION", f"{os.getpid()}-{time.time()}")
+
+
 def recipe_pids(name: str) -> set[int]:
-    """PIDs of live processes named ``name`` (python-cpl names the recipe child so).
+    """PIDs of live processes named ``name`` (python-cpl names the recipe child so)
+    started by this test session.
 
     Zombies do not count: a killed recipe whose parent died too waits for PID 1 to
     reap it, which in a container may never happen; it runs no code.
     """
     pids = set()
+    mark = f"CPLDASK_TEST_SESSION={TEST_SESSION}".encode()
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
@@ -54,7 +62,14 @@ def recipe_pids(name: str) -> set[int]:
                 continue
             comm = stat[stat.index("(") + 1:stat.rindex(")")]
             state = stat[stat.rindex(")") + 2]
-            if comm == name[:15] and state not in "ZX":
+            if comm != name[:15] or state in "ZX":
+                continue
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    ours = mark in f.read().split(b"\0")
+            except OSError:
+                continue
+            if ours:
                 pids.add(int(entry))
     return pids
 
