@@ -44,9 +44,10 @@ def max_overlap(spans) -> int:
 TEST_SESSION = os.environ.setdefault("CPLDASK_TEST_SESSION", f"{os.getpid()}-{time.time()}")
 
 
-def recipe_pids(name: str) -> set[int]:
+def recipe_pids(name: str, *, any_session: bool = False) -> set[int]:
     """PIDs of live processes named ``name`` (python-cpl names the recipe child so)
-    started by this test session.
+    started by this test session (``any_session``: by anyone — for processes in batch
+    jobs, whose environment is the batch system's, the caller filters by job).
 
     Zombies do not count: a killed recipe whose parent died too waits for PID 1 to
     reap it, which in a container may never happen; it runs no code.
@@ -63,6 +64,9 @@ def recipe_pids(name: str) -> set[int]:
             comm = stat[stat.index("(") + 1:stat.rindex(")")]
             state = stat[stat.rindex(")") + 2]
             if comm != name[:15] or state in "ZX":
+                continue
+            if any_session:
+                pids.add(int(entry))
                 continue
             try:
                 with open(f"/proc/{entry}/environ", "rb") as f:

@@ -258,7 +258,7 @@ def test_scancel_of_a_job_mid_call_is_survived(slurm_cluster, muse_bias, bias_fi
 
         res = muse_bias(bias_files, env={"RUN": f"{RUN}-scancel"})
         # the recipe process is running inside one of the jobs
-        pids = wait_until(lambda: {p for p in recipe_pids("muse_bias")
+        pids = wait_until(lambda: {p for p in recipe_pids("muse_bias", any_session=True)
                                    if _job_of(p) in before}, 60, "muse_bias to start")
         (victim,) = {_job_of(p) for p in pids}
         processing = {w for w, keys in client.processing().items() if res.key in keys}
@@ -282,7 +282,7 @@ def test_scancel_of_a_job_mid_call_is_survived(slurm_cluster, muse_bias, bias_fi
         TIMINGS["scancel -> retry started"] = res.record.start - t_wall
         TIMINGS["retried muse_bias"] = res.record.end - res.record.start
         assert slurm_cluster.job_ids().get(res.record.worker) not in (None, victim)
-        wait_until(lambda: not (pids & recipe_pids("muse_bias")), 30,
+        wait_until(lambda: not (pids & recipe_pids("muse_bias", any_session=True)), 30,
                    "the cancelled job's recipe to be gone")
         client.wait_for_workers(2, timeout=120)
         jobs = squeue()
