@@ -30,7 +30,7 @@ from rich.console import Console
 
 from .. import __version__, instruments
 from . import _cache, _catalog, _daemon, _reduce, _report, _run
-from ._batch import CLUSTERS, EXIT_INTERRUPTED, require_jobqueue
+from ._batch import CLUSTERS, EXIT_INTERRUPTED, QUIET_LOGGING, require_jobqueue
 from ._inputs import UsageError
 
 __all__ = ["main", "handle_args", "build_parser"]
@@ -327,9 +327,7 @@ def _quiet() -> None:
     """
     # the whole logging section of the workers' (and their Nannies') config: the
     # Nannies' INFO lines ("Nanny at ... closed.") too would reach the terminal
-    os.environ.setdefault("DASK_LOGGING", repr({"distributed": "warning",
-                                                "distributed.worker": "critical",
-                                                "distributed.worker.memory": "warning"}))
+    os.environ.setdefault("DASK_LOGGING", QUIET_LOGGING)
     # the dashboard moves to a free port when 8787 is taken; the link printed
     # with the progress display is the right one
     warnings.filterwarnings("ignore", message="Port .* is already in use")

@@ -48,6 +48,11 @@ EXIT_OK = 0
 EXIT_FAILED = 1  # a recipe call failed: its error is in the report
 EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
 
+#: DASK_LOGGING of the console script (see cpldask._cli._quiet): the whole logging
+#: section of the embedded workers' (and their Nannies') config
+QUIET_LOGGING = repr({"distributed": "warning", "distributed.worker": "critical",
+                      "distributed.worker.memory": "warning"})
+
 #: recipe log lines shown under a failed call
 LOG_TAIL = 8
 #: product paths listed per call in the table before "(+N more)"

@@ -47,7 +47,7 @@ import distributed
 from rich.console import Console
 
 from .. import __version__, _cluster, _config
-from ._batch import EXIT_FAILED, EXIT_OK, max_slots, start_batch_cluster
+from ._batch import EXIT_FAILED, EXIT_OK, QUIET_LOGGING, max_slots, start_batch_cluster
 from ._inputs import UsageError
 
 __all__ = ["DEFAULT_FILE", "scheduler_file", "start", "status", "stop", "serve"]
@@ -166,8 +166,17 @@ def _server_env() -> dict[str, str]:
     """The server's environment: this one, with this session's dask configuration
     (as distributed hands it to its own subprocesses), so that a program that calls
     ``handle_args`` after ``dask.config.set(...)`` starts the server it configured."""
-    return {**os.environ, "DASK_INTERNAL_INHERIT_CONFIG":
-            dask.config.serialize(_cluster.jsonable_config())}
+    env = dict(os.environ)
+    config = _cluster.jsonable_config()
+    # The console script keeps distributed's INFO lines off the user's terminal;
+    # the server writes a log file, where workers and jobs coming and going belong,
+    # and its batch jobs inherit its environment (their logs too). (The logging
+    # section of the configuration files is read by the server itself.)
+    if env.get("DASK_LOGGING") == QUIET_LOGGING:
+        del env["DASK_LOGGING"]
+        config.pop("logging", None)
+    env["DASK_INTERNAL_INHERIT_CONFIG"] = dask.config.serialize(config)
+    return env
 
 
 def _launch(spec: dict, log: pathlib.Path, timeout: float) -> dict[str, str]:
@@ -544,13 +553,17 @@ def stop(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie has ended: the server is no one's child
+    but init's, which reaps it in its own time)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):  # (someone else's: not our server)
         return False
-    except PermissionError:  # someone else's process: not our server
-        return False
-    return True
+    try:
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no /proc: the signal's answer
+        return True
+    return stat[stat.rindex(")") + 2] not in "ZX"
 
 
 def _wait_stopped(pid: int | None, path: pathlib.Path, scheduler_id: str | None,
