@@ -159,6 +159,12 @@ def cluster(args: argparse.Namespace, err: Console | None = None) -> Iterator[No
     try:
         with contextlib.ExitStack() as stack:
             if system not in (None, "local"):
+                # the console script's quiet logging is for the embedded workers,
+                # which print to the terminal; the batch jobs inherit this
+                # environment (sbatch, qsub, bsub) and write their workers' messages
+                # to their own logs, where they belong
+                if os.environ.get("DASK_LOGGING") == QUIET_LOGGING:
+                    del os.environ["DASK_LOGGING"]
                 batch = start_batch_cluster(system, slots)
                 stack.callback(_close_batch, batch, err)
                 stack.enter_context(_terminate_as_interrupt())
