@@ -72,6 +72,15 @@ def test_a_batch_cluster_without_dask_jobqueue_names_the_extra(argv, monkeypatch
     assert "pip install 'cpldask[hpc]'" in line
 
 
+def test_joining_a_missing_scheduler_file_names_the_command_that_writes_it(tmp_path, capsys):
+    """Not distributed's 30-s wait for the file to appear, then "timed out"."""
+    missing = tmp_path / "none.json"
+    assert handle_args(["reduce", str(tmp_path), "--scheduler-file", str(missing)]) == 2
+    assert (f"--scheduler-file: scheduler file {missing} does not exist: start a cluster "
+            f"that writes it with 'cpldask cluster start --scheduler-file {missing}'"
+            in one_error_line(capsys))
+
+
 def test_the_scheduler_file_defaults(monkeypatch, tmp_path):
     import dask
 

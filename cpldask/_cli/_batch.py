@@ -232,8 +232,10 @@ def max_slots(batch) -> int:
 
 
 def _close_batch(batch, err: Console | None) -> None:
-    jobs = sorted(set(batch.job_ids().values()))
-    batch.close()  # cancels every job, also those still queued
+    # every job submitted and not yet closed, connected or still queued
+    jobs = sorted({str(job.job_id) for job in list(batch.workers.values())
+                   if getattr(job, "job_id", None)}, key=lambda j: (len(j), j))
+    batch.close()  # cancels them
     if err is not None:
         err.print(f"cpldask: {batch.__class__.__name__} closed"
                   + (f", jobs {' '.join(jobs)} cancelled" if jobs else ""),
