@@ -169,9 +169,10 @@ def cluster(args: argparse.Namespace, err: Console | None = None) -> Iterator[No
                 stack.callback(_close_batch, batch, err)
                 stack.enter_context(_terminate_as_interrupt())
                 if err is not None:
+                    n = max_slots(batch)
                     err.print(f"cpldask: {system} cluster at {batch.scheduler_address}: "
-                              f"jobs for up to {max_slots(batch)} recipe slots start "
-                              "as calls wait", markup=False, highlight=False,
+                              f"jobs for up to {n} recipe slot{'s' if n != 1 else ''} "
+                              "start as calls wait", markup=False, highlight=False,
                               soft_wrap=True)
             if slots is not None:
                 with bad_input():

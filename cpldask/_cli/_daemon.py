@@ -371,10 +371,17 @@ def _start_cluster(spec: dict):
         options["scheduler_options"] = {"host": host}
     if spec["interface"]:
         options["interface"] = spec["interface"]
+    # dask-jobqueue keeps only distributed's errors by default; in the server's log
+    # the scheduler's INFO lines (workers, i.e. jobs, joining and leaving) belong
+    options["silence_logs"] = "info"
     if not dask.config.get(f"jobqueue.{system}.log-directory", None):
         path = pathlib.Path(spec["scheduler_file"])
         options["log_directory"] = str(path.with_name(f"{path.stem}-jobs"))
     batch = start_batch_cluster(system, spec["slots"], **options)
+    # ...but not the line per function a client runs on the scheduler (logged as
+    # distributed.worker's: cpldask run asks which calls run every 0.5 s); this
+    # process has no worker of its own
+    logging.getLogger("distributed.worker").setLevel(logging.WARNING)
     return batch, batch.client, batch.close, max_slots(batch)
 
 
