@@ -261,6 +261,14 @@ def jobs_of_workers(log_dir: pathlib.Path) -> dict[str, str]:
     return found
 
 
+def assert_masters_match(out: pathlib.Path, reference: fits.HDUList) -> None:
+    """Each SOF's MASTER_BIAS under ``out`` has the embedded cluster's HDUs."""
+    for night in ("night1", "night2"):
+        (product,) = (out / night).glob("MASTER_BIAS*.fits")
+        with fits.open(product) as hdul:
+            _same_hdus(reference, hdul)
+
+
 def product_workers(out: pathlib.Path) -> list[str]:
     """The worker that made each MASTER_BIAS under ``out`` (its provenance record)."""
     return [json.loads(p.read_text())["run"]["worker"]
@@ -292,10 +300,7 @@ def test_cpldask_run_with_cluster_slurm_runs_in_jobs_it_cancels(slurm, bias_file
     assert len(workers) == 2 and all(w in jobs for w in workers)  # made in SLURM jobs
     cancelled = re.search(r"SLURMCluster closed, jobs ([\d ]+) cancelled", proc.stderr)
     assert cancelled and {jobs[w] for w in workers} <= set(cancelled.group(1).split())
-    for night in ("night1", "night2"):
-        (product,) = (tmp_path / "out" / night).glob("MASTER_BIAS*.fits")
-        with fits.open(product) as hdul:
-            _same_hdus(reference, hdul)
+    assert_masters_match(tmp_path / "out", reference)
 
 
 @pytest.mark.slurm
@@ -366,10 +371,7 @@ def test_cluster_start_slurm_is_joined_by_cpldask_run_and_stopped(slurm, bias_fi
         jobs = jobs_of_workers(path.with_name("scheduler-jobs"))  # the server's job logs
         workers = product_workers(tmp_path / "out")
         assert len(workers) == 2 and all(w in jobs for w in workers)  # in its SLURM jobs
-        for night in ("night1", "night2"):
-            (product,) = (tmp_path / "out" / night).glob("MASTER_BIAS*.fits")
-            with fits.open(product) as hdul:
-                _same_hdus(reference, hdul)
+        assert_masters_match(tmp_path / "out", reference)
 
         proc = cpldask_cli(["cluster", "status", "--json", *where], env, tmp_path)
         assert proc.returncode == 0, proc.stderr
