@@ -44,6 +44,7 @@ _LAZY = {
     "dashboard_link": "._cluster:dashboard_link",
     "close": "._cluster:close",
     "provenance": ".provenance",
+    "progress": "._progress:progress",
     "reduce": ".workflow:reduce",
     "report": ".report",
 }

@@ -38,7 +38,7 @@ import dask.config
 import distributed
 from distributed.deploy.spec import SpecCluster
 
-from . import _config
+from . import _config, _dashboard
 from ._compat import SubprocessNanny
 from .worker.forkserver import WarmUp
 
@@ -49,19 +49,22 @@ _limits: dict = {}  # scheduler address -> (semaphore name, n) in force there
 
 
 def get_client() -> distributed.Client:
-    """The client recipe calls go to, starting the embedded cluster if needed."""
+    """The client recipe calls go to, starting the embedded cluster if needed; its
+    scheduler gets cpldask's page of recipe runs (:mod:`cpldask._dashboard`)."""
     with _lock:
         try:
-            return distributed.get_client()
+            client = distributed.get_client()
         except ValueError:
-            pass
-        address = _config.get("scheduler-address")
-        if address:
-            return distributed.Client(address, set_as_default=True)
-        scheduler_file = _config.get("scheduler-file")
-        if scheduler_file:
-            return join_scheduler_file(scheduler_file, set_as_default=True)
-        return _start_embedded()
+            address = _config.get("scheduler-address")
+            scheduler_file = _config.get("scheduler-file")
+            if address:
+                client = distributed.Client(address, set_as_default=True)
+            elif scheduler_file:
+                client = join_scheduler_file(scheduler_file, set_as_default=True)
+            else:
+                client = _start_embedded()
+        _dashboard.install(client)
+        return client
 
 
 def join_scheduler_file(path, **client_options) -> distributed.Client:
@@ -319,6 +322,21 @@ def slots_for_call(client: distributed.Client, *, direct: bool = False
     return limit, omp
 
 
+def recipe_slots(client: distributed.Client) -> int:
+    """How many recipes run at once now: the worker threads (each runs one recipe
+    task), at most the :func:`set_maxthreads` limit in force; the limit alone while
+    no worker is there yet (a batch-system cluster before its first job starts).
+    The embedded cluster counts the threads it is starting, not only those that
+    have joined (its second worker arrives a few seconds after the first)."""
+    limit = _limits.get(client.scheduler.address)
+    threads = sum(client.nthreads().values())
+    if client is _embedded.get("client"):
+        threads = max(threads, _embedded["threads"])
+    if limit is not None:
+        return max(1, min(limit[1], threads) if threads else limit[1])
+    return max(1, threads)
+
+
 def check_resources(client: distributed.Client, resources: dict, recipe: str) -> None:
     """Refuse resource annotations no worker can satisfy: the task would wait forever."""
     workers = client.scheduler_info(n_workers=-1)["workers"].values()
@@ -331,9 +349,28 @@ def check_resources(client: distributed.Client, resources: dict, recipe: str) ->
                 f"'{name}=...' or drop the resources= option")
 
 
-def dashboard_link() -> str | None:
-    """The dashboard URL of the cluster in use, if it has one."""
+def dashboard_link(*, page: str = "status") -> str | None:
+    """The address of a dashboard page of the cluster in use, if it has a dashboard.
+
+    Parameters
+    ----------
+    page : str
+        ``"status"``: Dask's Status page; ``"runs"``: cpldask's page of recipe runs
+        (queued, running, done, failed, with their current log line and products; see
+        docs/dashboard.md), None where the scheduler does not have it; any other of
+        Dask's pages by its name (``"workers"``).
+
+    Examples
+    --------
+    >>> import cpldask
+    >>> cpldask.dashboard_link(page="runs")  # doctest: +SKIP
+    'http://127.0.0.1:8787/cpldask/runs'
+    """
     try:
-        return get_client().dashboard_link
+        client = get_client()
+        link = client.dashboard_link
     except Exception:  # no dashboard (bokeh missing) is not an error for the caller
         return None
+    if not link or (page == "runs" and not _dashboard.has_page(client)):
+        return None
+    return _dashboard.page_link(link, page)

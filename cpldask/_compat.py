@@ -149,3 +149,50 @@ def keep_ctrl_c() -> None:
     handler = signal.getsignal(signal.SIGINT)
     if getattr(handler, "__module__", None) == "dask_jobqueue.runner":
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+# -- the scheduler: cpldask's dashboard page (cpldask/_dashboard.py) ---------------------
+# A SchedulerPlugin sees task keys and states through public hooks; three things it
+# needs have no public API (distributed 2024.11 to 2026.8). Should one change, the
+# page lists no run (``task_function``), is not served (``add_http_routes``), or shows
+# a call running only once it logs (``executing_for``): all checked by
+# tests/test_dashboard.py.
+def task_function(ts) -> str | None:
+    """``module.qualname`` of the function a scheduler's task (a ``TaskState``) runs;
+    None for data or an unknown kind of node.
+
+    ``TaskState.run_spec`` is a ``dask._task_spec.Task`` since dask 2024.11 (the
+    scheduler unpickles the graph), whose ``func`` is the function itself.
+    """
+    func = getattr(getattr(ts, "run_spec", None), "func", None)
+    if func is None:
+        return None
+    return f"{getattr(func, '__module__', '')}.{getattr(func, '__qualname__', '')}"
+
+
+def add_http_routes(scheduler, routes: list[tuple]) -> None:
+    """Serve tornado ``routes`` from ``scheduler``'s HTTP server (its dashboard).
+
+    ``Scheduler.http_application`` is the tornado ``Application`` every route of
+    ``distributed.scheduler.http.routes`` and the Bokeh dashboard hang from (set by
+    ``ServerNode.start_http_server``, distributed 2.x to 2026.8). Adding routes to it
+    after the server started is tornado's public ``Application.add_handlers``; the
+    config key is read only when a scheduler starts, so it cannot reach a scheduler
+    that is already running elsewhere.
+    """
+    scheduler.http_application.add_handlers(r".*$", routes)
+
+
+def executing_for(ts) -> float | None:
+    """Seconds the worker holding a scheduler's task has been running it, as of that
+    worker's last heartbeat (every 0.5 s on a small cluster, more on a large one); None
+    while it waits there for a thread, or once it has ended.
+
+    The scheduler has no "task started" transition: a worker is sent more tasks than
+    it has threads, and says which it executes only in its heartbeats, kept in
+    ``WorkerState.executing`` (documented, but "unused" by the scheduler itself,
+    distributed 2022.x to 2026.8).
+    """
+    ws = getattr(ts, "processing_on", None)
+    executing = getattr(ws, "executing", None) or {}
+    return executing.get(ts)

@@ -27,9 +27,10 @@ import warnings
 import weakref
 
 from . import _compat
-from ._spec import LOG_TOPIC
+from ._spec import LOG_TOPIC, RUNS_TOPIC
 
-__all__ = ["send", "listen_to_logs", "log_threshold", "LiveLog", "live_log"]
+__all__ = ["send", "send_run_event", "listen_to_logs", "log_threshold", "LiveLog",
+           "live_log"]
 
 
 # -- worker end ------------------------------------------------------------------------
@@ -41,17 +42,42 @@ def send(recipe: str, entries: list, *, threshold: int = logging.NOTSET,
     distributed worker (dask's threaded scheduler), nothing is sent."""
     if not entries and warning is None:
         return
-    try:
-        from distributed.worker import get_worker
-
-        worker = get_worker()
-    except (ImportError, ValueError):
-        return  # not on a distributed worker
+    worker = _this_worker()
+    if worker is None:
+        return
     msg: dict = {"recipe": recipe, "key": _compat.running_task_key(), "entries": entries,
                  "threshold": threshold}
     if warning is not None:
         msg["warning"] = warning
     worker.log_event(LOG_TOPIC, msg)
+
+
+def send_run_event(recipe: str, event: str, *, products: list | None = None,
+                   cache_hit: bool = False) -> None:
+    """Tell the scheduler's page of recipe runs (:mod:`cpldask._dashboard`) about the
+    call of ``recipe`` this worker thread runs: ``"done"`` with its ``products``
+    (``[tag, path]`` each) once they are installed (it travels with the task's end);
+    ``"waiting"`` when it has waited a second for a slot of ``set_maxthreads``, and
+    ``"start"`` once it has one. On the topic :data:`RUNS_TOPIC`, to which no client
+    subscribes. Outside a distributed worker, nothing is sent."""
+    worker = _this_worker()
+    if worker is None:
+        return
+    msg: dict = {"recipe": recipe, "key": _compat.running_task_key(), "event": event}
+    if products is not None:
+        msg.update(products=products, cache_hit=cache_hit)
+    worker.log_event(RUNS_TOPIC, msg)
+
+
+def _this_worker():
+    """The distributed worker running this thread; None outside one (dask's threaded
+    scheduler)."""
+    try:
+        from distributed.worker import get_worker
+
+        return get_worker()
+    except (ImportError, ValueError):
+        return None
 
 
 # -- client end ------------------------------------------------------------------------

@@ -13,6 +13,9 @@ from typing import Any
 
 #: Dask event topic on which workers send recipe log messages to the client
 LOG_TOPIC = "cpldask-log"
+#: Dask event topic on which workers tell the scheduler's page of recipe runs
+#: (cpldask/_dashboard.py) which products a call made, and when it waits for a slot
+RUNS_TOPIC = "cpldask-runs"
 
 
 @dataclasses.dataclass(frozen=True)

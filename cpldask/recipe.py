@@ -490,7 +490,8 @@ class Recipe:
                            logname=logname, loglevel=loglevel, direct=True)
         background = self.threaded if threaded is None else threaded
         res = Result(call.submit(batch=background), self.__name__,
-                     output=call.spec.output_dir, defaults=self._defaults)
+                     output=call.spec.output_dir, defaults=self._defaults,
+                     described=call.spec.provenance)
         if call.spec.slots is None:
             _cluster.track_unguarded(call.client, res)
         if not background:

@@ -44,13 +44,19 @@ class Result:
     """
 
     def __init__(self, call: distributed.Future | _submit.Pending, recipe: str, *,
-                 output: str | None, defaults: dict | None = None):
+                 output: str | None, defaults: dict | None = None,
+                 described: dict | None = None):
         # a Future, or the ticket of a background call still waiting in its client's
         # batch (cpldask._submit), whose Future comes when the batch is sent
         self._call = call
         self._defaults = defaults or {}  # parameter defaults, for the display
         self.recipe = recipe
         self._path_products = output is not None
+        self._output_dir = output
+        # the client's half of the provenance record (recipe, every parameter, the
+        # inputs, an upstream call's task key under "from"): what the time-left
+        # estimate knows of a call before it runs (cpldask._estimate)
+        self._described = described or {}
         self._record: RunRecord | None = None
         self._opened: dict[str, Any] = {}
         # the messages that reach this client while the recipe runs (cpldask._logs)

@@ -1,6 +1,7 @@
 """The architecture as docs/architecture.md states it, checked on the source.
 
-* the worker side (cpldask.worker) imports nothing of the client side;
+* the worker side (cpldask.worker) and the scheduler side (cpldask._dashboard) import
+  nothing of the client side;
 * no import circle among cpldask's modules (function-level imports included,
   ``if TYPE_CHECKING:`` blocks not: they never run);
 * private parts of dask, distributed and dask-jobqueue are used in _compat.py only;
@@ -86,9 +87,11 @@ def test_the_import_graph_has_no_circle():
 
 
 def test_worker_side_source_imports_no_client_module():
+    """The worker package, and the scheduler side (cpldask._dashboard: the scheduler
+    unpickles its plugin)."""
     modules = _modules()
     for name, path in modules.items():
-        if name.startswith("cpldask.worker"):
+        if name.startswith("cpldask.worker") or name == "cpldask._dashboard":
             bad = sorted(i for i in _imports(path, name) if i.startswith(CLIENT_SIDE))
             assert not bad, f"{name} imports client-side {bad}"
 

@@ -5,9 +5,11 @@ A command submits its calls (threaded :class:`cpldask.Recipe` calls), wraps each
 :class:`~cpldask.Result` in a :class:`Job` with a label, and hands the list to
 :func:`monitor`, which
 
-1. prints the dashboard link,
-2. shows live counts of queued, running, done and failed calls (on a terminal; in a
-   log file, one line per finished call instead),
+1. prints the dashboard link (and the one of cpldask's page of recipe runs),
+2. shows live counts of queued, running, done and failed calls, the time left (from
+   earlier runs of the same recipes: :mod:`cpldask._estimate`) and, per running
+   call, its time left and its recipe's current message (on a terminal; in a log
+   file, one line per finished call with the time left instead),
 3. prints a summary table — label, status, duration, products, plus any columns
    the command adds — and, for each failure, its error and the recipe's last log
    lines,
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import logging
 import os
 import signal
@@ -37,8 +38,8 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import _cluster
+from .._progress import SHOWN_RUNNING, Job, Tracker, counts, describe_left
 from ..recipe import Recipe
-from ..result import Result
 from ._inputs import UsageError, bad_input
 
 __all__ = ["Job", "Column", "cluster", "require_jobqueue", "start_batch_cluster",
@@ -61,51 +62,6 @@ MAX_PATHS = 3
 #: colour of each state in the display and the table
 STYLES = {"queued": "dim", "running": "cyan", "done": "green", "failed": "bold red",
           "cancelled": "yellow"}
-
-
-@dataclasses.dataclass(eq=False)
-class Job:
-    """One submitted recipe call, as the display follows it.
-
-    Attributes
-    ----------
-    label : str
-        How the call is named in the display and the table (a SOF, a data set).
-    result : cpldask.Result
-        The pending call.
-    submitted, started, ended : float
-        Client-side :func:`time.monotonic` instants: when the call was made, when it
-        was first seen on a worker, when it was seen done.
-    """
-
-    label: str
-    result: Result
-    submitted: float = dataclasses.field(default_factory=time.monotonic)
-    started: float | None = None
-    ended: float | None = None
-
-    @property
-    def state(self) -> str:
-        """``'queued'``, ``'running'``, ``'done'``, ``'failed'`` or ``'cancelled'``."""
-        status = self.result.status
-        if status == "finished":
-            return "done"
-        if status == "cancelled":
-            return "cancelled"
-        if status in ("error", "lost"):
-            return "failed"
-        return "running" if self.started is not None else "queued"
-
-    @property
-    def duration(self) -> float | None:
-        """Seconds the call took: the recipe's own run time if it succeeded, else
-        from when it was seen running (or submitted) to when it ended."""
-        if self.state == "done":
-            record = self.result.record
-            return record.end - record.start
-        if self.ended is None:
-            return None
-        return self.ended - (self.started if self.started is not None else self.submitted)
 
 
 #: an extra column of the summary table: header, and the cell of a successful job
@@ -287,19 +243,24 @@ def monitor(jobs: Sequence[Job], *, title: str, out: Console, err: Console,
     int
         0 if every call succeeded, 1 if any failed, 130 if interrupted.
     """
-    link = _cluster.dashboard_link()
+    link, runs = _cluster.dashboard_link(), _cluster.dashboard_link(page="runs")
     err.print(Text.assemble(("cpldask", "bold"), f": {len(jobs)} {title} "
                             f"call{'s' if len(jobs) != 1 else ''}; dashboard: ",
-                            (link or "none", "link " + link if link else "dim")),
+                            (link or "none", "link " + link if link else "dim"),
+                            *([", recipe runs: ", (runs, "link " + runs)] if runs else [])),
               soft_wrap=True)
     clock = min((job.submitted for job in jobs), default=time.monotonic())
+    # the graph of the calls (a reduction's) is in their provenance: a call given
+    # another's result names it there; `cpldask run`'s calls have no edges
+    tracker = Tracker(jobs)
     try:
         if err.is_terminal:
-            with Live(_progress(jobs, title, clock), console=err,
+            with Live(_progress(jobs, title, clock, tracker), console=err,
                       refresh_per_second=4) as live:
-                _follow(jobs, refresh, lambda _done: live.update(_progress(jobs, title, clock)))
+                _follow(tracker, refresh,
+                        lambda _done: live.update(_progress(jobs, title, clock, tracker)))
         else:
-            _follow(jobs, refresh, _log_lines(jobs, err))
+            _follow(tracker, refresh, _log_lines(tracker, err))
     except KeyboardInterrupt:
         # the calls die with their futures anyway; cancelling kills the recipe
         # processes now rather than when the scheduler notices the client left
@@ -309,103 +270,55 @@ def monitor(jobs: Sequence[Job], *, title: str, out: Console, err: Console,
         return EXIT_INTERRUPTED
     out.print(summary_table(jobs, label_header, columns))
     _report_failures(jobs, err)
-    counts = _counts(jobs)
+    n = counts(jobs)
     # the sum of the calls' durations next to the wall time shows the parallelism
     busy = sum(job.duration or 0.0 for job in jobs)
-    err.print(f"cpldask: {counts['done']} done, {counts['failed']} failed in "
+    err.print(f"cpldask: {n['done']} done, {n['failed']} failed in "
               f"{time.monotonic() - clock:.1f} s (recipes ran {busy:.1f} s in total)",
               markup=False, highlight=False)
-    return EXIT_OK if counts["failed"] == 0 else EXIT_FAILED
+    return EXIT_OK if n["failed"] == 0 else EXIT_FAILED
 
 
-def _follow(jobs: Sequence[Job], refresh: float,
+def _follow(tracker: Tracker, refresh: float,
             update: Callable[[list[Job]], None]) -> None:
     """Wait for all jobs, noting when each is seen running and done; call
     ``update(newly_done)`` after every change and at least every ``refresh`` s."""
-    running = _Running(_cluster.get_client())
-    pending = list(jobs)
-    while pending:
-        try:
-            # wakes as soon as one call ends; otherwise refreshes the display
-            distributed.wait([j.result.future for j in pending], timeout=refresh,
-                             return_when="FIRST_COMPLETED")
-        except TimeoutError:
-            pass
-        now = time.monotonic()
-        now_running = running()
-        for job in pending:
-            if job.started is None and job.result.key in now_running:
-                job.started = now
-            if job.result.done():
-                job.ended = now
-        newly_done = [j for j in pending if j.ended is not None]
-        pending = [j for j in pending if j.ended is None]
-        update(newly_done)
+    while not tracker.finished:
+        tracker.wait(refresh)  # wakes as soon as one call ends
+        update(tracker.poll())
 
 
-class _Running:
-    """Which tasks the workers run now (as of their last heartbeat).
-
-    A call waiting on its worker for a slot (:func:`cpldask.Recipe.set_maxthreads`
-    below the worker threads) counts as running too: only the task is visible here.
-    """
-
-    def __init__(self, client: distributed.Client):
-        self.client = client
-        self.ask_scheduler = True
-
-    def __call__(self) -> set:
-        if self.ask_scheduler:
-            try:
-                return set(self.client.run_on_scheduler(_executing_keys))
-            except Exception:  # noqa: BLE001
-                # a scheduler that refuses to run functions or cannot import
-                # cpldask: not worth asking again at every refresh
-                self.ask_scheduler = False
-        # what the scheduler assigned to workers: may include a few tasks that
-        # wait there behind the running ones
-        return {key for keys in self.client.processing().values() for key in keys}
-
-
-def _executing_keys(dask_scheduler) -> list:
-    """Runs on the scheduler: the tasks workers report executing. (The scheduler's
-    "processing" tasks include some queued on a worker behind the running ones.)"""
-    return [ts.key for ws in dask_scheduler.workers.values() for ts in ws.executing]
-
-
-def _counts(jobs: Sequence[Job]) -> dict[str, int]:
-    counts = dict.fromkeys(("queued", "running", "done", "failed"), 0)
-    for job in jobs:
-        state = job.state
-        counts["failed" if state == "cancelled" else state] += 1
-    return counts
-
-
-def _progress(jobs: Sequence[Job], title: str, since: float) -> Group:
-    """The live display: a bar of finished calls and the count in each state."""
-    counts = _counts(jobs)
-    finished = counts["done"] + counts["failed"]
+def _progress(jobs: Sequence[Job], title: str, since: float,
+              tracker: Tracker | None = None) -> Group:
+    """The live display: a bar of finished calls, the count in each state, the time
+    left (with a ``tracker``) and a line per running call."""
+    n = counts(jobs)
+    finished = n["done"] + n["failed"]
+    now = time.monotonic()
     bar = Table.grid(padding=(0, 1))
+    left = describe_left(tracker.time_left(now)) if tracker is not None \
+        and finished < len(jobs) else ""
     bar.add_row(Text(title, style="bold"), ProgressBar(total=len(jobs), completed=finished,
                                                         width=30),
-                f"{finished}/{len(jobs)}", Text(_clock(time.monotonic() - since), "dim"))
-    states = Text("  ·  ").join(Text(f"{state} {n}", style=STYLES[state] if n else "dim")
-                                for state, n in counts.items())
-    return Group(bar, states, *_current_messages(jobs))
+                f"{finished}/{len(jobs)}", Text(_clock(now - since), "dim"),
+                Text(left, "bold", no_wrap=True, overflow="ellipsis"))
+    states = Text("  ·  ").join(Text(f"{state} {k}", style=STYLES[state] if k else "dim")
+                                for state, k in n.items())
+    return Group(bar, states, *_current_messages(jobs, tracker, now))
 
 
-#: running calls whose current message the live display shows (the first ones)
-SHOWN_RUNNING = 8
-
-
-def _current_messages(jobs: Sequence[Job]) -> list[Text]:
-    """A line per running call with its recipe's newest message (cpldask._logs: the
-    messages of at least ``cpldask.live-log-level`` reach the client as it runs)."""
+def _current_messages(jobs: Sequence[Job], tracker: Tracker | None = None,
+                      now: float | None = None) -> list[Text]:
+    """A line per running call with its time left (with a ``tracker``) and its
+    recipe's newest message (cpldask._logs: the messages of at least
+    ``cpldask.live-log-level`` reach the client as it runs)."""
     running = [j for j in jobs if j.started is not None and j.ended is None]
     lines = []
     for job in running[:SHOWN_RUNNING]:
         message = job.result.current_message
+        left = f"  {tracker.describe(job, now)}" if tracker is not None else ""
         lines.append(Text.assemble(("  ▸ ", STYLES["running"]), (job.label, "bold"),
+                                   (left, STYLES["running"]),
                                    ("  " + (message or "…"), "dim"), no_wrap=True,
                                    overflow="ellipsis"))
     if len(running) > SHOWN_RUNNING:
@@ -413,17 +326,21 @@ def _current_messages(jobs: Sequence[Job]) -> list[Text]:
     return lines
 
 
-def _log_lines(jobs: Sequence[Job], err: Console) -> Callable[[list[Job]], None]:
-    """Without a terminal (a batch log): one line per finished call instead."""
+def _log_lines(tracker: Tracker, err: Console) -> Callable[[list[Job]], None]:
+    """Without a terminal (a batch log): one line per finished call instead, with
+    the time left for the others."""
     finished = 0
+    jobs = tracker.jobs
 
     def update(done: list[Job]) -> None:
         nonlocal finished
         for job in done:
             finished += 1
+            left = "" if finished == len(jobs) else describe_left(tracker.time_left())
             err.print(Text.assemble(f"[{finished}/{len(jobs)}] ",
                                     (f"{job.state:<9}", STYLES[job.state]),
-                                    f"{_format_duration(job.duration):>9}  {job.label}"),
+                                    f"{_format_duration(job.duration):>9}  {job.label}",
+                                    (f"  · {left}" if left else "", "dim")),
                       soft_wrap=True)
 
     return update

@@ -39,6 +39,7 @@ import os
 import pathlib
 import re
 import resource
+import select
 import signal
 import sys
 import time
@@ -313,6 +314,10 @@ def _die_with(fd: int) -> None:
     fcntl.fcntl(fd, fcntl.F_SETOWN, -os.getpgrp())
     fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGKILL)
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_ASYNC)
+    # a writer gone before the line above sent no signal: look once (a pipe at EOF is
+    # readable and reads nothing; the caller never writes to it otherwise)
+    if select.select([fd], [], [], 0)[0] and not os.read(fd, 1):
+        os.killpg(os.getpgrp(), signal.SIGKILL)
 
 
 def _set_environ(changes: dict, unset: list) -> None:
@@ -335,8 +340,6 @@ def _warm() -> None:
 
 
 def serve() -> None:
-    import select
-
     _engine()  # loaded once here, inherited by every fork
     _warm()
 

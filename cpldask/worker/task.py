@@ -191,9 +191,15 @@ def _slot(spec: CallSpec):
         yield
         return
     sem = _semaphore(*spec.slots)
+    waited = False
     while not sem.acquire(timeout=POLL * 5):
         if _cancelled():
             raise _Cancelled()
+        if not waited:  # the page of recipe runs shows the call as waiting, not running
+            _logs.send_run_event(spec.recipe, "waiting")
+            waited = True
+    if waited:
+        _logs.send_run_event(spec.recipe, "start")
     try:
         yield
     finally:
@@ -280,6 +286,10 @@ def _run(spec: CallSpec, frames, inputs: list[_Input]) -> RunRecord:
                                 provenance=prov)
         else:
             (call_dir / "provenance.json").write_text(json.dumps(prov, indent=1, default=str))
+        # the products where they are now, for the scheduler's page of recipe runs
+        # (the RunRecord stays on this worker until a client asks for it)
+        _logs.send_run_event(spec.recipe, "done", products=[[p.tag, p.path] for p in products],
+                             cache_hit=hit is not None)
         return RunRecord(
             recipe=spec.recipe, key=_task_key(), products=products,
             input_len=spec.input_len, log=report["log"],
