@@ -432,6 +432,7 @@ def _describe(dask_scheduler) -> dict:
                 worker = names.get(str(name)) or next(
                     (a for n, a in names.items() if n.rsplit("-", 1)[0] == str(name)), None)
                 jobs.append({"id": str(job_id), "worker": worker})
+    jobs.sort(key=lambda job: (len(job["id"]), job["id"]))  # numbers, as squeue's
     states = collections.Counter(ts.state for ts in dask_scheduler.tasks.values())
     return {"jobs": jobs, "adapting": bool(getattr(cluster, "adapting", False)),
             "tasks": dict(states)}
