@@ -1,7 +1,9 @@
 """Client side: which Dask cluster runs the recipes, and how many at once.
 
 * A :class:`distributed.Client` already in use always wins.
-* Else, ``cpldask.scheduler-address`` names a scheduler to connect to.
+* Else, ``cpldask.scheduler-address`` names a scheduler to connect to,
+* or ``cpldask.scheduler-file`` a scheduler file (``cpldask cluster start`` writes
+  one; distributed's JSON format) to read the address from.
 * Else an embedded cluster starts on first use — its scheduler in this process, its
   workers in subprocesses — bound to 127.0.0.1, sized by ``cpldask.local.*``.
 
@@ -54,10 +56,42 @@ def get_client() -> distributed.Client:
             client = distributed.get_client()
         except ValueError:
             address = _config.get("scheduler-address")
-            client = distributed.Client(address, set_as_default=True) if address \
-                else _start_embedded()
+            scheduler_file = _config.get("scheduler-file")
+            if address:
+                client = distributed.Client(address, set_as_default=True)
+            elif scheduler_file:
+                client = join_scheduler_file(scheduler_file, set_as_default=True)
+            else:
+                client = _start_embedded()
         _dashboard.install(client)
         return client
+
+
+def join_scheduler_file(path, **client_options) -> distributed.Client:
+    """A client of the scheduler that the scheduler file ``path`` names.
+
+    Unlike ``distributed.Client(scheduler_file=path)``, which waits for a missing
+    file to appear and then says only that it timed out, a missing file or a
+    scheduler that no longer answers is an error that names the file and the fix.
+
+    Examples
+    --------
+    >>> client = join_scheduler_file("~/.cpldask/scheduler.json")  # doctest: +SKIP
+    """
+    path = os.path.abspath(os.path.expanduser(str(path)))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"scheduler file {path} does not exist: start a cluster "
+                                "that writes it with 'cpldask cluster start "
+                                f"--scheduler-file {path}', or name another file")
+    try:
+        return distributed.Client(scheduler_file=path, **client_options)
+    except (ValueError, KeyError) as err:  # not JSON, or no "address"
+        raise ValueError(f"{path} is not a scheduler file (distributed's JSON with an "
+                         f"'address'): {err!r}") from err
+    except OSError as err:  # (TimeoutError is one)
+        raise OSError(f"the scheduler named by {path} does not answer ({err}); if its "
+                      "cluster ended without 'cpldask cluster stop', remove the file "
+                      f"(cpldask cluster stop --scheduler-file {path} does)") from err
 
 
 def _cores() -> int:
@@ -139,13 +173,7 @@ def _worker_env(security: distributed.Security | None) -> dict[str, str]:
     """Environment of the worker subprocesses: this session's dask configuration (as
     a spawned worker would have inherited it), the temporary TLS certificate, and
     distributed's INFO messages kept out of the user's terminal."""
-    config = {}
-    for key, value in dask.config.config.items():
-        try:  # the JSON-able part: a user's own objects in the config stay here
-            json.dumps(value)
-        except (TypeError, ValueError):
-            continue
-        config[key] = value
+    config = jsonable_config()
     if security is not None:
         config = dask.config.merge(config, {"distributed": {"comm": {
             "require-encryption": True,
@@ -166,6 +194,20 @@ def _worker_env(security: distributed.Security | None) -> dict[str, str]:
     if "DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD" not in os.environ:
         env["DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD"] = "fork"
     return env
+
+
+def jsonable_config() -> dict:
+    """This session's dask configuration, the sections that JSON can carry to another
+    process (``DASK_INTERNAL_INHERIT_CONFIG``): a user's own objects in the config
+    stay here."""
+    config = {}
+    for key, value in dask.config.config.items():
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            continue
+        config[key] = value
+    return config
 
 
 def embedded_cluster() -> SpecCluster | None:

@@ -130,6 +130,27 @@ def adaptive_of(cluster):
     return getattr(cluster, "_adaptive", None)
 
 
+def keep_ctrl_c() -> None:
+    """Give Ctrl-C back its KeyboardInterrupt after dask-jobqueue was imported.
+
+    dask-jobqueue 0.9.0's ``dask_jobqueue/runner.py`` sets ``signal.signal(SIGINT,
+    lambda *_: sys.exit())`` when it is imported, in the main thread (for its own
+    runners; dask/dask-jobqueue#696, fixed by #697 after 0.9.0). Ctrl-C then raises
+    SystemExit, which nothing treats as an interrupt: ``cpldask run --cluster slurm``
+    exited with status 0, its running calls neither cancelled nor reported. Only
+    that handler is undone (recognised by its module), so a program's own SIGINT
+    handler stays; with a fixed dask-jobqueue this does nothing
+    (tests/test_slurm.py's Ctrl-C test notices if the handler moves elsewhere).
+    """
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return  # (dask-jobqueue sets it only from the main thread as well)
+    handler = signal.getsignal(signal.SIGINT)
+    if getattr(handler, "__module__", None) == "dask_jobqueue.runner":
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 # -- the scheduler: cpldask's dashboard page (cpldask/_dashboard.py) ---------------------
 # A SchedulerPlugin sees task keys and states through public hooks; three things it
 # needs have no public API (distributed 2024.11 to 2026.8). Should one change, the

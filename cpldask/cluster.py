@@ -236,6 +236,7 @@ def _require_jobqueue():
     except ImportError as err:
         raise ImportError("cpldask.cluster needs dask-jobqueue: pip install "
                           "'cpldask[hpc]' (or dask-jobqueue)") from err
+    _compat.keep_ctrl_c()  # dask-jobqueue 0.9.0 turns Ctrl-C into sys.exit()
     return dask_jobqueue
 
 

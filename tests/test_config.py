@@ -143,3 +143,25 @@ def test_public_names_resolve_on_first_use():
     assert Recipe is cpldask.recipe.Recipe
     with pytest.raises(AttributeError, match="has no attribute 'Recipes'"):
         cpldask.Recipes
+
+
+def test_get_client_joins_the_scheduler_file_key(tmp_path):
+    """``cpldask.scheduler-file`` (here from the environment, as docs/cli.md shows):
+    cpldask.get_client() joins the scheduler the file names (the file
+    distributed's Scheduler writes itself); a missing file is an error naming it and
+    the command that writes it, not distributed's wait for the file to appear."""
+    path = tmp_path / "scheduler.json"
+    code = ("import distributed, cpldask\n"
+            "try:\n"
+            "    cpldask.get_client()\n"
+            "except FileNotFoundError as err:\n"
+            "    print(err)\n"
+            "with distributed.LocalCluster(n_workers=0, processes=False, dashboard_address=':0',\n"
+            f"                              scheduler_kwargs={{'scheduler_file': {str(path)!r}}}) as c:\n"
+            "    print(cpldask.get_client().scheduler.address == c.scheduler_address)\n")
+    missing, joined = fresh_python(code, tmp_path,
+                                   DASK_CPLDASK__SCHEDULER_FILE=str(path)).splitlines()
+    assert missing == (f"scheduler file {path} does not exist: start a cluster that "
+                       f"writes it with 'cpldask cluster start --scheduler-file {path}', "
+                       "or name another file")
+    assert joined == "True"

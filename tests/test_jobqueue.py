@@ -254,3 +254,22 @@ def test_set_maxthreads_on_a_plain_dask_jobqueue_cluster(no_dashboard_port):
         finally:
             client.close()
             cluster.close()
+
+
+def test_ctrl_c_stays_a_keyboard_interrupt_with_dask_jobqueue():
+    """dask-jobqueue 0.9.0 makes SIGINT call sys.exit() on import (dask/dask-jobqueue
+    #696): a Ctrl-C of ``cpldask run --cluster slurm`` then exited 0 without
+    cancelling anything. cpldask.cluster gives it back (a fresh Python: this one
+    imported dask_jobqueue at the top); a program's own handler is kept."""
+    code = ("import signal, dask_jobqueue, cpldask.cluster\n"
+            "print(getattr(signal.getsignal(signal.SIGINT), '__module__', None))\n"
+            "cpldask.cluster.SLURMCluster\n"
+            "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)\n"
+            "mine = lambda *_: None\n"
+            "signal.signal(signal.SIGINT, mine)\n"
+            "cpldask.cluster.PBSCluster\n"
+            "print(signal.getsignal(signal.SIGINT) is mine)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=120).stdout.split()
+    # (the first line shows what dask-jobqueue did; a fixed release prints builtins)
+    assert out[1:] == ["True", "True"], out

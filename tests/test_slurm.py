@@ -11,9 +11,13 @@ scancels a job in the middle of a call.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pathlib
+import re
+import signal
 import subprocess
+import sys
 import time
 import uuid
 
@@ -207,6 +211,186 @@ def test_omp_threads_per_slot_reach_the_recipe(slurm, test_recipe, any_fits):
     finally:
         cluster.close()
     wait_until(lambda: squeue() == [], 30, "the job to leave the queue")
+
+
+# -- the command line on SLURM (issue 21.4) -----------------------------------------------
+# Before the tests of the module's SLURM cluster: these run the console script, whose
+# clusters are its own, on an empty queue.
+CPLDASK = pathlib.Path(sys.executable).with_name("cpldask")
+MUSE_PLUGINS = "/usr/lib/x86_64-linux-gnu/cpl/plugins"
+
+
+def cli_env(tmp_path: pathlib.Path, testrecipe_dir, **settings: str) -> dict[str, str]:
+    """The console script's environment: the recipes, a private work directory, no
+    product cache (the recipes must run), and jobs that fit the CI node — set as a
+    user sets them (DASK_... variables)."""
+    return {**os.environ, "DASK_CPLDASK__RECIPE_PATH": f"{MUSE_PLUGINS}:{testrecipe_dir}",
+            "DASK_CPLDASK__WORK_DIR": str(tmp_path / "work"),
+            "DASK_CPLDASK__CACHE__ENABLED": "False",
+            "DASK_CPLDASK__JOBQUEUE__DASHBOARD_ADDRESS": "127.0.0.1:0",
+            "DASK_CPLDASK__JOBQUEUE__MEMORY_PER_SLOT": "2 GiB",
+            "DASK_CPLDASK__JOBQUEUE__WALLTIME": "00:15:00", **settings}
+
+
+def cpldask_cli(argv: list[str], env: dict[str, str], cwd: pathlib.Path,
+                timeout: float = 900) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(CPLDASK), *argv], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+    print(f"$ cpldask {' '.join(argv)}  -> {proc.returncode}\n{proc.stdout}{proc.stderr}")
+    return proc
+
+
+def bias_sofs(folder: pathlib.Path, bias_files: list[str], n: int) -> list[str]:
+    """``n`` SOFs of the same three bias frames (one muse_bias call each)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sofs = []
+    for i in range(1, n + 1):
+        sof = folder / f"night{i}.sof"
+        sof.write_text("".join(f"{f} BIAS\n" for f in bias_files))
+        sofs.append(str(sof))
+    return sofs
+
+
+def jobs_of_workers(log_dir: pathlib.Path) -> dict[str, str]:
+    """``{worker address: SLURM job id}`` from the jobs' own logs: dask-jobqueue names
+    them ``<job-name>-<job id>.err``, and each worker logs its address there."""
+    found = {}
+    for log in log_dir.glob("*.err"):
+        for match in re.finditer(r"Start worker at:\s+(\S+)", log.read_text()):
+            found[match.group(1)] = log.stem.rsplit("-", 1)[1]
+    return found
+
+
+def assert_masters_match(out: pathlib.Path, reference: fits.HDUList) -> None:
+    """Each SOF's MASTER_BIAS under ``out`` has the embedded cluster's HDUs."""
+    for night in ("night1", "night2"):
+        (product,) = (out / night).glob("MASTER_BIAS*.fits")
+        with fits.open(product) as hdul:
+            _same_hdus(reference, hdul)
+
+
+def product_workers(out: pathlib.Path) -> list[str]:
+    """The worker that made each MASTER_BIAS under ``out`` (its provenance record)."""
+    return [json.loads(p.read_text())["run"]["worker"]
+            for p in sorted(out.glob("*/MASTER_BIAS*.provenance.json"))]
+
+
+@pytest.mark.muse
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_cpldask_run_with_cluster_slurm_runs_in_jobs_it_cancels(slurm, bias_files, reference,
+                                                               testrecipe_dir, tmp_path):
+    """``cpldask run ... --cluster slurm --slots 2``: two muse_bias calls in two SLURM
+    jobs that the command starts, and that are gone from squeue when it returns."""
+    assert squeue() == []
+    env = cli_env(tmp_path, testrecipe_dir,
+                  DASK_JOBQUEUE__SLURM__LOG_DIRECTORY=str(tmp_path / "jobs"))
+    sofs = bias_sofs(tmp_path / "sofs", bias_files, 2)
+    t = time.monotonic()
+    proc = cpldask_cli(["run", "muse_bias", "--sof", *sofs, "--param", "nifu=1", "--cluster",
+                        "slurm", "--slots", "2", "--output-dir", "out"], env, tmp_path)
+    TIMINGS["cpldask run --cluster slurm, 2 muse_bias"] = time.monotonic() - t
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "cpldask: slurm cluster at tcp://127.0.0.1:" in proc.stderr
+    assert squeue() == []  # the command cancelled its jobs before it returned
+    jobs = jobs_of_workers(tmp_path / "jobs")
+    workers = product_workers(tmp_path / "out")
+    assert len(workers) == 2 and all(w in jobs for w in workers)  # made in SLURM jobs
+    cancelled = re.search(r"SLURMCluster closed, jobs ([\d ]+) cancelled", proc.stderr)
+    assert cancelled and {jobs[w] for w in workers} <= set(cancelled.group(1).split())
+    assert_masters_match(tmp_path / "out", reference)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_ctrl_c_of_cpldask_run_with_cluster_slurm_cancels_its_jobs(slurm, any_fits,
+                                                                  testrecipe_dir, tmp_path):
+    """Ctrl-C while a call runs in a SLURM job: exit status 130, the job is cancelled
+    and its recipe process ends with it."""
+    assert squeue() == []
+    env = cli_env(tmp_path, testrecipe_dir,
+                  DASK_JOBQUEUE__SLURM__LOG_DIRECTORY=str(tmp_path / "jobs"))
+    proc = subprocess.Popen(
+        [str(CPLDASK), "run", "cpldask_test", any_fits, "--param", "sleep=300",
+         "--cluster", "slurm", "--slots", "1", "--output-dir", "out"],
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # the recipe process runs inside the SLURM job
+        pids = wait_until(lambda: {p for p in recipe_pids("cpldask_test")
+                                   if _job_of(p) in squeue()}, 180, "the recipe to start")
+        (job,) = {_job_of(p) for p in pids}
+        t = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    TIMINGS["Ctrl-C -> cpldask run exited"] = time.monotonic() - t
+    assert f"jobs {job} cancelled" in err and "Traceback" not in err
+    wait_until(lambda: job not in squeue(), 30, "the job to leave the queue")
+    wait_until(lambda: not (pids & recipe_pids("cpldask_test")), 30, "the recipe to end")
+    TIMINGS["Ctrl-C -> job gone, recipe ended"] = time.monotonic() - t
+    assert squeue() == []
+
+
+@pytest.mark.muse
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_cluster_start_slurm_is_joined_by_cpldask_run_and_stopped(slurm, bias_files, reference,
+                                                                  testrecipe_dir, tmp_path):
+    """``cpldask cluster start --cluster slurm``: no job while idle; a later ``cpldask
+    run --scheduler-file`` gets its calls run in the server's jobs; ``status`` shows
+    them; ``stop`` cancels them and removes the file."""
+    assert squeue() == []
+    env = cli_env(tmp_path, testrecipe_dir)
+    path = tmp_path / "cluster" / "scheduler.json"
+    where = ["--scheduler-file", str(path)]
+    t = time.monotonic()
+    proc = cpldask_cli(["cluster", "start", "--cluster", "slurm", "--slots", "2", *where],
+                       env, tmp_path)
+    TIMINGS["cluster start --cluster slurm"] = time.monotonic() - t
+    assert proc.returncode == 0, proc.stderr
+    try:
+        doc = json.loads(path.read_text())
+        assert doc["cpldask"]["system"] == "slurm" and doc["cpldask"]["slots"] == 2
+        assert f"started a slurm cluster (pid {doc['cpldask']['pid']})" in proc.stdout
+        assert squeue() == []  # adaptive from 0 slots: no job while nothing waits
+
+        sofs = bias_sofs(tmp_path / "sofs", bias_files, 2)
+        t = time.monotonic()
+        proc = cpldask_cli(["run", "muse_bias", "--sof", *sofs, "--param", "nifu=1", *where,
+                            "--output-dir", "out"], env, tmp_path)
+        TIMINGS["cpldask run --scheduler-file, 2 muse_bias"] = time.monotonic() - t
+        assert proc.returncode == 0, proc.stderr
+        assert f"dashboard: {doc['cpldask']['dashboard']}" in proc.stderr
+        jobs = jobs_of_workers(path.with_name("scheduler-jobs"))  # the server's job logs
+        workers = product_workers(tmp_path / "out")
+        assert len(workers) == 2 and all(w in jobs for w in workers)  # in its SLURM jobs
+        assert_masters_match(tmp_path / "out", reference)
+
+        proc = cpldask_cli(["cluster", "status", "--json", *where], env, tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        status = json.loads(proc.stdout)
+        assert status["system"] == "slurm" and status["slots"] == 2 and status["adapting"]
+        running = squeue()
+        assert {job["id"] for job in status["jobs"]} <= set(running) | set(jobs.values())
+        proc = cpldask_cli(["cluster", "status", *where], env, tmp_path)
+        assert proc.returncode == 0 and "jobs " in proc.stdout
+    finally:
+        t = time.monotonic()
+        proc = cpldask_cli(["cluster", "stop", *where], env, tmp_path)
+        TIMINGS["cluster stop"] = time.monotonic() - t
+    assert proc.returncode == 0, proc.stderr
+    assert f"stopped the slurm cluster at {doc['address']}" in proc.stdout
+    assert not path.exists()
+    wait_until(lambda: squeue() == [], 30, "the jobs to leave the queue")
+    proc = cpldask_cli(["cluster", "status", *where], env, tmp_path)
+    assert proc.returncode == 1 and "no cluster" in proc.stderr
 
 
 @pytest.mark.muse

@@ -7,6 +7,8 @@
     cpldask run muse_bias b1.fits b2.fits b3.fits  one call, products in .
     cpldask run muse_bias --sof night*/bias.sof    one call per SOF, in parallel
     cpldask demo                                   synthetic biases, reduced
+    cpldask run ... --cluster slurm --slots 8      the calls in SLURM jobs
+    cpldask cluster start --cluster slurm          a cluster later commands join
     cpldask report reduced/                        an HTML page of an output folder
 
 :func:`handle_args` does the work and returns the exit code, so tests drive the
@@ -27,8 +29,8 @@ from typing import NoReturn
 from rich.console import Console
 
 from .. import __version__, instruments
-from . import _cache, _catalog, _reduce, _report, _run
-from ._batch import EXIT_INTERRUPTED
+from . import _cache, _catalog, _daemon, _reduce, _report, _run
+from ._batch import CLUSTERS, EXIT_INTERRUPTED, QUIET_LOGGING, require_jobqueue
 from ._inputs import UsageError
 
 __all__ = ["main", "handle_args", "build_parser"]
@@ -71,10 +73,20 @@ def build_parser() -> argparse.ArgumentParser:
     cluster = _Parser(add_help=False)
     cluster.add_argument("--slots", type=_positive, metavar="N",
                          help="run at most N recipes at once (default: one per core "
-                              "on the embedded cluster)")
-    cluster.add_argument("--scheduler", metavar="ADDRESS",
-                         help="use the Dask scheduler at ADDRESS (e.g. "
-                              "tcp://head:8786) instead of an embedded local cluster")
+                              "on the embedded cluster, cpldask.jobqueue.slots with "
+                              "--cluster SYSTEM)")
+    where = cluster.add_mutually_exclusive_group()
+    where.add_argument("--cluster", choices=CLUSTERS, metavar="SYSTEM",
+                       help="start a cluster for this command: local (the embedded "
+                            "one, the default) or batch jobs of slurm, pbs, sge or "
+                            "lsf (dask-jobqueue, cpldask.jobqueue.* settings; the "
+                            "jobs are cancelled at the end)")
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="use the Dask scheduler at ADDRESS (e.g. "
+                            "tcp://head:8786) instead of an embedded local cluster")
+    where.add_argument("--scheduler-file", metavar="FILE",
+                       help="use the scheduler FILE names (a Dask scheduler file, "
+                            "e.g. from 'cpldask cluster start')")
 
     p = commands.add_parser("list", help="list the recipes on the search path",
                             description="List the recipes on the search path.")
@@ -168,6 +180,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_report.report)
 
     p = commands.add_parser(
+        "cluster", help="start, show or stop a cluster that later commands share",
+        description="A scheduler and its workers (the embedded local cluster's, or "
+                    "batch jobs through dask-jobqueue) in a background process that "
+                    "outlives the command; 'cpldask run/reduce --scheduler-file FILE', "
+                    "the cpldask.scheduler-file config key and notebooks join it "
+                    "through the scheduler file it writes (default "
+                    f"{_daemon.DEFAULT_FILE}, or the cpldask.scheduler-file key).")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    file_help = ("the scheduler file (default: the cpldask.scheduler-file config key, "
+                 f"else {_daemon.DEFAULT_FILE})")
+    a = actions.add_parser(
+        "start", help="start a cluster in the background",
+        description="Start a scheduler and its workers in a background process, write "
+                    "the scheduler file, and return once the scheduler answers. The "
+                    "process logs to a file beside the scheduler file (.log).")
+    a.add_argument("--cluster", choices=CLUSTERS, default="local", metavar="SYSTEM",
+                   help="local (the embedded cluster's workers, the default), or batch "
+                        "jobs of slurm, pbs, sge or lsf that adapt to the work "
+                        "(dask-jobqueue, cpldask.jobqueue.* settings)")
+    a.add_argument("--slots", type=_positive, metavar="N",
+                   help="recipes at once (default: cpldask.local.slots, else one per "
+                        "core; cpldask.jobqueue.slots with a batch system)")
+    a.add_argument("--scheduler-file", metavar="FILE", help=file_help)
+    a.add_argument("--host", metavar="HOST",
+                   help="address the scheduler listens on (default: 127.0.0.1, or the "
+                        "cpldask.jobqueue.interface's with a batch system)")
+    a.add_argument("--interface", metavar="IFACE",
+                   help="batch systems: the network interface of scheduler and workers "
+                        "(e.g. ib0; default: cpldask.jobqueue.interface, else lo)")
+    a.add_argument("--timeout", type=_positive, default=120, metavar="SECONDS",
+                   help="give up when the scheduler does not answer within this time "
+                        "(default: 120)")
+    a.set_defaults(handler=_daemon.start)
+    a = actions.add_parser("status", help="show the running cluster",
+                           description="Show the cluster a scheduler file names: "
+                                       "scheduler, workers, recipe slots, batch jobs. "
+                                       "Exit status 1 when none runs.")
+    a.add_argument("--scheduler-file", metavar="FILE", help=file_help)
+    a.add_argument("--json", action="store_true", help="print JSON")
+    a.set_defaults(handler=_daemon.status)
+    a = actions.add_parser("stop", help="stop the running cluster",
+                           description="Stop the cluster a scheduler file names: its "
+                                       "batch jobs are cancelled, its workers and "
+                                       "scheduler closed, the file removed.")
+    a.add_argument("--scheduler-file", metavar="FILE", help=file_help)
+    a.add_argument("--timeout", type=_positive, default=120, metavar="SECONDS",
+                   help="how long to wait for it to close (default: 120)")
+    a.set_defaults(handler=_daemon.stop)
+
+    p = commands.add_parser(
         "cache", help="list, size, verify or prune the product cache",
         description="The product cache keeps the products of every call under the "
                     "hash of its recipe, parameters and input contents (docs/cache.md). "
@@ -208,6 +270,8 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
         extra = [word for word in extra if word.startswith("-")]
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    # before any input is read or anything starts
+    require_jobqueue(getattr(args, "cluster", None))
     return args
 
 
@@ -263,9 +327,7 @@ def _quiet() -> None:
     """
     # the whole logging section of the workers' (and their Nannies') config: the
     # Nannies' INFO lines ("Nanny at ... closed.") too would reach the terminal
-    os.environ.setdefault("DASK_LOGGING", repr({"distributed": "warning",
-                                                "distributed.worker": "critical",
-                                                "distributed.worker.memory": "warning"}))
+    os.environ.setdefault("DASK_LOGGING", QUIET_LOGGING)
     # the dashboard moves to a free port when 8787 is taken; the link printed
     # with the progress display is the right one
     warnings.filterwarnings("ignore", message="Port .* is already in use")

@@ -21,9 +21,12 @@ Progress goes to standard error and the table to standard output, so that
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 
@@ -39,12 +42,17 @@ from .._progress import SHOWN_RUNNING, Job, Tracker, counts, describe_left
 from ..recipe import Recipe
 from ._inputs import UsageError, bad_input
 
-__all__ = ["Job", "Column", "cluster", "monitor", "EXIT_OK", "EXIT_FAILED",
-           "EXIT_INTERRUPTED"]
+__all__ = ["Job", "Column", "cluster", "require_jobqueue", "start_batch_cluster",
+           "max_slots", "monitor", "CLUSTERS", "EXIT_OK", "EXIT_FAILED", "EXIT_INTERRUPTED"]
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # a recipe call failed: its error is in the report
 EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
+
+#: DASK_LOGGING of the console script (see cpldask._cli._quiet): the whole logging
+#: section of the embedded workers' (and their Nannies') config
+QUIET_LOGGING = repr({"distributed": "warning", "distributed.worker": "critical",
+                      "distributed.worker.memory": "warning"})
 
 #: recipe log lines shown under a failed call
 LOG_TAIL = 8
@@ -60,32 +68,154 @@ STYLES = {"queued": "dim", "running": "cyan", "done": "green", "failed": "bold r
 Column = tuple[str, Callable[[Job], str]]
 
 
+#: ``--cluster`` names: the embedded cluster, or a dask-jobqueue batch system
+CLUSTERS = ("local", "slurm", "pbs", "sge", "lsf")
+
+
 @contextlib.contextmanager
-def cluster(scheduler: str | None, slots: int | None) -> Iterator[None]:
-    """Use the scheduler at ``scheduler`` (else the usual cpldask choice) and allow
-    ``slots`` recipes at once, for the calls made in the block.
+def cluster(args: argparse.Namespace, err: Console | None = None) -> Iterator[None]:
+    """The cluster a command line names, for the calls made in the block.
+
+    ``args.scheduler`` (an address) or ``args.scheduler_file`` (a scheduler file,
+    e.g. from ``cpldask cluster start``): join that scheduler; ``args.cluster`` a batch
+    system (``slurm``, ``pbs``, ``sge``, ``lsf``): start a dask-jobqueue cluster of up
+    to ``args.slots`` (else ``cpldask.jobqueue.slots``) recipe slots, and cancel its
+    jobs when the block ends, also on Ctrl-C or SIGTERM; otherwise (``local`` or
+    nothing) the usual cpldask choice (``cpldask.get_client()``). ``args.slots``
+    allows that many recipes at once (:func:`cpldask.Recipe.set_maxthreads`).
+
+    Examples
+    --------
+    >>> with cluster(args, err):            # doctest: +SKIP
+    ...     jobs = submit(recipe, calls)
+    ...     code = monitor(jobs, title=recipe.name, out=out, err=err)
 
     Raises
     ------
     UsageError
-        The scheduler cannot be reached, or ``slots`` is not a positive number.
+        The scheduler cannot be reached, the batch cluster cannot start (or
+        dask-jobqueue is missing), or ``slots`` is not a positive number.
     """
-    client = None
+    scheduler, scheduler_file = args.scheduler, args.scheduler_file
+    system, slots = args.cluster, args.slots
+    client = batch = None
     if scheduler:
         try:
             # set_as_default: cpldask.get_client(), hence every Recipe call, uses it
             client = distributed.Client(scheduler, set_as_default=True, timeout="20s")
-        except (OSError, ValueError, TypeError) as err:
+        except (OSError, ValueError, TypeError) as exc:
             raise UsageError(f"cannot connect to the scheduler at {scheduler!r}: "
-                             f"{err}") from err
+                             f"{exc}") from exc
+    elif scheduler_file:
+        try:
+            client = _cluster.join_scheduler_file(scheduler_file, set_as_default=True,
+                                                  timeout="20s")
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--scheduler-file: {exc}") from exc
     try:
-        if slots is not None:
-            with bad_input():
-                Recipe.set_maxthreads(slots)
-        yield
+        with contextlib.ExitStack() as stack:
+            if system not in (None, "local"):
+                # the console script's quiet logging is for the embedded workers,
+                # which print to the terminal; the batch jobs inherit this
+                # environment (sbatch, qsub, bsub) and write their workers' messages
+                # to their own logs, where they belong
+                if os.environ.get("DASK_LOGGING") == QUIET_LOGGING:
+                    del os.environ["DASK_LOGGING"]
+                batch = start_batch_cluster(system, slots)
+                stack.callback(_close_batch, batch, err)
+                stack.enter_context(_terminate_as_interrupt())
+                if err is not None:
+                    n = max_slots(batch)
+                    err.print(f"cpldask: {system} cluster at {batch.scheduler_address}: "
+                              f"jobs for up to {n} recipe slot{'s' if n != 1 else ''} "
+                              "start as calls wait", markup=False, highlight=False,
+                              soft_wrap=True)
+            if slots is not None:
+                with bad_input():
+                    Recipe.set_maxthreads(slots)
+            yield
     finally:
         if client is not None:
             client.close()
+
+
+def require_jobqueue(system: str | None) -> None:
+    """Refuse a batch ``--cluster`` without dask-jobqueue, naming what to install.
+
+    Raises
+    ------
+    UsageError
+        ``system`` is a batch system and dask-jobqueue cannot be imported.
+    """
+    if system in (None, "local"):
+        return
+    from .. import cluster as batch_clusters
+
+    try:
+        batch_clusters._require_jobqueue()
+    except ImportError as exc:
+        raise UsageError(f"--cluster {system} needs dask-jobqueue: pip install "
+                         "'cpldask[hpc]'") from exc
+
+
+def start_batch_cluster(system: str, slots: int | None, **options):
+    """A dask-jobqueue cluster of ``system`` (:func:`cpldask.cluster.jobqueue`) with
+    the ``cpldask.jobqueue.*`` defaults, up to ``slots`` recipe slots; ``options``
+    go to :func:`~cpldask.cluster.jobqueue` too.
+
+    Raises
+    ------
+    UsageError
+        dask-jobqueue is missing, or the cluster cannot start (a bad interface, a
+        setting dask-jobqueue refuses).
+    """
+    require_jobqueue(system)
+    from .. import cluster as batch_clusters
+
+    try:
+        return batch_clusters.jobqueue(system, slots=slots, **options)
+    except (OSError, ValueError, TypeError) as exc:
+        raise UsageError(f"cannot start the {system} cluster: {exc} (its settings are "
+                         f"the cpldask.jobqueue.* and jobqueue.{system}.* config "
+                         "keys)") from exc
+
+
+def max_slots(batch) -> int:
+    """The most recipe slots a cpldask batch cluster adapts up to (its fixed size
+    when it does not adapt)."""
+    if batch.adapting:
+        return batch.adaptive.maximum * batch.slots_per_job  # a worker per job
+    return len(batch.worker_spec) * batch.slots_per_job
+
+
+def _close_batch(batch, err: Console | None) -> None:
+    # every job submitted and not yet closed, connected or still queued
+    jobs = sorted({str(job.job_id) for job in list(batch.workers.values())
+                   if getattr(job, "job_id", None)}, key=lambda j: (len(j), j))
+    batch.close()  # cancels them
+    if err is not None:
+        err.print(f"cpldask: {batch.__class__.__name__} closed"
+                  + (f", jobs {' '.join(jobs)} cancelled" if jobs else ""),
+                  markup=False, highlight=False, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, ``timeout``, a batch system ending the job that runs this
+    command) as Ctrl-C for the block, so that the batch cluster's jobs are cancelled
+    rather than left to time out on their own. Main thread only (signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def monitor(jobs: Sequence[Job], *, title: str, out: Console, err: Console,

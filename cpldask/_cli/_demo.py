@@ -47,7 +47,7 @@ def demo(args: argparse.Namespace, out: Console, err: Console) -> int:
     recipe.param.nifu = IFU  # the frames hold this IFU only
     workdir = pathlib.Path(args.workdir).absolute()
     sets = write_sets(workdir, sets=args.sets, frames=args.frames, seed=args.seed, err=err)
-    with cluster(args.scheduler, args.slots):
+    with cluster(args, err):
         jobs = submit(recipe, sets)
         return monitor(jobs, title=recipe.name, out=out, err=err, label_header="set",
                        columns=[("median DATA [adu]", _median_level)])

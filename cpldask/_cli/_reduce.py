@@ -46,7 +46,7 @@ def reduce(args: argparse.Namespace, out: Console, err: Console) -> int:
             red = workflow.reduce(args.raw, dry_run=True, **options)
             out.print(red.describe(), markup=False, highlight=False, soft_wrap=True)
             return 0
-        with cluster(args.scheduler, args.slots):
+        with cluster(args, err):
             red = workflow.reduce(args.raw, wait=False, **options)
             code = _follow(red, red.instrument, out, err)  # "5 HAWKI calls"
             if args.report:  # while the cluster holds the failed calls' exceptions
@@ -67,7 +67,7 @@ def demo(args: argparse.Namespace, out: Console, err: Console) -> int:
     if args.bias:
         return _demo.demo(args, out, err)
     ifus = _ifus(args.ifus) or (1, 2)
-    with cluster(args.scheduler, args.slots):
+    with cluster(args, err):
         red = muse_demo.demo(args.workdir, ifus=ifus, seed=args.seed, wait=False,
                              recipe_path=args.recipe_path)
         code = _follow(red, f"MUSE (IFUs {args.ifus or '1-2'})", out, err)

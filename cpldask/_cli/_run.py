@@ -45,7 +45,7 @@ def run(args: argparse.Namespace, out: Console, err: Console) -> int:
     apply_params(recipe, args.rc, args.param)
     calls = plan(recipe, files=args.files, sofs=args.sof, tag=args.tag,
                  calib=calib_options(args.calib), output_dir=pathlib.Path(args.output_dir))
-    with cluster(args.scheduler, args.slots):
+    with cluster(args, err):
         jobs = submit(recipe, calls)
         return monitor(jobs, title=recipe.name, out=out, err=err,
                        label_header="SOF" if _sof_names(args.files) or args.sof else "call")
