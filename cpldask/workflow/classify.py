@@ -315,11 +315,14 @@ def _classify_one(path: str, rules: Rules) -> Frame:
                 # CHAN01), raw frames and merged products in their extensions
                 extnames = [h.name for h in hdul]
                 table = _first_table(hdul)
+                truncated = _truncated(hdul, os.path.getsize(path))
     except (OSError, ValueError, IndexError, TypeError) as err:
         if not os.path.isfile(path):
             raise _NotClassified("no such file") from None
         kind = "empty file" if os.path.getsize(path) == 0 else "not a FITS file"
         raise _NotClassified(f"{kind} ({type(err).__name__}: {_short(err)})") from None
+    if truncated:
+        raise _NotClassified(truncated)
     for key, want in rules.identify.items():
         have = _norm(primary.get(key))
         if have is None:
@@ -345,6 +348,18 @@ def _classify_one(path: str, rules: Rules) -> Frame:
     shown = {k: meta.get(k) for k in ("catg", "type", "tech", "pro_catg") if meta.get(k)}
     what = ", ".join(f"{k}={v!r}" for k, v in shown.items()) or "no DPR/PRO keywords"
     raise _NotClassified(f"no classification rule matches ({what})")
+
+
+def _truncated(hdul, size: int) -> str | None:
+    """Why a file is truncated (its headers declare data past its end), or None. A
+    missing padding of the last 2880-byte block is let pass, as CFITSIO does."""
+    for i, hdu in enumerate(hdul):
+        info = hdul.fileinfo(i)
+        end = info["datLoc"] + info["datSpan"]
+        if info["datSpan"] and end - 2879 > size:
+            return (f"truncated: {hdu.name} (HDU {i}) declares data up to byte {end}, "
+                    f"the file ends at byte {size}")
+    return None
 
 
 def _header_values(header, keywords: Mapping[str, Any]) -> dict:
@@ -583,6 +598,9 @@ class Association:
     label: str = ""
     when: float | None = None  # the reference time (MJD): the exposures' mean
     parts: list["Association"] = dataclasses.field(default_factory=list, repr=False)
+    #: for a tag whose rule has ``own_calibrations``: the calibrations chosen for its
+    #: frames (nearest to them, of their setup), e.g. the master bias of muse_lingain
+    own: dict[str, "Association"] = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def exposures(self) -> list["Association"]:
@@ -639,24 +657,31 @@ class Association:
         out = []
         for exp in self.exposures:
             name = exp.science[0].name if len(exp.science) == 1 else None
-            for tag, by_unit in exp.choices.items():
-                for unit, c in by_unit.items():
-                    out.append({"exposure": name, "group": self.label, "tag": tag,
-                                "unit": unit, "chosen": [f.name for f in c.frames],
-                                "dt_hours": c.dt_hours, "level": c.level,
-                                "replaces": c.replaces, "replaced_by": list(c.replaced_by),
-                                "rejected": {r.frame.name: r.reason for r in c.rejected}})
+            subs = [(None, exp)] + list(exp.own.items())
+            for for_tag, a in subs:
+                for tag, by_unit in a.choices.items():
+                    for unit, c in by_unit.items():
+                        out.append({"exposure": name, "group": self.label, "for": for_tag,
+                                    "tag": tag, "unit": unit,
+                                    "chosen": [f.name for f in c.frames],
+                                    "dt_hours": c.dt_hours, "level": c.level,
+                                    "replaces": c.replaces,
+                                    "replaced_by": list(c.replaced_by),
+                                    "rejected": {r.frame.name: r.reason for r in c.rejected}})
         return out
 
     def report(self) -> str:
         """The association report as text: per exposure and calibration tag the chosen
         files with their time difference, and every rejected candidate with its
-        reason (``cpldask reduce --dry-run`` prints it)."""
+        reason (``cpldask reduce --dry-run`` prints it). An exposure with the same
+        files as an earlier one of its group says so instead of repeating them;
+        :meth:`rows` has every row."""
         unit_name = self.rules.unit_name
         lines = []
         if self.label or len(self.exposures) > 1:
             n = len(self.science)
             lines.append(f"group {self.label or '-'}: {n} exposure{'s' * (n != 1)}")
+        seen: dict[tuple, str] = {}
         for exp in self.exposures:
             if exp.science:
                 f = exp.science[0]
@@ -669,41 +694,68 @@ class Association:
             else:
                 lines.append("no science exposure: calibrations nearest to the middle "
                              "of the data set")
+            same = tuple((tag, k, tuple(f.path for f in c.frames))
+                         for tag, by_unit in exp.choices.items() for k, c in by_unit.items())
+            if same in seen:
+                lines.append(f"  the same calibrations as {seen[same]}")
+                continue
+            if exp.science:
+                seen[same] = exp.science[0].name
             for tag, by_unit in exp.choices.items():
                 lines += _report_tag(tag, by_unit, unit_name)
+            for tag, sub in exp.own.items():
+                lines.append(f"  calibrations of the {tag} frames:")
+                for sub_tag, by_unit in sub.choices.items():
+                    lines += ["  " + line for line in _report_tag(sub_tag, by_unit, unit_name)]
             lines += [f"  note: {n}" for n in exp.notes]
         return "\n".join(lines)
 
 
 def _report_tag(tag: str, by_unit: Mapping[Any, Choice], unit_name: str) -> list[str]:
-    """Lines of one tag: units with the same choice and rejections share a line."""
-    same: dict[tuple, list] = {}
-    for unit, c in by_unit.items():
-        key = (tuple(f.path for f in c.frames), tuple((r.frame.path, r.reason)
-                                                      for r in c.rejected),
-               c.replaced_by, c.replaces)
-        same.setdefault(key, []).append(unit)
-    lines = []
-    for units, c in ((us, by_unit[us[0]]) for us in same.values()):
-        split = [u for u in units if u is not None]
-        where = f" [{unit_name} {format_ranges(split)}]" if split and len(same) > 1 else ""
-        if not c.frames and not c.rejected:
-            continue
-        if c.frames:
-            names = _short_names([f.name for f in c.frames])
-            when = "" if c.dt_hours is None else f" ({c.dt_hours:+.1f} h" + (
-                f", level {c.level})" if c.level is not None else ")")
-            extra = (f"; archive {', '.join(c.replaced_by)} used instead of reducing them"
-                     if c.replaced_by else "")
-            extra += f"; archive master, stands in for {c.replaces}" if c.replaces else ""
-            lines.append(f"  {tag}{where}: {names}{when}{extra}")
-        else:
-            lines.append(f"  {tag}{where}: none")
-        by_reason: dict[str, list[str]] = {}
+    """The lines of one tag: the files chosen (a unit named where it differs from the
+    others'), then each file no unit took, with the reason."""
+    choices = list(by_unit.items())
+    if not any(c.frames or c.rejected for _, c in choices):
+        return []
+    first = choices[0][1]
+    if all([f.path for f in c.frames] == [f.path for f in first.frames] for _, c in choices):
+        chosen = _short_names([f.name for f in first.frames])
+    else:
+        chosen = "; ".join(f"{_short_names([f.name for f in c.frames]) or 'none'} "
+                           f"[{unit_name} {k}]" for k, c in choices)
+    dts = [c.dt_hours for _, c in choices if c.dt_hours is not None]
+    levels = {c.level for _, c in choices if c.level is not None}
+    when = ""
+    if dts:
+        when = f" ({min(dts):+.1f} h" if min(dts) == max(dts) else \
+            f" ({min(dts):+.1f} .. {max(dts):+.1f} h"
+        when += f", level {'/'.join(map(str, sorted(levels)))})" if levels else ")"
+    extra = ""
+    replaced = sorted({m for _, c in choices for m in c.replaced_by})
+    if replaced:
+        extra = f"; the archive {' and '.join(replaced)} stand{'s' * (len(replaced) == 1)} in"
+    replaces = {c.replaces for _, c in choices if c.replaces}
+    if replaces:
+        extra = f"; archive master, stands in for {', '.join(sorted(replaces))}"
+    if not chosen and replaced:
+        lines = [f"  {tag}: not reduced, the archive {' and '.join(replaced)} "
+                 f"stand{'s' * (len(replaced) == 1)} in"]
+    else:
+        lines = [f"  {tag}: {chosen or 'none'}{when}{extra}"]
+    taken = {f.path for _, c in choices for f in c.frames}
+    # a file's reason: that of a unit it holds (not "lacks IFU 1" for the file of IFU 2)
+    reasons: dict[str, tuple[str, str]] = {}
+    for _, c in choices:
         for r in c.rejected:
-            by_reason.setdefault(r.reason, []).append(r.frame.name)
-        for reason, names in by_reason.items():
-            lines.append(f"      not {_short_names(names)}: {reason}")
+            if r.frame.path in taken:
+                continue
+            if r.frame.path not in reasons or reasons[r.frame.path][1].startswith("lacks "):
+                reasons[r.frame.path] = (r.frame.name, r.reason)
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in reasons.values():
+        by_reason.setdefault(reason, []).append(name)
+    for reason, names in by_reason.items():
+        lines.append(f"      not {_short_names(names)}: {reason}")
     return lines
 
 
@@ -741,7 +793,8 @@ def associate_groups(classification: Classification,
 
 
 def associate(classification: Classification, units: Iterable[int] | None = None,
-              *, science: Iterable[Frame] | None = None, label: str = "") -> Association:
+              *, science: Iterable[Frame] | None = None, label: str = "",
+              calibrations: Iterable[str] | None = None) -> Association:
     """Choose, for each calibration tag and unit, the frames the reduction uses.
 
     The rules (``association`` section) say which header values must agree with the
@@ -763,6 +816,10 @@ def associate(classification: Classification, units: Iterable[int] | None = None
         The exposures to reduce (default: every frame of the rules' science tags).
     label : str
         The group's label (see :func:`group_science`).
+    calibrations : tags, optional
+        Associate only these calibration tags (default: every tag of the rules). A
+        tag whose rule names ``own_calibrations`` gets those associated to its own
+        frames (``.own[tag]``), as ESO's rules associate each recipe's inputs.
 
     Raises
     ------
@@ -781,7 +838,10 @@ def associate(classification: Classification, units: Iterable[int] | None = None
         if missing:
             raise ValueError(f"science frame {frame.name} lacks {rules.unit_name}(s) "
                              f"{format_ranges(missing)}")
-    ref_values = _setup(science, rules)
+    tags = list(rules.association.get("calibrations", {}))
+    if calibrations is not None:
+        tags = [t for t in tags if t in set(calibrations)]
+    ref_values = _setup(science, rules, tags)
     notes: list[str] = []
     dated = [f.mjd for f in science if f.mjd is not None]
     if dated:
@@ -793,7 +853,7 @@ def associate(classification: Classification, units: Iterable[int] | None = None
                      "set were chosen (validity windows not applied)")
     gap = float(rules.association.get("set_gap_minutes", 60)) / 1440.0
     choices: dict[str, dict[Any, Choice]] = {}
-    for tag in rules.association.get("calibrations", {}):
+    for tag in tags:
         rule = rules.calibration(tag)
         candidates = classification[tag]
         if rule.get("static"):
@@ -816,7 +876,16 @@ def associate(classification: Classification, units: Iterable[int] | None = None
     unused = [f for f in classification.frames if f.path not in used]
     out = Association(science, units, chosen, notes, rules, unused, choices, label,
                       ref_mjd if dated else None)
-    if len(science) > 1:
+    for tag in tags:
+        own = rules.calibration(tag).get("own_calibrations")
+        if own and tag in chosen and calibrations is None:
+            frames = chosen[tag][units[0]]
+            try:
+                out.own[tag] = associate(classification, units, science=frames,
+                                         label=label, calibrations=own)
+            except ValueError as err:
+                out.notes.append(f"{tag}: its calibrations: {err}")
+    if len(science) > 1 and calibrations is None:
         try:
             out.parts = [associate(classification, units, science=[f], label=label)
                          for f in science]
@@ -839,10 +908,10 @@ def _reduced_units(classification: Classification, units) -> tuple:
     return units
 
 
-def _setup(science: list[Frame], rules: Rules) -> dict:
-    """The header values the calibrations must share with the science frames."""
-    all_match = {m for t in rules.association.get("calibrations", {})
-                 for m in rules.calibration(t).get("match", [])}
+def _setup(science: list[Frame], rules: Rules, tags: list[str]) -> dict:
+    """The header values the calibrations of ``tags`` must share with the science
+    frames."""
+    all_match = {m for t in tags for m in rules.calibration(t).get("match", [])}
     ref_values = {}
     # in the rules' order, so that a mix of modes is named by "mode", not "field"
     keys = [k for k in rules.keywords if k in all_match]
@@ -884,7 +953,7 @@ def _choose(candidates: list[Frame], rule: Mapping, ref_values: Mapping, ref_mjd
     match = [k for k in rule.get("match", []) if k in ref_values]
     rejected, usable = [], []
     for f in candidates:
-        why = next((f"{k} is {_norm(f.meta.get(k))!r}, the exposure's {ref_values[k]!r}"
+        why = next((f"{k} is {_norm(f.meta.get(k))!r}, not {ref_values[k]!r}"
                     for k in match if _norm(f.meta.get(k)) != ref_values[k]), None)
         lack = sorted(want_units - {None} - set(f.units))
         if why is None and lack:
@@ -893,7 +962,7 @@ def _choose(candidates: list[Frame], rule: Mapping, ref_values: Mapping, ref_mjd
             if f.mjd is None:
                 why = "has no date (MJD-OBS, DATE-OBS)"
             elif abs(f.mjd - ref_mjd) >= windows[-1]:
-                why = (f"taken {(f.mjd - ref_mjd):+.1f} d from the exposure, outside the "
+                why = (f"taken {(f.mjd - ref_mjd):+.1f} d away, outside the "
                        f"+-{windows[-1]:g} d validity")
         if why is None:
             usable.append(f)
@@ -963,6 +1032,15 @@ def _prefer_masters(choices: dict[str, dict[Any, Choice]], rules: Rules, units: 
                     and raw_choice.level is not None and max(levels) > raw_choice.level:
                 why = (f"the {raw} frames are at a better association level "
                        f"({raw_choice.level} against {max(levels)}): they are reduced")
+            elif raw_choice is not None and raw_choice.frames \
+                    and raw_choice.dt_hours is not None and all(
+                        p.dt_hours is not None for p in picks) and max(
+                        abs(p.dt_hours) for p in picks) > abs(raw_choice.dt_hours) + gap * 24:
+                # the nearest wins; a master made of the raw set itself is as near (its
+                # date is that of the set's first frame, within the set gap)
+                far = max((p.dt_hours for p in picks), key=abs)
+                why = (f"the {raw} frames are nearer ({raw_choice.dt_hours:+.1f} h against "
+                       f"{far:+.1f} h): they are reduced")
             if why is not None:
                 for p in picks:
                     p.rejected[:0] = [Rejected(f, why) for f in p.frames]

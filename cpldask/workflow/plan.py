@@ -228,10 +228,15 @@ def _identity(group: Mapping[str, list]) -> tuple:
 
 
 def _frames(group: Mapping[str, Any]) -> dict[str, list]:
+    """Tag -> flat list of paths and steps (a list inside the list, e.g. the archive
+    files of one unit among the steps of others, is spread into it)."""
     out = {}
     for tag, value in group.items():
-        items = value if isinstance(value, (list, tuple)) else [value]
-        items = [i.path if isinstance(i, Frame) else i for i in items if i is not None]
+        items = []
+        for i in (value if isinstance(value, (list, tuple)) else [value]):
+            for j in (i if isinstance(i, (list, tuple)) else [i]):
+                if j is not None:
+                    items.append(j.path if isinstance(j, Frame) else j)
         if items:
             out[tag] = items
     return out

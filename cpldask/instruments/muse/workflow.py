@@ -64,7 +64,7 @@ def workflow(plan: Plan, assoc: Association, *, flux: bool | None = None) -> Non
     # the steps for the group as a whole (muse_lsf, the flux branch, muse_lingain)
     # take the first exposure's calibrations: no chain is made for them alone
     first, group = assoc.exposures[0], chains[0]
-    lingain(plan, first, ifus, group)
+    lingain(plan, first, ifus)
 
     sci: dict[int, list] = {k: [] for k in ifus}
     tag = assoc.science[0].tag if assoc.science else None
@@ -122,22 +122,14 @@ def workflow(plan: Plan, assoc: Association, *, flux: bool | None = None) -> Non
 def _calibrations(plan: Plan, a: Association, ifus: tuple, static: dict) -> _Chain:
     """The calibration steps of one association (an exposure or a whole group): an
     archive master where the association chose one, else the step that makes it."""
-    bias, dark, flat, trace, wavecal = {}, {}, {}, {}, {}
-    for k in ifus:
-        bias[k] = a.paths("MASTER_BIAS", k) or plan.call(
-            "muse_bias", {"BIAS": a.paths("BIAS", k)}, unit=k, param={"nifu": k})
+    bias, dark = _bias(plan, a, ifus), {}
     if "MASTER_DARK" in a or "DARK" in a:
         for k in ifus:
             dark[k] = a.paths("MASTER_DARK", k) or plan.call(
                 "muse_dark", {"DARK": a.paths("DARK", k)}, unit=k,
                 calib={"MASTER_BIAS": bias[k]}, param={"nifu": k})
-    for k in ifus:
-        if a.paths("MASTER_FLAT", k) and a.paths("TRACE_TABLE", k):
-            flat[k], trace[k] = a.paths("MASTER_FLAT", k), a.paths("TRACE_TABLE", k)
-        else:
-            flat[k] = trace[k] = plan.call(
-                "muse_flat", {"FLAT": a.paths("FLAT", k)}, unit=k,
-                calib={"MASTER_BIAS": bias[k], "MASTER_DARK": dark.get(k)}, param={"nifu": k})
+    flat, trace = _flat(plan, a, ifus, bias, dark)
+    wavecal = {}
     for k in ifus:
         wavecal[k] = a.paths("WAVECAL_TABLE", k) or plan.call(
             "muse_wavecal", {"ARC": a.paths("ARC", k)}, unit=k,
@@ -168,15 +160,42 @@ def _calibrations(plan: Plan, a: Association, ifus: tuple, static: dict) -> _Cha
     return _Chain(bias, dark, flat, trace, wavecal, illum, twilight)
 
 
-def lingain(plan: Plan, a: Association, ifus: tuple, chain: _Chain) -> None:
+def _bias(plan: Plan, a: Association, ifus: tuple) -> dict[int, Any]:
+    return {k: a.paths("MASTER_BIAS", k) or plan.call(
+        "muse_bias", {"BIAS": a.paths("BIAS", k)}, unit=k, param={"nifu": k})
+        for k in ifus}
+
+
+def _flat(plan: Plan, a: Association, ifus: tuple, bias: dict, dark: dict):
+    """(MASTER_FLAT, TRACE_TABLE) by IFU: the archive pair, or one muse_flat step."""
+    flat, trace = {}, {}
+    for k in ifus:
+        if a.paths("MASTER_FLAT", k) and a.paths("TRACE_TABLE", k):
+            flat[k], trace[k] = a.paths("MASTER_FLAT", k), a.paths("TRACE_TABLE", k)
+        else:
+            flat[k] = trace[k] = plan.call(
+                "muse_flat", {"FLAT": a.paths("FLAT", k)}, unit=k,
+                calib={"MASTER_BIAS": bias[k], "MASTER_DARK": dark.get(k)}, param={"nifu": k})
+    return flat, trace
+
+
+def lingain(plan: Plan, a: Association, ifus: tuple) -> None:
     """muse_lingain per IFU when the association holds a LINGAIN series: lamp-off and
-    lamp-on frames with the master bias and trace table [its man page]. Its
+    lamp-on frames with the master bias and trace table nearest to the series (the
+    association's ``own`` calibrations of LINGAIN_LAMP_ON) [its man page]. Its
     NONLINEARITY_GAIN is a product of the reduction, not an input of the cascade (the
     recipes take one made earlier, ESO's rules say, calib/gasgano/config/muse.oca)."""
-    if "LINGAIN_LAMP_ON" not in a or "LINGAIN_LAMP_OFF" not in a:
+    sub = a.own.get("LINGAIN_LAMP_ON")
+    if "LINGAIN_LAMP_ON" not in a or "LINGAIN_LAMP_OFF" not in a or sub is None:
         return
+    if not all(sub.paths("MASTER_BIAS", k) or sub.paths("BIAS", k) for k in ifus) or \
+            not all((sub.paths("MASTER_FLAT", k) and sub.paths("TRACE_TABLE", k))
+                    or sub.paths("FLAT", k) for k in ifus):
+        return
+    bias = _bias(plan, sub, ifus)
+    _, trace = _flat(plan, sub, ifus, bias, {})
     for k in ifus:
         plan.call("muse_lingain", {"LINGAIN_LAMP_ON": a.paths("LINGAIN_LAMP_ON", k),
                                    "LINGAIN_LAMP_OFF": a.paths("LINGAIN_LAMP_OFF", k)},
-                  unit=k, calib={"MASTER_BIAS": chain.bias[k], "TRACE_TABLE": chain.trace[k]},
+                  unit=k, calib={"MASTER_BIAS": bias[k], "TRACE_TABLE": trace[k]},
                   param={"nifu": k})
