@@ -532,10 +532,11 @@ def group_science(classification: Classification) -> list[tuple[str, list[Frame]
     values = list(groups)
     labels = [""] * len(values)
     for n in range(1, len(keys) + 1):
-        labels = [_safe("_".join(str(v) for v in value[:n])) for value in values]
+        labels = [_safe("_".join(str(v) for v in value[:n] if v is not None))
+                  for value in values]
         if len(set(labels)) == len(labels):
             break
-    if not keys or len(set(labels)) < len(labels):
+    if not keys or len(set(labels)) < len(labels) or not all(labels):
         labels = [f"{label}-{i + 1}" if label else str(i + 1) for i, label in enumerate(labels)]
     return list(zip(labels, groups.values()))
 

@@ -1450,7 +1450,8 @@ def dataset_frames(*, mjd: float = 60310.0, ifus: Iterable[int] = (1, 2),
         # both standards at the pointing of the STD_FLUX_TABLE's star (night 0's)
         ra, dec = pointing(mjd + 1.0, KINDS["STD"].exptime)
         frames(f"{n}_STD", "STD", 1, day + 1.0, header={**mode, "RA": ra, "DEC": dec},
-               options={"star_flux": STAR_FLUX_STD, "target": "SYNTH_STD"})
+               options={"star_flux": STAR_FLUX_STD, "target": "SYNTH_STD",
+                        "star_xy": star_position(ifus)})
         frames(f"{n}_ILLUMFLAT", "ILLUMFLAT", 1, day + 1.04,
                header={"ESO INS MODE": "WFM-NOAO-N"})
         target, _, _, obs_id = science
@@ -1593,7 +1594,7 @@ def write_dataset(directory: str | pathlib.Path, *, ifus: Iterable[int] = (1, 2)
 
 
 def install_master(dest: str | pathlib.Path, product: str | pathlib.Path | None, *,
-                   pro_catg: str, raw: DatasetFrame, ifu: int) -> pathlib.Path:
+                   pro_catg: str, raw: DatasetFrame | None, ifu: int) -> pathlib.Path:
     """An archive master calibration at ``dest``: a copy of ``product`` (a real product
     of the recipe, e.g. MASTER_BIAS-01.fits of muse_bias ``nifu=1``), or, without one,
     a header-only stand-in with the primary header a product of the set ``raw`` is
@@ -1603,8 +1604,13 @@ def install_master(dest: str | pathlib.Path, product: str | pathlib.Path | None,
     dest = pathlib.Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     if product is not None:
+        have = fits.getheader(product).get("ESO PRO CATG")
+        if have != pro_catg:
+            raise ValueError(f"{product} is a {have}, not a {pro_catg}")
         shutil.copyfile(product, dest)
         return dest
+    if raw is None:
+        raise ValueError("a stand-in master needs the first raw frame of its set (raw=)")
     header = primary_header(raw.kind, mjd=raw.mjd, exptime=raw.exptime, index=raw.index,
                             header=raw.header, options=raw.options)
     for key in ("ESO DPR CATG", "ESO DPR TYPE", "ESO DPR TECH"):
