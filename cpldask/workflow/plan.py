@@ -316,13 +316,18 @@ class Reduction:
 
     def describe(self) -> str:
         """Classified frames, association and the steps with their inputs (dry run)."""
-        parts = [self.classification.summary(), "", self.report(), "",
-                 f"{len(self.steps)} recipe calls -> {self.output_dir}"]
+        reused = self.reused()
+        head = f"{len(self.steps)} recipe calls -> {self.output_dir}"
+        if reused:
+            head += (f" ({len(reused)} reused: their products from an earlier run are "
+                     f"there, intact; {len(self.steps) - len(reused)} to run)")
+        parts = [self.classification.summary(), "", self.report(), "", head]
         for step in self.steps:
             deps = ", ".join(d.label for d in step.deps) or "-"
             shared = (f"  (for {', '.join(step.groups)})"
                       if step.group is None and len(step.groups) > 1 else "")
-            parts.append(f"  {step.label:<24} after: {deps}{shared}")
+            state = ("reused " if step.label in reused else "to run ") if reused else ""
+            parts.append(f"  {state}{step.label:<24} after: {deps}{shared}")
             for group, items in (("raw", step.raw), ("calib", step.calib)):
                 for tag, values in items.items():
                     shown = [v.label if isinstance(v, Step) else os.path.basename(v)
@@ -336,6 +341,46 @@ class Reduction:
         """The association report of every group and exposure: chosen calibrations
         with their time difference, and each rejected candidate with its reason."""
         return "\n\n".join(a.report() for a in self.associations)
+
+    def reused(self) -> dict[str, dict]:
+        """The steps an earlier run of this reduction finished: label -> the provenance
+        record beside their products, which are intact in the step's folder (see
+        :func:`cpldask.provenance.installed`), made by the same recipe, parameters
+        and inputs (files with the same bytes, upstream steps themselves reused).
+
+        A forecast from what the client sees, for ``--dry-run``: when the reduction
+        runs, each call's worker compares the whole content key (the recipe library,
+        every parameter's default) and serves the products instead of running the
+        recipe (with the product cache on, the default). An interrupted reduction run
+        again so goes on where it stopped.
+
+        Examples
+        --------
+        >>> sorted(red.reused())[:2]                  # doctest: +SKIP
+        ['muse_bias[1]', 'muse_bias[2]']
+        """
+        from .. import provenance
+
+        keys: dict[int, str] = {}
+        out: dict[str, dict] = {}
+        for step in self.steps:  # in call order: upstream steps first
+            if not os.path.isdir(step.output_dir):
+                continue
+            records = provenance.installed(step.output_dir)
+            inputs = []
+            for group in (step.raw, step.calib):
+                for tag, items in group.items():
+                    inputs += [(tag, {"key": keys.get(id(i), "")} if isinstance(i, Step) else i)
+                               for i in items]
+            if any(isinstance(i, Mapping) and not i["key"] for _, i in inputs):
+                continue  # an upstream step runs: this one runs after it
+            for record in records:
+                if provenance.same_call(record, step.recipe, param=step.param,
+                                        inputs=inputs, env=step.env):
+                    keys[id(step)] = str(record.get("key"))
+                    out[step.label] = record
+                    break
+        return out
 
     def dot(self) -> str:
         """The graph in Graphviz's DOT language."""
