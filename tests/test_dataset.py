@@ -10,6 +10,7 @@ at the end (slow).
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
 import pathlib
@@ -256,3 +257,124 @@ def test_dry_run_prints_the_report_and_draws_the_graph(dataset, capsys):
     assert "muse_scipost@SYNTH_B" in text
     graph = out / "graph.png"
     assert f"graph: {graph}" in text and graph.read_bytes()[:4] == b"\x89PNG"
+
+
+# ---------------------------------------------------------------------------------
+# The same data set with pixels, reduced for real, interrupted and run again
+# ---------------------------------------------------------------------------------
+#: what night 0's archive masters are made of: (recipe, raw set, calibrations)
+ARCHIVE_CALLS = (("muse_bias", "n0_BIAS_0", {}),
+                 ("muse_flat", "n0_FLAT_WFM-NOAO-N_", {"MASTER_BIAS": "muse_bias"}),
+                 ("muse_wavecal", "n0_ARC_WFM-NOAO-N_", {"MASTER_BIAS": "muse_bias",
+                                                         "TRACE_TABLE": "muse_flat"}))
+
+
+@pytest.fixture(scope="module")
+def real_dataset(tmp_path_factory, recipe_path) -> pathlib.Path:
+    """The data set with pixels for IFU 1 (muse_twilight needs it), without the LINGAIN
+    series (muse_lingain takes 2.2 GB for one IFU); night 0's archive masters are the
+    products of the real recipes on its raw sets, made here first."""
+    import cpldask
+
+    d = tmp_path_factory.mktemp("real-dataset")
+    files = synthetic.write_dataset(d, ifus=(1,), lingain=False, processes=2)
+    made = tmp_path_factory.mktemp("archive-made")
+    results = {}
+    for recipe, prefix, calib in ARCHIVE_CALLS:
+        raw = sorted(str(p) for name, p in files.items() if name.startswith(prefix))
+        calib = {tag: results[step] for tag, step in calib.items()}
+        if recipe == "muse_wavecal":
+            calib["LINE_CATALOG"] = str(files["LINE_CATALOG.fits"])
+        results[recipe] = cpldask.Recipe(recipe)(raw, param={"nifu": 1}, calib=calib,
+                                                 output_dir=str(made / recipe), cache=False)
+    for catg in synthetic.DATASET_MASTERS:
+        recipe = {"MASTER_BIAS": "muse_bias", "WAVECAL_TABLE": "muse_wavecal"}.get(catg,
+                                                                                "muse_flat")
+        synthetic.install_master(d / "archive" / synthetic.master_name(catg, 1),
+                                 results[recipe].paths[catg][0], pro_catg=catg, raw=None,
+                                 ifu=1)
+    return d
+
+
+def _reduce_command(data: pathlib.Path, out: pathlib.Path, cache: pathlib.Path, work: pathlib.Path):
+    """``cpldask reduce DATA`` in a process of its own (its own embedded cluster, as a
+    user runs it), with the product cache on in ``cache``."""
+    import subprocess
+    import sys
+
+    import cpldask
+
+    root = str(pathlib.Path(cpldask.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+           "DASK_CPLDASK__CACHE__ENABLED": "True", "DASK_CPLDASK__CACHE__DIR": str(cache),
+           "DASK_CPLDASK__WORK_DIR": str(work), "COLUMNS": "200"}
+    return subprocess.Popen([sys.executable, "-m", "cpldask", "reduce", str(data),
+                             "--output-dir", str(out)], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _state(step) -> list | None:
+    """The record and products (path, inode, mtime) of a step's finished call, or None."""
+    from cpldask import provenance
+
+    found = provenance.installed(step.output_dir)
+    if not found:
+        return None
+    assert len(found) == 1, (step.label, found)  # a step is made once: one record
+    rec = found[0]
+    return [rec["run"]["start"]] + [(p, os.stat(p).st_ino, os.stat(p).st_mtime_ns)
+                                    for _, p in rec["products"]]
+
+
+@pytest.mark.requires_cpl
+@pytest.mark.muse
+@pytest.mark.slow
+def test_an_interrupted_reduction_goes_on_where_it_stopped(real_dataset, tmp_path):
+    """Issue 19.4 and 19.5: ``cpldask reduce`` is interrupted (SIGINT, as Ctrl-C) once
+    a few steps have finished, and run again with a product cache that has none of it
+    (pruned, or on another node's disk): the steps finished before are served from
+    their output folders (their products and records checked), not run again; the
+    others run; every master calibration is made exactly once over both runs."""
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "reduced"
+    plan = R.reduce(real_dataset, output_dir=out, dry_run=True)
+    assert sorted(s.recipe for s in plan.steps) == sorted(
+        ["muse_bias", "muse_flat", "muse_wavecal", "muse_lsf", "muse_lsf"]
+        + ["muse_illum", "muse_twilight", "muse_scipost"] * 2 + ["muse_scibasic"] * 6)
+    assert plan.reused() == {}
+    # the first run, interrupted once 5 steps have their products
+    proc = _reduce_command(real_dataset, out, tmp_path / "cache-1", tmp_path / "work")
+    deadline = time.monotonic() + 1800
+    while sum(_state(s) is not None for s in plan.steps) < 5:
+        assert time.monotonic() < deadline, "5 steps not finished in 30 min"
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=1.0)
+        assert proc.returncode is None, proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 130 and "interrupted" in err, err
+    before = {s.label: _state(s) for s in plan.steps}
+    finished = {label for label, state in before.items() if state is not None}
+    assert 5 <= len(finished) < len(plan.steps), finished
+    # the dry run says what is left: the forecast matches the records
+    assert set(R.reduce(real_dataset, output_dir=out, dry_run=True).reused()) == finished
+    # the same command again, with an empty cache
+    proc = _reduce_command(real_dataset, out, tmp_path / "cache-2", tmp_path / "work")
+    stdout, err = proc.communicate(timeout=3600)
+    assert proc.returncode == 0, (stdout[-3000:], err[-3000:])
+    after = {s.label: _state(s) for s in plan.steps}
+    for label, state in after.items():
+        assert state is not None, label
+        if label in finished:  # not run again: the same record, the same files
+            assert state == before[label], label
+        else:  # run in the second run, once
+            assert state[0] > max(b[0] for b in before.values() if b), label
+    # no step left a second copy of its products (MASTER_BIAS-01-1.fits ...)
+    for step in plan.steps:
+        on_disk = {p.name for p in pathlib.Path(step.output_dir).glob("*.fits")}
+        assert on_disk == {os.path.basename(p) for p, _, _ in after[step.label][1:]}, step.label
+    for target in ("SYNTH_A", "SYNTH_B"):
+        assert f"{target}: DATACUBE_FINAL: {out / 'muse_scipost' / target}" in stdout, stdout[-2000:]

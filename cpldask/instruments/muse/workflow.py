@@ -75,8 +75,14 @@ def workflow(plan: Plan, assoc: Association, *, flux: bool | None = None) -> Non
                                                           "ILLUM": chain.illum},
                                         unit=k, calib=chain.basic(k, static),
                                         param={"nifu": k}))
+    # several exposures make one cube only once their pixel tables are projected to
+    # the sky: muse_xcombine_tables refuses others (muse/muse_xcombine.c), and
+    # astrometry=false skips the projection. Without an ASTROMETRY_WCS (optional [MAN])
+    # muse_scipost then takes its default astrometry of the mode (muse_postproc.c).
+    combine = {"astrometry": True} if len(assoc.science) > 1 else {}
     if tag is not None:
-        plan.call("muse_scipost", {f"PIXTABLE_{tag}": [p for k in ifus for p in sci[k]]})
+        plan.call("muse_scipost", {f"PIXTABLE_{tag}": [p for k in ifus for p in sci[k]]},
+                  param=combine)
 
     # muse_lsf is off the path to the cube (only the flux branch needs it). Each call
     # gets the WAVECAL_TABLE of every IFU (it takes its own, as muse_twilight does), so
@@ -116,7 +122,7 @@ def workflow(plan: Plan, assoc: Association, *, flux: bool | None = None) -> Non
                          "STD_RESPONSE": standard, "STD_TELLURIC": standard,
                          "SKY_LINES": static["SKY_LINES"],
                          "LSF_PROFILE": [lsf[k] for k in ifus]},
-                  name="muse_scipost_flux")
+                  param=combine, name="muse_scipost_flux")
 
 
 def _calibrations(plan: Plan, a: Association, ifus: tuple, static: dict) -> _Chain:
