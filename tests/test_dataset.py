@@ -307,8 +307,11 @@ def _reduce_command(data: pathlib.Path, out: pathlib.Path, cache: pathlib.Path, 
     root = str(pathlib.Path(cpldask.__file__).parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
            "DASK_CPLDASK__CACHE__ENABLED": "True", "DASK_CPLDASK__CACHE__DIR": str(cache),
-           "DASK_CPLDASK__WORK_DIR": str(work), "COLUMNS": "200"}
-    return subprocess.Popen([sys.executable, "-m", "cpldask", "reduce", str(data),
+           "DASK_CPLDASK__WORK_DIR": str(work), "DASK_CPLDASK__RECIPE_PATH": os.pathsep.join(cpldask.Recipe.path),
+           "DASK_CPLDASK__LOCAL__DASHBOARD_ADDRESS": "127.0.0.1:0", "COLUMNS": "200"}
+    # the console script's main() of this checkout
+    script = "import sys; from cpldask._cli import main; sys.argv[0] = 'cpldask'; main()"
+    return subprocess.Popen([sys.executable, "-c", script, "reduce", str(data),
                              "--output-dir", str(out)], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
