@@ -332,6 +332,9 @@ def _state(step) -> list | None:
 @pytest.mark.requires_cpl
 @pytest.mark.muse
 @pytest.mark.slow
+# the data (~1 min), night 0's masters (~1 min) and 17 recipe calls: ~20 min at a
+# load of 7 on 2 cores, more than the suite's 1200 s
+@pytest.mark.timeout(3600)
 def test_an_interrupted_reduction_goes_on_where_it_stopped(real_dataset, tmp_path):
     """Issue 19.4 and 19.5: ``cpldask reduce`` is interrupted (SIGINT, as Ctrl-C) once
     a few steps have finished, and run again with a product cache that has none of it
