@@ -321,7 +321,7 @@ class Reduction:
         if reused:
             head += (f" ({len(reused)} reused: their products from an earlier run are "
                      f"there, intact; {len(self.steps) - len(reused)} to run)")
-        parts = [self.classification.summary(), "", self.report(), "", head]
+        parts = [self.classification.summary(), "", self.association_report(), "", head]
         for step in self.steps:
             deps = ", ".join(d.label for d in step.deps) or "-"
             shared = (f"  (for {', '.join(step.groups)})"
@@ -337,9 +337,10 @@ class Reduction:
                 parts.append("      param " + " ".join(f"{k}={v}" for k, v in step.param.items()))
         return "\n".join(parts)
 
-    def report(self) -> str:
+    def association_report(self) -> str:
         """The association report of every group and exposure: chosen calibrations
-        with their time difference, and each rejected candidate with its reason."""
+        with their time difference, and each rejected candidate with its reason
+        (:meth:`Association.report <cpldask.workflow.Association.report>`)."""
         return "\n\n".join(a.report() for a in self.associations)
 
     def reused(self) -> dict[str, dict]:
