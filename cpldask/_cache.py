@@ -63,6 +63,12 @@ def check(entry: pathlib.Path, text: str | None = None) -> str | None:
         names = [name for _, name in record["products"]]
     except (OSError, ValueError, KeyError, TypeError):
         return "has no valid record of its files (made by an older cpldask, or damaged)"
+    return _fault(entry, names, files)
+
+
+def _fault(entry: pathlib.Path, names: list[str], files: dict) -> str | None:
+    """What is wrong with the product files ``names`` in ``entry`` against ``files``
+    (name -> recorded size and hash), or None."""
     paths, stats = [], []
     for name in names:
         path = entry / name
@@ -83,6 +89,46 @@ def check(entry: pathlib.Path, text: str | None = None) -> str | None:
         if digest != files[name].get("hash"):
             return f"has its product {name} changed since it was stored (other bytes)"
     return None
+
+
+def installed(output_dir: str | os.PathLike, key: str | None = None
+              ) -> list[tuple[dict, list[tuple[str, str]]]]:
+    """Finished calls whose products are in ``output_dir`` and intact: the provenance
+    records written beside the products (``<product>.provenance.json``, see
+    worker/install.py) each with its (tag, path) products, every product there with
+    the size and content hash its record gives. With ``key``, only the calls of that
+    content key. This is how a reduction run again finds what an interrupted one
+    finished; a record without sizes and hashes (made before cpldask recorded them),
+    or one whose product was changed or removed since, does not count.
+
+    Examples
+    --------
+    >>> [rec["recipe"] for rec, _ in installed("reduced/muse_bias/ifu01")]  # doctest: +SKIP
+    ['muse_bias']
+    """
+    d = pathlib.Path(output_dir)
+    out = []
+    for path in sorted(d.glob(f"*.{PROVENANCE}")):
+        try:
+            record = json.loads(path.read_text())
+            files = record["files"]
+            products = [(str(tag), str(d / pathlib.Path(p).name)) for tag, p in record["products"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if (key is not None and record.get("key") != key) or not products \
+                or not isinstance(files, dict):
+            continue
+        if _fault(d, [pathlib.Path(p).name for _, p in products], files) is None:
+            out.append((record, products))
+    return out
+
+
+def describe_files(paths: list[str]) -> dict[str, dict]:
+    """Name -> {size, hash} of product files, as a record keeps them (see
+    :func:`check`, :func:`installed`)."""
+    hashes = _hashing.file_hashes(paths)
+    return {os.path.basename(p): {"size": os.stat(p).st_size, "hash": h}
+            for p, h in zip(paths, hashes)}
 
 
 def store(cache_dir: str, key: str, files: list[tuple[str, str]], record: dict) -> str | None:

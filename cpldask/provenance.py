@@ -6,6 +6,9 @@
   :func:`replay_script` writes a Python script that repeats the calls in order.
 * :func:`from_product` reads the ``ESO PRO REC`` keywords any CPL recipe writes into
   its products (python-cpl's :class:`cpl.dfs.ProcessingInfo`) and re-creates the call.
+* :func:`installed` lists the calls whose products are intact in an ``output_dir``,
+  and :func:`same_call` says whether such a record is of a given call: what a
+  reduction run again reuses (``cpldask reduce --dry-run`` shows it).
 """
 
 from __future__ import annotations
@@ -13,15 +16,16 @@ from __future__ import annotations
 import datetime
 import os
 import pathlib
-from typing import TYPE_CHECKING, Iterable
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable
 
-from . import _call
-from .recipe import Recipe
+from . import _cache, _call, _hashing
 
 if TYPE_CHECKING:
+    from .recipe import Recipe
     from .result import Result
 
-__all__ = ["record", "to_prov", "replay_script", "from_product"]
+__all__ = ["record", "to_prov", "replay_script", "from_product", "installed", "same_call"]
 
 
 def record(result: Result) -> dict:
@@ -125,6 +129,8 @@ def replay_script(results: Iterable[Result]) -> str:
         for inp in prov["inputs"]:
             paths = inp["path"] if isinstance(inp["path"], list) else [inp["path"]]
             frames.setdefault(inp["tag"], []).extend(paths)
+        from .recipe import Recipe
+
         recipe = Recipe(prov["recipe"])
         raw_tags = [t for t in frames if recipe.tags is None or t in recipe.tags]
         raw = {t: frames[t] for t in raw_tags}
@@ -178,6 +184,8 @@ def from_product(path: str | os.PathLike, *, search: Iterable[str] = ()) -> tupl
     def resolve(value):
         return [find(v) for v in value] if isinstance(value, list) else find(value)
 
+    from .recipe import Recipe
+
     recipe = Recipe(info.name)
     for name, value in info.param.items():
         recipe.param[name] = value
@@ -185,3 +193,63 @@ def from_product(path: str | os.PathLike, *, search: Iterable[str] = ()) -> tupl
     recipe.tag = info.tag
     raw = resolve(info.raw if isinstance(info.raw, list) else [info.raw])
     return recipe, {info.tag: raw}
+
+
+def installed(output_dir: str | os.PathLike) -> list[dict]:
+    """The provenance records of the calls whose products are in ``output_dir`` and
+    intact: every product there with the size and content hash its record gives
+    (``products``: (tag, path) pairs in ``output_dir``). Records of products changed
+    or removed since, or written before cpldask recorded sizes and hashes, are left
+    out.
+
+    Examples
+    --------
+    >>> [r["recipe"] for r in installed("reduced/muse_bias/ifu01")]   # doctest: +SKIP
+    ['muse_bias']
+    """
+    return [{**rec, "products": pairs} for rec, pairs in _cache.installed(output_dir)]
+
+
+def same_call(record: Mapping, recipe: str, *, param: Mapping[str, Any],
+              inputs: Sequence[tuple[str, Any]], env: Mapping[str, str] | None = None) -> bool:
+    """Whether ``record`` is of a call of ``recipe`` with the parameters ``param`` (by
+    short name; those not given as the record has them), the environment ``env`` and
+    the ``inputs``: (tag, path) for a file, the same path with the same bytes now, or
+    (tag, {"key": k}) for a product of an upstream call of content key ``k``.
+
+    What the client can see: the worker also compares the recipe library and every
+    parameter's default (the content key) before it serves a call's products.
+
+    Examples
+    --------
+    >>> rec = installed("reduced/muse_bias/ifu01")[0]                       # doctest: +SKIP
+    >>> same_call(rec, "muse_bias", param={"nifu": 1},
+    ...           inputs=[("BIAS", p) for p in bias_files])                 # doctest: +SKIP
+    True
+    """
+    if record.get("recipe") != recipe or dict(record.get("env") or {}) != dict(env or {}):
+        return False
+    params = record.get("params") or {}
+    for name, value in param.items():
+        have = [v for k, v in params.items() if k == name or k.endswith("." + name)]
+        if not have or have[0] != value:
+            return False
+    files = [str(i) for _, i in inputs if not isinstance(i, Mapping)]
+    try:
+        hashes = iter(_hashing.file_hashes(files))
+    except OSError:
+        return False
+    want = []
+    for tag, item in inputs:
+        if isinstance(item, Mapping):
+            want.append((tag, "from", str(item["key"])))
+        else:
+            want.append((tag, os.path.abspath(str(item)), next(hashes)))
+    have = []
+    for entry in record.get("inputs") or []:
+        if "from" in entry:
+            have.append((entry.get("tag"), "from", str(entry["from"])))
+        else:
+            have.append((entry.get("tag"), os.path.abspath(str(entry.get("path"))),
+                         entry.get("hash")))
+    return sorted(want, key=repr) == sorted(have, key=repr)

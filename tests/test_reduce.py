@@ -111,9 +111,11 @@ def test_classification_of_a_mix_with_junk_and_another_instrument(tmp_path):
     uves = fake(junk / "UVES_BIAS.fits", "BIAS", mjd=60000.0, instrument="UVES")
     fits.PrimaryHDU().writeto(junk / "no_instrument.fits")
     odd = fake(junk / "MUSE_ODD.fits", "BIAS", mjd=60000.0, extra={"ESO DPR TYPE": "LAMP,WEIRD"})
-    product = junk / "MASTER_BIAS.fits"
+    # a product the rules do not take as an input (master calibrations they do take:
+    # test_dataset.py)
+    product = junk / "PIXTABLE_OBJECT_0001-01.fits"
     fits.PrimaryHDU(header=fits.Header([("INSTRUME", "MUSE"),
-                                        ("HIERARCH ESO PRO CATG", "MASTER_BIAS")])).writeto(product)
+                                        ("HIERARCH ESO PRO CATG", "PIXTABLE_OBJECT")])).writeto(product)
     (tmp_path / ".hidden").mkdir()
     (tmp_path / ".hidden" / "x.fits").write_text("skipped: hidden")
 
@@ -123,13 +125,14 @@ def test_classification_of_a_mix_with_junk_and_another_instrument(tmp_path):
     assert {tag: sorted(names(fr)) for tag, fr in c.tags.items()} == expected
     reasons = {os.path.basename(u.path): u.reason for u in c.unclassified}
     assert set(reasons) == {"README.txt", "empty.fits", "truncated.fits", "UVES_BIAS.fits",
-                            "no_instrument.fits", "MUSE_ODD.fits", "MASTER_BIAS.fits"}
+                            "no_instrument.fits", "MUSE_ODD.fits",
+                            "PIXTABLE_OBJECT_0001-01.fits"}
     assert "not a FITS file" in reasons["README.txt"]
     assert "empty file" in reasons["empty.fits"]
     assert "'UVES'" in reasons["UVES_BIAS.fits"] and "not a MUSE file" in reasons["UVES_BIAS.fits"]
     assert "no INSTRUME" in reasons["no_instrument.fits"]
     assert "LAMP,WEIRD" in reasons["MUSE_ODD.fits"]
-    assert "pipeline product" in reasons["MASTER_BIAS.fits"]
+    assert "pipeline product" in reasons["PIXTABLE_OBJECT_0001-01.fits"]
     # header metadata travels with each frame
     arc = {f.name: f for f in c["ARC"]}["ARC_3.fits"]
     assert arc.meta["lamps"] == ["Ne"] and arc.meta["mode"] == "WFM-NOAO-N"

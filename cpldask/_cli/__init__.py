@@ -123,11 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser(
         "reduce", parents=[cluster], help="reduce a folder of raw frames",
-        description="Classify the raw frames, associate calibrations and run the "
-                    "instrument's whole cascade as one graph (e.g. MUSE: per IFU "
-                    "muse_bias ... muse_scibasic, then muse_scipost over all IFUs). The "
-                    "instrument is the one the frames' headers name; shipped: "
-                    f"{', '.join(instruments.names())}.")
+        description="Classify the raw frames, group the science exposures (MUSE: by "
+                    "target, template and mode), associate to each exposure the "
+                    "calibrations that fit it (archive master calibrations in the "
+                    "folder too) and run the instrument's whole cascade for every "
+                    "group as one graph, each master calibration made once (e.g. "
+                    "MUSE: per IFU muse_bias ... muse_scibasic, then muse_scipost per "
+                    "group). The instrument is the one the frames' headers name; "
+                    f"shipped: {', '.join(instruments.names())}.")
     p.add_argument("raw", metavar="RAW_DIR", help="folder of raw frames (walked)")
     p.add_argument("--instrument", metavar="NAME",
                    help=f"instrument rules to use ({', '.join(instruments.names())}) or "
@@ -142,7 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where products go, one folder per step and unit (default: "
                         "./reduced)")
     p.add_argument("--dry-run", action="store_true",
-                   help="print the classified frames and the graph; run nothing")
+                   help="print the classified frames, the association report (chosen "
+                        "and rejected calibrations, with reasons) and the steps, draw "
+                        "the graph (OUTPUT_DIR/graph.png unless --graph); run nothing")
     p.add_argument("--graph", metavar="FILE", help="also draw the graph (.png, .svg, .dot)")
     p.add_argument("--report", metavar="FILE",
                    help="then write the HTML report, with the logs of failed calls "

@@ -9,6 +9,7 @@ The reduction itself — classification, association, the graph — is
 from __future__ import annotations
 
 import argparse
+import pathlib
 
 from rich.console import Console
 
@@ -43,8 +44,13 @@ def reduce(args: argparse.Namespace, out: Console, err: Console) -> int:
                "output_dir": args.output_dir, "graph": args.graph}
     try:
         if args.dry_run:
+            # a dry run always draws the graph: beside the products it would make
+            if options["graph"] is None:
+                options["graph"] = pathlib.Path(args.output_dir) / "graph.png"
             red = workflow.reduce(args.raw, dry_run=True, **options)
             out.print(red.describe(), markup=False, highlight=False, soft_wrap=True)
+            out.print(f"graph: {options['graph']}", markup=False, highlight=False,
+                      soft_wrap=True)
             return 0
         with cluster(args, err):
             red = workflow.reduce(args.raw, wait=False, **options)
@@ -55,8 +61,11 @@ def reduce(args: argparse.Namespace, out: Console, err: Console) -> int:
     except (ValueError, LookupError, OSError) as exc:  # nothing to reduce, no match
         raise UsageError(str(exc)) from exc
     if code == 0:
-        for tag, path in red.final.items():
-            out.print(f"{tag}: {path}", markup=False, highlight=False, soft_wrap=True)
+        finals = red.finals
+        for label, final in finals.items():
+            for tag, path in final.items():
+                shown = f"{label}: {tag}" if len(finals) > 1 else tag
+                out.print(f"{shown}: {path}", markup=False, highlight=False, soft_wrap=True)
     return code
 
 

@@ -21,7 +21,7 @@ import shutil
 import threading
 import time
 
-from .. import _fitsheader, errors
+from .. import _cache, _fitsheader, _hashing, errors
 from .._spec import CallSpec, Product
 
 
@@ -77,6 +77,10 @@ def install_products(products: list[Product], output_dir: pathlib.Path, since: f
     numbered name instead, so every result keeps pointing at its own bytes. The
     directory lock makes the check and the rename one step for all writers.
     """
+    # each product's size and hash go into the record, so that a run of the same call
+    # finds them intact (or not) before it runs the recipe (_cache.installed); hashed
+    # here, outside the directory lock (a rename keeps the bytes)
+    info = _cache.describe_files([p.path for p in products])
     installed = []
     with open(output_dir / LOCK, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -93,7 +97,10 @@ def install_products(products: list[Product], output_dir: pathlib.Path, since: f
             installed.append(dataclasses.replace(p, path=str(dest)))
         if installed:  # the provenance record lives beside the products
             stem = pathlib.Path(installed[0].path).stem
-            prov = {**provenance, "products": [(p.tag, p.path) for p in installed]}
+            files = {os.path.basename(new.path): info[os.path.basename(old.path)]
+                     for old, new in zip(products, installed)}
+            prov = {**provenance, "products": [(p.tag, p.path) for p in installed],
+                    "files": files, "hash": _hashing.ALGORITHM}
             (output_dir / f"{stem}.provenance.json").write_text(
                 json.dumps(prov, indent=1, default=str))
     return installed

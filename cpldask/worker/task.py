@@ -263,10 +263,24 @@ def _run(spec: CallSpec, frames, inputs: list[_Input]) -> RunRecord:
                     with contextlib.suppress(OSError):
                         (call_dir / name).unlink()
                 hit = None
-        if hit is None:
+        done = None
+        if hit is None and spec.cache_dir and spec.output_dir and key is not None:
+            # a run of this very call finished here before (a reduction interrupted and
+            # run again, its cache entry pruned or on another node's disk): its products
+            # are there, intact, under its record. Like the cache, only when earlier
+            # products may be served (cache=False runs every recipe)
+            found = _cache.installed(spec.output_dir, key)
+            if found:
+                done, pairs = found[0]
+                products = [install.product_of(tag, pathlib.Path(path)) for tag, path in pairs]
+                report = _served_report(done)
+        if hit is None and done is None:
             with _slot(spec):
                 products, report = _execute(spec, frames, call_dir, base, server, library)
-        prov = _provenance(spec, inputs, key, report, cache_hit=hit is not None)
+        prov = _provenance(spec, inputs, key, report,
+                           cache_hit=hit is not None or done is not None)
+        if done is not None:
+            prov["reused"] = "output_dir"
         if hit is None and spec.cache_dir and key is not None:
             changed = _changed(inputs)
             if report.get("library_changed"):
@@ -281,7 +295,7 @@ def _run(spec: CallSpec, frames, inputs: list[_Input]) -> RunRecord:
                                        [(p.tag, p.path) for p in products], prov)
                 if problem:
                     _warn(spec, f"{spec.recipe}: {problem}")
-        if spec.output_dir:
+        if spec.output_dir and done is None:
             products = install.install_products(products, pathlib.Path(spec.output_dir), spec.submitted,
                                 provenance=prov)
         else:
@@ -298,7 +312,7 @@ def _run(spec: CallSpec, frames, inputs: list[_Input]) -> RunRecord:
             host=socket.gethostname(), worker=_worker_address(),
             start=report["start"], end=report["end"], call_dir=str(call_dir),
             output_dir=spec.output_dir, params=spec.params, provenance=prov,
-            cache_hit=hit is not None)
+            cache_hit=hit is not None or done is not None)
     finally:
         lock.close()
         if spec.output_dir:
@@ -356,12 +370,16 @@ def _from_cache(spec: CallSpec, key: str, hit: dict, call_dir: pathlib.Path):
             _cache.link_or_copy(path, call_dir / name)
             path = call_dir / name
         products.append(install.product_of(tag, path))
+    return products, _served_report(hit)
+
+
+def _served_report(record: dict) -> dict:
+    """The report of a call served without running the recipe (from the cache, or
+    from its output_dir): no log, no time, the return code of the run that made it."""
     now = time.time()
-    run = hit.get("run", {})
-    report = {"log": [], "start": now, "end": now, "max_rss": 0,
-              "stat": {"return_code": run.get("return_code", 0), "user_time": 0.0,
-                       "sys_time": 0.0}}
-    return products, report
+    return {"log": [], "start": now, "end": now, "max_rss": 0,
+            "stat": {"return_code": record.get("run", {}).get("return_code", 0),
+                     "user_time": 0.0, "sys_time": 0.0}}
 
 
 def _provenance(spec: CallSpec, inputs: list[_Input], key: str | None, report: dict, *,

@@ -11,8 +11,15 @@ be called one part at a time: MUSE's 24 IFUs (``CHANnn``, one call per IFU),
 HAWK-I's 4 detectors (``CHIPn.INT1``, one call for all four); an instrument without
 such an axis declares none and has the one unit ``None``.
 
+A data set of any size is split into groups of science exposures reduced together
+(:func:`group_science`, by the rules' ``group_by``); each group and each exposure
+gets its calibrations (:func:`associate_groups`): same setup, valid in time (a window
+per calibration type, ESO's association levels), the nearest wins, an archive master
+calibration stands in for the raw frames it was made of; the report lists every
+candidate left out and why.
+
 Public entry points (re-exported by :mod:`cpldask.workflow`): :func:`load_rules`,
-:func:`classify`, :func:`associate`.
+:func:`classify`, :func:`associate`, :func:`associate_groups`, :func:`group_science`.
 """
 
 from __future__ import annotations
@@ -33,8 +40,9 @@ from astropy.io import fits
 
 from .. import instruments
 
-__all__ = ["Rules", "Frame", "Unclassified", "Classification", "Association",
-           "load_rules", "classify", "associate", "list_files", "detect_instrument"]
+__all__ = ["Rules", "Frame", "Unclassified", "Classification", "Association", "Choice",
+           "Rejected", "load_rules", "classify", "associate", "associate_groups",
+           "group_science", "list_files", "detect_instrument"]
 
 #: File name endings taken for FITS when a directory is walked (others are listed as
 #: unclassified too, with the reason).
@@ -203,10 +211,11 @@ class Classification:
 
     def units(self) -> tuple:
         """Units present in every raw (multi-extension) frame; ``(None,)`` for an
-        instrument without a unit axis."""
+        instrument without a unit axis. Products (archive master calibrations, which
+        may hold one unit each) do not count."""
         if not self.rules.unit_extension:
             return (None,)
-        sets = [set(f.units) for f in self.frames if f.units]
+        sets = [set(f.units) for f in self.frames if f.units and not f.meta.get("pro_catg")]
         return tuple(sorted(set.intersection(*sets))) if sets else ()
 
     def summary(self) -> str:
@@ -302,13 +311,18 @@ def _classify_one(path: str, rules: Rules) -> Frame:
             warnings.simplefilter("ignore")  # non-standard cards are not our business
             with fits.open(path, memmap=True, lazy_load_hdus=True) as hdul:
                 primary = hdul[0].header
-                extnames = [h.name for h in hdul[1:]]
+                # a product of one unit names it in its primary header (MUSE: EXTNAME
+                # CHAN01), raw frames and merged products in their extensions
+                extnames = [h.name for h in hdul]
                 table = _first_table(hdul)
+                truncated = _truncated(hdul, os.path.getsize(path))
     except (OSError, ValueError, IndexError, TypeError) as err:
         if not os.path.isfile(path):
             raise _NotClassified("no such file") from None
         kind = "empty file" if os.path.getsize(path) == 0 else "not a FITS file"
         raise _NotClassified(f"{kind} ({type(err).__name__}: {_short(err)})") from None
+    if truncated:
+        raise _NotClassified(truncated)
     for key, want in rules.identify.items():
         have = _norm(primary.get(key))
         if have is None:
@@ -334,6 +348,18 @@ def _classify_one(path: str, rules: Rules) -> Frame:
     shown = {k: meta.get(k) for k in ("catg", "type", "tech", "pro_catg") if meta.get(k)}
     what = ", ".join(f"{k}={v!r}" for k, v in shown.items()) or "no DPR/PRO keywords"
     raise _NotClassified(f"no classification rule matches ({what})")
+
+
+def _truncated(hdul, size: int) -> str | None:
+    """Why a file is truncated (its headers declare data past its end), or None. A
+    missing padding of the last 2880-byte block is let pass, as CFITSIO does."""
+    for i, hdu in enumerate(hdul):
+        info = hdul.fileinfo(i)
+        end = info["datLoc"] + info["datSpan"]
+        if info["datSpan"] and end - 2879 > size:
+            return (f"truncated: {hdu.name} (HDU {i}) declares data up to byte {end}, "
+                    f"the file ends at byte {size}")
+    return None
 
 
 def _header_values(header, keywords: Mapping[str, Any]) -> dict:
@@ -427,11 +453,11 @@ def _units(extnames, pattern) -> tuple[int, ...]:
     if not pattern:
         return ()
     rx = re.compile(pattern)
-    found = []
+    found = set()
     for name in extnames:
         m = rx.match(name or "")
         if m:
-            found.append(int(m.group(1)))
+            found.add(int(m.group(1)))
     return tuple(sorted(found))
 
 
@@ -480,14 +506,87 @@ def format_ranges(units: Iterable[int]) -> str:
 
 
 # ---------------------------------------------------------------------------------
+# Grouping: which science exposures are reduced together
+# ---------------------------------------------------------------------------------
+def group_science(classification: Classification) -> list[tuple[str, list[Frame]]]:
+    """The science exposures split into groups reduced together (one combined product
+    each, e.g. MUSE's cube of the dithered exposures of one target), by the rules'
+    ``association.group_by`` header values, each with a label.
+
+    Groups are in the time order of their first exposure; without ``group_by`` all
+    science frames are one group. A label is the value of the first ``group_by`` key
+    (``NGC1234``), of the first two if that is not unique, and so on, made safe for a
+    folder name.
+
+    Examples
+    --------
+    >>> [(label, len(frames)) for label, frames in group_science(c)]   # doctest: +SKIP
+    [('SYNTH_A', 3), ('SYNTH_B', 3)]
+    """
+    rules = classification.rules
+    keys = list(rules.association.get("group_by") or [])
+    groups: dict[tuple, list[Frame]] = {}
+    for f in sorted((f for t in rules.science_tags for f in classification[t]),
+                    key=_time_order):
+        groups.setdefault(tuple(_norm(f.meta.get(k)) for k in keys), []).append(f)
+    values = list(groups)
+    labels = [""] * len(values)
+    for n in range(1, len(keys) + 1):
+        labels = [_safe("_".join(str(v) for v in value[:n] if v is not None))
+                  for value in values]
+        if len(set(labels)) == len(labels):
+            break
+    if not keys or len(set(labels)) < len(labels) or not all(labels):
+        labels = [f"{label}-{i + 1}" if label else str(i + 1) for i, label in enumerate(labels)]
+    return list(zip(labels, groups.values()))
+
+
+def _safe(text: str) -> str:
+    """A label usable as a folder name: runs of other characters become one '-'."""
+    return re.sub(r"[^A-Za-z0-9.+_-]+", "-", text).strip("-")
+
+
+# ---------------------------------------------------------------------------------
 # Association
 # ---------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Rejected:
+    """A candidate calibration frame that was not taken, and why."""
+
+    frame: Frame
+    reason: str
+
+
+@dataclasses.dataclass
+class Choice:
+    """The frames of one calibration tag for the call of one unit, with every
+    candidate left out and the reason.
+
+    ``dt_hours`` is the mean time of the frames minus the exposure's (None for
+    undated files); ``level`` the index of the first of the rule's validity windows
+    (``within_days``) the set is in, ESO's association level (None: the rule has no
+    window); ``replaced_by`` the archive master tags that make reducing these frames
+    unnecessary; ``replaces`` (for an archive master) the raw tag it stands in for.
+    """
+
+    frames: list[Frame]
+    dt_hours: float | None = None
+    level: int | None = None
+    rejected: list[Rejected] = dataclasses.field(default_factory=list)
+    replaces: str | None = None
+    replaced_by: tuple[str, ...] = ()
+
+
 @dataclasses.dataclass
 class Association:
     """Which frames of each tag go into the reduction of ``science``.
 
     ``chosen[tag][unit]`` is the list of frames for the call of ``unit`` (the same
-    list for every unit where the rule says ``all_units`` or ``static``).
+    list for every unit where the rule says ``all_units`` or ``static``);
+    ``choices[tag][unit]`` the :class:`Choice` behind it, with the rejected
+    candidates. Made for a group of exposures (:func:`associate_groups`),
+    ``exposures`` holds one association per exposure (calibrations nearest to each
+    one); for a single exposure it is ``[self]``.
     """
 
     science: list[Frame]
@@ -496,6 +595,18 @@ class Association:
     notes: list[str]
     rules: Rules
     unused: list[Frame] = dataclasses.field(default_factory=list)
+    choices: dict[str, dict[Any, Choice]] = dataclasses.field(default_factory=dict)
+    label: str = ""
+    when: float | None = None  # the reference time (MJD): the exposures' mean
+    parts: list["Association"] = dataclasses.field(default_factory=list, repr=False)
+    #: for a tag whose rule has ``own_calibrations``: the calibrations chosen for its
+    #: frames (nearest to them, of their setup), e.g. the master bias of muse_lingain
+    own: dict[str, "Association"] = dataclasses.field(default_factory=dict, repr=False)
+
+    @property
+    def exposures(self) -> list["Association"]:
+        """One association per science exposure of the group (``[self]`` for one)."""
+        return self.parts or [self]
 
     def frames(self, tag: str, unit: int | None = None) -> list[Frame]:
         """Frames of ``tag`` for ``unit`` (None: the frames common to all units)."""
@@ -513,10 +624,9 @@ class Association:
         return bool(self.chosen.get(tag)) and all(self.chosen[tag].get(k) for k in self.units)
 
     def summary(self) -> str:
-        when = statistics.fmean(f.mjd for f in self.science if f.mjd is not None) \
-            if any(f.mjd is not None for f in self.science) else None
+        when = self.when
         head = (f"science: {', '.join(f.name for f in self.science) or '(none)'}"
-                + (f" at {_isot(when)}" if when is not None else ""))
+                + (f" at {_isot(when)}" if when is not None and self.science else ""))
         lines = [head]
         for tag, by_unit in self.chosen.items():
             distinct = {tuple(f.path for f in v) for v in by_unit.values()}
@@ -534,6 +644,127 @@ class Association:
             lines.append("  not used: " + ", ".join(f"{n} {tag}" for tag, n in counts.items()))
         return "\n".join(lines)
 
+    def rows(self) -> list[dict[str, Any]]:
+        """The association report as data: one row per exposure, calibration tag and
+        unit, with the chosen file names, the time difference (hours), the association
+        level, the archive masters standing in, and each rejected file's reason.
+
+        Examples
+        --------
+        >>> row = a.rows()[0]                                           # doctest: +SKIP
+        >>> row["tag"], row["chosen"], row["rejected"]["BIAS_2x2_1.fits"]  # doctest: +SKIP
+        ('BIAS', ['BIAS_1.fits', ...], "binx is 2, the exposure's 1")
+        """
+        out = []
+        for exp in self.exposures:
+            name = exp.science[0].name if len(exp.science) == 1 else None
+            subs = [(None, exp)] + list(exp.own.items())
+            for for_tag, a in subs:
+                for tag, by_unit in a.choices.items():
+                    for unit, c in by_unit.items():
+                        out.append({"exposure": name, "group": self.label, "for": for_tag,
+                                    "tag": tag, "unit": unit,
+                                    "chosen": [f.name for f in c.frames],
+                                    "dt_hours": c.dt_hours, "level": c.level,
+                                    "replaces": c.replaces,
+                                    "replaced_by": list(c.replaced_by),
+                                    "rejected": {r.frame.name: r.reason for r in c.rejected}})
+        return out
+
+    def report(self) -> str:
+        """The association report as text: per exposure and calibration tag the chosen
+        files with their time difference, and every rejected candidate with its
+        reason (``cpldask reduce --dry-run`` prints it). An exposure with the same
+        files as an earlier one of its group says so instead of repeating them;
+        :meth:`rows` has every row."""
+        unit_name = self.rules.unit_name
+        lines = []
+        if self.label or len(self.exposures) > 1:
+            n = len(self.science)
+            lines.append(f"group {self.label or '-'}: {n} exposure{'s' * (n != 1)}")
+        seen: dict[tuple, str] = {}
+        for exp in self.exposures:
+            if exp.science:
+                f = exp.science[0]
+                shown = ", ".join(f"{k} {f.meta[k]}" for k in
+                                  (self.rules.association.get("group_by") or [])
+                                  if f.meta.get(k) is not None)
+                lines.append(f"exposure {', '.join(x.name for x in exp.science)} at "
+                             f"{_isot(exp.when) if exp.when is not None else '?'}"
+                             + (f" ({shown})" if shown else ""))
+            else:
+                lines.append("no science exposure: calibrations nearest to the middle "
+                             "of the data set")
+            same = tuple((tag, k, tuple(f.path for f in c.frames))
+                         for tag, by_unit in exp.choices.items() for k, c in by_unit.items())
+            if same in seen:
+                lines.append(f"  the same calibrations as {seen[same]}")
+                continue
+            if exp.science:
+                seen[same] = exp.science[0].name
+            for tag, by_unit in exp.choices.items():
+                lines += _report_tag(tag, by_unit, unit_name)
+            for tag, sub in exp.own.items():
+                lines.append(f"  calibrations of the {tag} frames:")
+                for sub_tag, by_unit in sub.choices.items():
+                    lines += ["  " + line for line in _report_tag(sub_tag, by_unit, unit_name)]
+            lines += [f"  note: {n}" for n in exp.notes]
+        return "\n".join(lines)
+
+
+def _report_tag(tag: str, by_unit: Mapping[Any, Choice], unit_name: str) -> list[str]:
+    """The lines of one tag: the files chosen (a unit named where it differs from the
+    others'), then each file no unit took, with the reason."""
+    choices = list(by_unit.items())
+    if not any(c.frames or c.rejected for _, c in choices):
+        return []
+    first = choices[0][1]
+    if all([f.path for f in c.frames] == [f.path for f in first.frames] for _, c in choices):
+        chosen = _short_names([f.name for f in first.frames])
+    else:
+        chosen = "; ".join(f"{_short_names([f.name for f in c.frames]) or 'none'} "
+                           f"[{unit_name} {k}]" for k, c in choices)
+    dts = [c.dt_hours for _, c in choices if c.dt_hours is not None]
+    levels = {c.level for _, c in choices if c.level is not None}
+    when = ""
+    if dts:
+        when = f" ({min(dts):+.1f} h" if min(dts) == max(dts) else \
+            f" ({min(dts):+.1f} .. {max(dts):+.1f} h"
+        when += f", level {'/'.join(map(str, sorted(levels)))})" if levels else ")"
+    extra = ""
+    replaced = sorted({m for _, c in choices for m in c.replaced_by})
+    if replaced:
+        extra = f"; the archive {' and '.join(replaced)} stand{'s' * (len(replaced) == 1)} in"
+    replaces = {c.replaces for _, c in choices if c.replaces}
+    if replaces:
+        extra = f"; archive master, stands in for {', '.join(sorted(replaces))}"
+    if not chosen and replaced:
+        lines = [f"  {tag}: not reduced, the archive {' and '.join(replaced)} "
+                 f"stand{'s' * (len(replaced) == 1)} in"]
+    else:
+        lines = [f"  {tag}: {chosen or 'none'}{when}{extra}"]
+    taken = {f.path for _, c in choices for f in c.frames}
+    # a file's reason: that of a unit it holds (not "lacks IFU 1" for the file of IFU 2)
+    reasons: dict[str, tuple[str, str]] = {}
+    for _, c in choices:
+        for r in c.rejected:
+            if r.frame.path in taken:
+                continue
+            if r.frame.path not in reasons or reasons[r.frame.path][1].startswith("lacks "):
+                reasons[r.frame.path] = (r.frame.name, r.reason)
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in reasons.values():
+        by_reason.setdefault(reason, []).append(name)
+    for reason, names in by_reason.items():
+        lines.append(f"      not {_short_names(names)}: {reason}")
+    return lines
+
+
+def _short_names(names: list[str], n: int = 4) -> str:
+    if len(names) <= n:
+        return ", ".join(names)
+    return ", ".join(names[:n]) + f" (+{len(names) - n} more)"
+
 
 def _describe(frames: list[Frame], when) -> str:
     names = ", ".join(f.name for f in frames)
@@ -544,14 +775,38 @@ def _describe(frames: list[Frame], when) -> str:
     return names
 
 
+def associate_groups(classification: Classification,
+                     units: Iterable[int] | None = None) -> list[Association]:
+    """One :class:`Association` per group of science exposures (:func:`group_science`),
+    each with the associations of its exposures (``.exposures``); a data set without
+    science frames gives one association of its calibrations.
+
+    Examples
+    --------
+    >>> for a in associate_groups(classify("raw/")):          # doctest: +SKIP
+    ...     print(a.report())
+    """
+    groups = group_science(classification)
+    if not groups:
+        return [associate(classification, units)]
+    return [associate(classification, units, science=frames, label=label)
+            for label, frames in groups]
+
+
 def associate(classification: Classification, units: Iterable[int] | None = None,
-              *, science: Iterable[Frame] | None = None) -> Association:
+              *, science: Iterable[Frame] | None = None, label: str = "",
+              calibrations: Iterable[str] | None = None) -> Association:
     """Choose, for each calibration tag and unit, the frames the reduction uses.
 
     The rules (``association`` section) say which header values must agree with the
-    science frames (mode, binning, read-out), how many frames a set needs, and whether
-    the frames must hold the call's unit or all units; among the sets that qualify, the
-    one nearest in time to the science exposures is taken.
+    science frames (mode, binning, read-out), how many frames a set needs, whether the
+    frames must hold the call's unit or all units, and how far from the exposure in
+    time a calibration is valid (``within_days``, one window per association level).
+    Among the sets that qualify, the one at the lowest level and then nearest in time
+    to the science exposures is taken. An archive master calibration (a rule with
+    ``replaces``) that qualifies is used instead of reducing the raw frames it stands
+    in for, unless those are at a better level. With several science frames, each
+    exposure also gets an association of its own (``.exposures``).
 
     Parameters
     ----------
@@ -560,37 +815,104 @@ def associate(classification: Classification, units: Iterable[int] | None = None
         Units (MUSE: IFUs) to reduce (default: those present in every raw frame).
     science : frames, optional
         The exposures to reduce (default: every frame of the rules' science tags).
+    label : str
+        The group's label (see :func:`group_science`).
+    calibrations : tags, optional
+        Associate only these calibration tags (default: every tag of the rules). A
+        tag whose rule names ``own_calibrations`` gets those associated to its own
+        frames (``.own[tag]``), as ESO's rules associate each recipe's inputs.
 
     Raises
     ------
     ValueError
-        A required calibration (not ``optional`` in the rules) has no qualifying set,
-        or the science frames disagree in mode/binning.
+        A required calibration (not ``optional`` in the rules) has no qualifying set
+        and no archive master stands in for it, or the science frames disagree in
+        mode/binning.
     """
     rules = classification.rules
-    unit = rules.unit_name
+    units = _reduced_units(classification, units)
+    if science is None:
+        science = [f for t in rules.science_tags for f in classification[t]]
+    science = sorted(science, key=_time_order)
+    for frame in science:
+        missing = [k for k in units if k is not None and k not in frame.units]
+        if missing:
+            raise ValueError(f"science frame {frame.name} lacks {rules.unit_name}(s) "
+                             f"{format_ranges(missing)}")
+    tags = list(rules.association.get("calibrations", {}))
+    if calibrations is not None:
+        tags = [t for t in tags if t in set(calibrations)]
+    ref_values = _setup(science, rules, tags)
+    notes: list[str] = []
+    dated = [f.mjd for f in science if f.mjd is not None]
+    if dated:
+        ref_mjd = statistics.fmean(dated)
+    else:
+        all_dated = [f.mjd for f in classification.frames if f.mjd is not None]
+        ref_mjd = statistics.median(all_dated) if all_dated else 0.0
+        notes.append("no science frame: calibrations nearest to the middle of the data "
+                     "set were chosen (validity windows not applied)")
+    gap = float(rules.association.get("set_gap_minutes", 60)) / 1440.0
+    choices: dict[str, dict[Any, Choice]] = {}
+    for tag in tags:
+        rule = rules.calibration(tag)
+        candidates = classification[tag]
+        if rule.get("static"):
+            choice = _nearest_static(candidates, ref_mjd)
+            if len(candidates) > 1:
+                notes.append(f"{tag}: {len(candidates)} files, took {choice.frames[0].name}")
+            choices[tag] = {k: choice for k in units}
+            continue
+        windows = _windows(rule) if dated else []
+        need_all = bool(rule.get("all_units"))
+        choices[tag] = {k: _choose(candidates, rule, ref_values, ref_mjd, gap, windows,
+                                   set() if rule.get("units") == "any"
+                                   else set(units) if need_all else {k},
+                                   rules.unit_name)
+                        for k in units}
+    _prefer_masters(choices, rules, units, gap)
+    chosen = _chosen(choices, classification, rules, units, ref_values, notes)
+    used = {f.path for by_unit in chosen.values() for fs in by_unit.values() for f in fs}
+    used |= {f.path for f in science}
+    unused = [f for f in classification.frames if f.path not in used]
+    out = Association(science, units, chosen, notes, rules, unused, choices, label,
+                      ref_mjd if dated else None)
+    for tag in tags:
+        own = rules.calibration(tag).get("own_calibrations")
+        if own and tag in chosen and calibrations is None:
+            frames = chosen[tag][units[0]]
+            try:
+                out.own[tag] = associate(classification, units, science=frames,
+                                         label=label, calibrations=own)
+            except ValueError as err:
+                out.notes.append(f"{tag}: its calibrations: {err}")
+    if len(science) > 1 and calibrations is None:
+        try:
+            out.parts = [associate(classification, units, science=[f], label=label)
+                         for f in science]
+        except ValueError as err:
+            raise ValueError(f"group {label or '-'}: {err}") from err
+    return out
+
+
+def _reduced_units(classification: Classification, units) -> tuple:
+    rules = classification.rules
     if not rules.unit_extension:
         if units is not None and tuple(units) not in ((), (None,)):
             raise ValueError(f"{rules.instrument} frames are not split into units; "
                              f"leave units out")
-        units = (None,)
-    elif units is not None:
-        units = tuple(sorted(set(units)))
-    else:
-        units = classification.units()
+        return (None,)
+    units = tuple(sorted(set(units))) if units is not None else classification.units()
     if not units and classification.frames:
-        raise ValueError(f"no {unit} is present in every raw frame; give units=...")
-    if science is None:
-        science = [f for t in rules.science_tags for f in classification[t]]
-    science = sorted(science, key=_time_order)
-    notes: list[str] = []
-    gap = float(rules.association.get("set_gap_minutes", 60)) / 1440.0
-    calib_tags = list(rules.association.get("calibrations", {}))
-    all_match = {m for t in calib_tags for m in rules.calibration(t).get("match", [])}
-    for frame in science:
-        missing = [k for k in units if k is not None and k not in frame.units]
-        if missing:
-            raise ValueError(f"science frame {frame.name} lacks {unit}(s) {format_ranges(missing)}")
+        raise ValueError(f"no {rules.unit_name} is present in every raw frame; give "
+                         f"units=...")
+    return units
+
+
+def _setup(science: list[Frame], rules: Rules, tags: list[str]) -> dict:
+    """The header values the calibrations of ``tags`` must share with the science
+    frames."""
+    all_match = {m for t in tags for m in rules.calibration(t).get("match", [])}
     ref_values = {}
     # in the rules' order, so that a mix of modes is named by "mode", not "field"
     keys = [k for k in rules.keywords if k in all_match]
@@ -601,71 +923,161 @@ def associate(classification: Classification, units: Iterable[int] | None = None
                              f"reduce them separately (pass the files of one setup)")
         if values:
             ref_values[key] = values.pop()
-    dated = [f.mjd for f in science if f.mjd is not None]
+    return ref_values
+
+
+def _windows(rule: Mapping) -> list[float]:
+    """The rule's validity windows in days, one per association level (``within_days:
+    3`` or ``[1, 3, 30]``); empty: no limit in time."""
+    value = rule.get("within_days")
+    if value is None:
+        return []
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return sorted(float(v) for v in values)
+
+
+def _nearest_static(candidates: list[Frame], ref_mjd: float) -> Choice:
+    if not candidates:
+        return Choice([])
+    dated = [f for f in candidates if f.mjd is not None]
     if dated:
-        ref_mjd = statistics.fmean(dated)
+        pick = min(dated, key=lambda f: (abs(f.mjd - ref_mjd), f.path))
     else:
-        all_dated = [f.mjd for f in classification.frames if f.mjd is not None]
-        ref_mjd = statistics.median(all_dated) if all_dated else 0.0
-        notes.append("no science frame: calibrations nearest to the middle of the data "
-                     "set were chosen")
-    chosen: dict[str, dict[int, list[Frame]]] = {}
-    for tag in calib_tags:
-        rule = rules.calibration(tag)
-        candidates = classification[tag]
-        if rule.get("static"):
-            pick = _nearest_static(candidates, ref_mjd)
-            if len(candidates) > 1:
-                notes.append(f"{tag}: {len(candidates)} files, took {pick[0].name}")
-            by_unit = {k: pick for k in units} if pick else {}
+        pick = sorted(candidates, key=lambda f: f.path)[-1]
+    why = "another file of this tag was taken (the nearest in time, or the last by name)"
+    return Choice([pick], rejected=[Rejected(f, why) for f in candidates if f is not pick])
+
+
+def _choose(candidates: list[Frame], rule: Mapping, ref_values: Mapping, ref_mjd: float,
+            gap: float, windows: list[float], want_units: set, unit_name: str) -> Choice:
+    """The set of ``candidates`` one unit's call takes, and why each other was not."""
+    match = [k for k in rule.get("match", []) if k in ref_values]
+    rejected, usable = [], []
+    for f in candidates:
+        why = next((f"{k} is {_norm(f.meta.get(k))!r}, not {ref_values[k]!r}"
+                    for k in match if _norm(f.meta.get(k)) != ref_values[k]), None)
+        lack = sorted(want_units - {None} - set(f.units))
+        if why is None and lack:
+            why = f"lacks {unit_name} {format_ranges(lack)}"
+        if why is None and windows:
+            if f.mjd is None:
+                why = "has no date (MJD-OBS, DATE-OBS)"
+            elif abs(f.mjd - ref_mjd) >= windows[-1]:
+                why = (f"taken {(f.mjd - ref_mjd):+.1f} d away, outside the "
+                       f"+-{windows[-1]:g} d validity")
+        if why is None:
+            usable.append(f)
         else:
-            by_unit = {}
-            need_all = bool(rule.get("all_units"))
-            for k in units:
-                want = set(units) if need_all else {k}
-                pick = _nearest_set(candidates, rule, ref_values, ref_mjd, gap, want)
-                if pick:
-                    by_unit[k] = pick
-        missing = [k for k in units if k not in by_unit]
+            rejected.append(Rejected(f, why))
+    need = int(rule.get("min", 1))
+    sets = []
+    for s in _sets(usable, rule.get("match", []), gap):
+        if len(s) >= need:
+            sets.append(s)
+        else:
+            rejected += [Rejected(f, f"in a set of {len(s)}, fewer than the {need} needed")
+                         for f in s]
+    if not sets:
+        return Choice([], rejected=rejected)
+
+    def level(s: list[Frame]) -> int:
+        dt = abs(_mid(s) - ref_mjd)
+        return next((i for i, w in enumerate(windows) if dt < w), len(windows))
+
+    best = min(sets, key=lambda s: (level(s), abs(_mid(s) - ref_mjd), _mid(s)))
+    hours = (lambda s: f"{(_mid(s) - ref_mjd) * 24.0:+.1f} h")
+    for s in sets:
+        if s is best:
+            continue
+        why = (f"a nearer set was taken ({hours(best)} against {hours(s)})"
+               if level(s) == level(best) else
+               f"at association level {level(s)}; a set at level {level(best)} was taken")
+        rejected += [Rejected(f, why) for f in s]
+    n = rule.get("frames")
+    if n:
+        keep = sorted(best, key=lambda f: (abs((f.mjd or 0.0) - ref_mjd), f.path))[:int(n)]
+        rejected += [Rejected(f, f"only the {n} nearest frame(s) of the set are used")
+                     for f in best if f not in keep]
+        best = sorted(keep, key=_time_order)
+    dt = (_mid(best) - ref_mjd) * 24.0 if math.isfinite(_mid(best)) else None
+    return Choice(best, dt, level(best) if windows else None, rejected)
+
+
+def _prefer_masters(choices: dict[str, dict[Any, Choice]], rules: Rules, units: tuple,
+                    gap: float) -> None:
+    """Archive masters (rules with ``replaces: <raw tag>``) that fit a unit stand in
+    for reducing the raw frames of that tag, when all masters of that tag fit (MUSE:
+    MASTER_FLAT with its TRACE_TABLE), are of one set, and are at no worse an
+    association level than the raw frames. Otherwise they are rejected, and why."""
+    masters_of: dict[str, list[str]] = {}
+    for tag in choices:
+        raw = rules.calibration(tag).get("replaces")
+        if raw:
+            masters_of.setdefault(str(raw), []).append(tag)
+    for raw, masters in masters_of.items():
+        keep_for = rules.calibration(raw).get("keep_for")
+        for k in units:
+            picks = [choices[m][k] for m in masters]
+            if not any(p.frames for p in picks):
+                continue
+            raw_choice = choices.get(raw, {}).get(k)
+            mids = [_mid(p.frames) for p in picks if p.frames]
+            levels = [p.level for p in picks if p.level is not None]
+            why = None
+            if not all(p.frames for p in picks):
+                lack = [m for m, p in zip(masters, picks) if not p.frames]
+                why = f"no fitting {', '.join(lack)} beside it: the {raw} frames are reduced"
+            elif max(mids) - min(mids) > gap:
+                why = f"{' and '.join(masters)} are not of one set: the {raw} frames are reduced"
+            elif raw_choice is not None and raw_choice.frames and levels \
+                    and raw_choice.level is not None and max(levels) > raw_choice.level:
+                why = (f"the {raw} frames are at a better association level "
+                       f"({raw_choice.level} against {max(levels)}): they are reduced")
+            elif raw_choice is not None and raw_choice.frames \
+                    and raw_choice.dt_hours is not None and all(
+                        p.dt_hours is not None for p in picks) and max(
+                        abs(p.dt_hours) for p in picks) > abs(raw_choice.dt_hours) + gap * 24:
+                # the nearest wins; a master made of the raw set itself is as near (its
+                # date is that of the set's first frame, within the set gap)
+                far = max((p.dt_hours for p in picks), key=abs)
+                why = (f"the {raw} frames are nearer ({raw_choice.dt_hours:+.1f} h against "
+                       f"{far:+.1f} h): they are reduced")
+            if why is not None:
+                for p in picks:
+                    p.rejected[:0] = [Rejected(f, why) for f in p.frames]
+                    p.frames, p.dt_hours, p.level = [], None, None
+                continue
+            for p in picks:
+                p.replaces = raw
+            if raw_choice is None:
+                continue
+            raw_choice.replaced_by = tuple(masters)
+            if raw_choice.frames and not keep_for:
+                names = ", ".join(p.frames[0].name for p in picks)
+                raw_choice.rejected[:0] = [
+                    Rejected(f, f"the archive {' and '.join(masters)} ({names}) fit: "
+                                f"not reduced anew") for f in raw_choice.frames]
+                raw_choice.frames = []
+
+
+def _chosen(choices, classification, rules, units, ref_values, notes) -> dict:
+    """``chosen[tag][unit]``; raises for a required tag nothing stands in for."""
+    unit = rules.unit_name
+    chosen: dict[str, dict[Any, list[Frame]]] = {}
+    for tag, by_choice in choices.items():
+        rule = rules.calibration(tag)
+        by_unit = {k: c.frames for k, c in by_choice.items() if c.frames}
+        missing = [k for k in units if k not in by_unit and not by_choice[k].replaced_by]
         if missing:
-            why = _why_none(tag, candidates, rule, ref_values, unit)
-            if not rule.get("optional"):
+            why = _why_none(tag, classification[tag], by_choice[missing[0]])
+            if not rule.get("optional") and not rule.get("replaces"):
                 raise ValueError(f"no usable {tag}{_for(unit, missing)}: {why}")
-            if candidates or by_unit:
+            if by_unit or (classification[tag] and not rule.get("replaces")):
                 notes.append(f"{tag}: none usable{_for(unit, missing)}: {why}")
             by_unit = {} if len(missing) == len(units) or rule.get("all_units") else by_unit
         if by_unit:
             chosen[tag] = by_unit
-    used = {f.path for by_unit in chosen.values() for fs in by_unit.values() for f in fs}
-    used |= {f.path for f in science}
-    unused = [f for f in classification.frames if f.path not in used]
-    return Association(science, units, chosen, notes, rules, unused)
-
-
-def _nearest_static(candidates: list[Frame], ref_mjd: float) -> list[Frame]:
-    if not candidates:
-        return []
-    dated = [f for f in candidates if f.mjd is not None]
-    if dated:
-        return [min(dated, key=lambda f: (abs(f.mjd - ref_mjd), f.path))]
-    return [sorted(candidates, key=lambda f: f.path)[-1]]
-
-
-def _nearest_set(candidates, rule, ref_values, ref_mjd, gap, want_units) -> list[Frame]:
-    usable = [f for f in candidates
-              if all(_norm(f.meta.get(k)) == ref_values.get(k) for k in rule.get("match", [])
-                     if k in ref_values)
-              and want_units - {None} <= set(f.units)]
-    sets = _sets(usable, rule.get("match", []), gap)
-    sets = [s for s in sets if len(s) >= int(rule.get("min", 1))]
-    if not sets:
-        return []
-    best = min(sets, key=lambda s: (abs(_mid(s) - ref_mjd), _mid(s)))
-    n = rule.get("frames")
-    if n:
-        best = sorted(best, key=lambda f: (abs((f.mjd or 0.0) - ref_mjd), f.path))[:int(n)]
-        best.sort(key=_time_order)
-    return best
+    return chosen
 
 
 def _sets(frames: list[Frame], match: list[str], gap: float) -> list[list[Frame]]:
@@ -698,14 +1110,12 @@ def _for(unit: str, missing: list) -> str:
     return f" for {unit}(s) {format_ranges(missing)}" if missing else ""
 
 
-def _why_none(tag, candidates, rule, ref_values, unit: str = "unit") -> str:
+def _why_none(tag: str, candidates: list[Frame], choice: Choice) -> str:
+    """Why no set of ``tag`` qualified: the reasons of the rejected candidates."""
     if not candidates:
         return f"no {tag} frame in the data"
-    match = [k for k in rule.get("match", []) if k in ref_values]
-    agree = [f for f in candidates
-             if all(_norm(f.meta.get(k)) == ref_values[k] for k in match)]
-    if not agree:
-        want = ", ".join(f"{k}={ref_values[k]!r}" for k in match)
-        return f"{len(candidates)} {tag} frame(s), none with {want} like the science frames"
-    return (f"{len(agree)} matching {tag} frame(s), but no set of at least "
-            f"{rule.get('min', 1)} holding the {unit}(s) needed")
+    counts: dict[str, int] = {}
+    for r in choice.rejected:
+        counts[r.reason] = counts.get(r.reason, 0) + 1
+    reasons = "; ".join(f"{reason} ({n})" for reason, n in counts.items())
+    return f"{len(candidates)} {tag} frame(s), none usable: {reasons}"

@@ -1,6 +1,6 @@
 """The graph of a reduction as a picture (``cpldask reduce --dry-run --graph x.png``).
 
-Knows steps only by their ``name``, ``unit`` and ``deps`` (see
+Knows steps only by their ``name``, ``suffix``, ``unit`` and ``deps`` (see
 :class:`cpldask.workflow.Step`): it imports nothing of the plan.
 """
 
@@ -42,11 +42,13 @@ def draw_graph(steps: list, units: tuple, path: pathlib.Path, *, unit_name: str 
         slot[id(s)] = taken.get(key, 0)
         taken[key] = slot[id(s)] + 1
         depth[s.unit] = max(depth[s.unit], taken[key])
+    # a row of two-line boxes (a suffix under the name) is taller
+    row = 1.0 if any(getattr(s, "suffix", "") for s in steps) else 0.6
     top, y0 = {}, 0.0
     for lane in lanes:
         top[lane] = y0 + (0.4 if lane is None else 0.0)
-        y0 = top[lane] + 0.6 * depth[lane] + 0.4
-    pos = {id(s): (level[id(s)] * 1.0, top[s.unit] + 0.6 * slot[id(s)]) for s in steps}
+        y0 = top[lane] + row * depth[lane] + 0.4
+    pos = {id(s): (level[id(s)] * 1.0, top[s.unit] + row * slot[id(s)]) for s in steps}
     ncol = max(level.values(), default=0) + 1
     fig, ax = plt.subplots(figsize=(1.6 * ncol + 0.8, 0.42 * y0 + 1.0), dpi=100)
     ax.set_xlim(-0.6, ncol - 0.4)
@@ -56,6 +58,8 @@ def draw_graph(steps: list, units: tuple, path: pathlib.Path, *, unit_name: str 
     for s in steps:
         x, y = pos[id(s)]
         name = s.name.split("_", 1)[-1] if "_" in s.name else s.name  # muse_bias: bias
+        suffix = getattr(s, "suffix", "")  # the group/exposure or date that tells apart
+        name = f"{name}\n{suffix}" if suffix else name
         text = name if s.unit is None else f"{name} {s.unit}"
         boxes[id(s)] = ax.text(x, y, text, ha="center", va="center", fontsize=7, zorder=3,
                                bbox={"boxstyle": "round,pad=0.3", "lw": 0.5, "ec": "0.3",

@@ -35,8 +35,9 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from .classify import (Association, Classification, Frame, Rules, associate, classify,
-                       detect_instrument, format_ranges, list_files, load_rules)
+from .classify import (Association, Classification, Frame, Rules, _isot,
+                       associate_groups, classify, detect_instrument, format_ranges,
+                       list_files, load_rules)
 from .draw import draw_graph
 
 __all__ = ["reduce", "build_graph", "parse_units", "Plan", "Reduction", "Step",
@@ -52,9 +53,16 @@ class Step:
     ``raw`` and ``calib`` map a frame tag to its inputs: file paths, or earlier
     :class:`Step` objects (meaning: that step's products of this tag). After
     :meth:`Reduction.submit`, ``result`` is the call's :class:`cpldask.Result`.
+
+    A step that reduces science exposures belongs to their ``group`` (the label of
+    :func:`~cpldask.workflow.classify.group_science`; ``exposures`` are their numbers
+    in it); a calibration step has no group and serves every group in ``groups``.
+    Where several steps share a name and unit, ``suffix`` tells them apart: the group
+    and exposure of a science step, the date of the first raw frame of a calibration
+    step (``muse_bias@2024-01-01T18:00:00[1]``).
     """
 
-    name: str  # unique per unit: 'muse_bias', 'muse_scibasic_std', 'muse_scipost_flux'
+    name: str  # 'muse_bias', 'muse_scibasic_std', 'muse_scipost_flux'
     recipe: str
     unit: int | None  # None: a call over all units (MUSE: IFUs)
     raw: dict[str, list]
@@ -64,10 +72,19 @@ class Step:
     result: Any = None  # cpldask.Result once submitted
     optional_calib: tuple[str, ...] = ()
     env: dict[str, str] = dataclasses.field(default_factory=dict)
+    group: str | None = None
+    exposures: tuple[int, ...] = ()
+    groups: list[str] = dataclasses.field(default_factory=list)
+    suffix: str = ""
+
+    @property
+    def stem(self) -> str:
+        """The name with its suffix, without the unit: ``muse_scipost@NGC1234``."""
+        return f"{self.name}@{self.suffix}" if self.suffix else self.name
 
     @property
     def label(self) -> str:
-        return self.name if self.unit is None else f"{self.name}[{self.unit}]"
+        return self.stem if self.unit is None else f"{self.stem}[{self.unit}]"
 
     @property
     def deps(self) -> list["Step"]:
@@ -89,15 +106,33 @@ class Plan:
     """Collects the steps of a workflow in call order (a topological order).
 
     A workflow function calls :meth:`call` as it would call a recipe; a returned
-    :class:`Step` is passed on as an input of later calls, which makes the edge.
+    :class:`Step` is passed on as an input of later calls, which makes the edge. A
+    call identical to one already in the plan (recipe, inputs, parameters, unit,
+    environment) returns that step: the master calibrations that several groups or
+    exposures use are made once. :meth:`begin_group` says which group of exposures
+    the calls that follow are for; :meth:`finish` names the steps and their folders.
     """
 
     def __init__(self, output_dir: str | os.PathLike, settings: Mapping | None = None, *,
-                 unit_name: str = "unit"):
+                 unit_name: str = "unit", dates: Mapping[str, float | None] | None = None):
         self.output_dir = str(pathlib.Path(output_dir).expanduser().absolute())
         self.settings = dict(settings or {})
         self.unit_name = unit_name
         self.steps: list[Step] = []
+        self.groups: list[str] = []
+        #: start (MJD) of each input file, for the names of calibration steps
+        self.dates = dict(dates or {})
+        self._identical: dict[tuple, Step] = {}
+        self._exposure: dict[str, int] = {}  # science file -> its number in the group
+        self._group: str | None = None
+
+    def begin_group(self, label: str, science: Iterable[Frame | str]) -> None:
+        """The calls that follow reduce the group ``label`` of exposures ``science``
+        (in time order; numbered from 1)."""
+        self._group = label
+        self.groups.append(label)
+        self._exposure = {(f.path if isinstance(f, Frame) else str(f)): i + 1
+                          for i, f in enumerate(science)}
 
     def call(self, recipe: str, raw: Mapping[str, Any], *, unit: int | None = None,
              calib: Mapping[str, Any] | None = None, param: Mapping | None = None,
@@ -105,27 +140,103 @@ class Plan:
         """Add a call of ``recipe``; ``raw``/``calib`` values are a path, a Step or a
         list of these (empty entries are left out). Parameters from the rules'
         ``workflow.parameters[name]`` come first, ``param`` overrides them; ``env`` is
-        the environment of the recipe process (e.g. ``OMP_NUM_THREADS``)."""
+        the environment of the recipe process (e.g. ``OMP_NUM_THREADS``). A call
+        identical to an earlier one returns the earlier step."""
         name = name or recipe
-        if any(s.name == name and s.unit == unit for s in self.steps):
-            raise ValueError(f"step {name} for {self.unit_name} {unit} is already in the plan")
         params = {**(self.settings.get("parameters", {}).get(name) or {}), **(param or {})}
-        where = pathlib.Path(self.output_dir, name)
-        if unit is not None:  # MUSE: <step>/ifu01
-            where = where / f"{self.unit_name.lower()}{unit:02d}"
-        step = Step(name, recipe, unit, _frames(raw), _frames(calib or {}), params,
-                    str(where), optional_calib=tuple(
+        raw, calib, env = _frames(raw), _frames(calib or {}), dict(env or {})
+        identity = (recipe, name, unit, _identity(raw), _identity(calib),
+                    repr(sorted(params.items())), tuple(sorted(env.items())))
+        step = self._identical.get(identity)
+        if step is not None:
+            if self._group is not None and self._group not in step.groups:
+                step.groups.append(self._group)
+            return step
+        exposures = {self._exposure[i] for items in (*raw.values(), *calib.values())
+                     for i in items if isinstance(i, str) and i in self._exposure}
+        for items in (*raw.values(), *calib.values()):
+            exposures |= {e for i in items if isinstance(i, Step) and i.group == self._group
+                          and i.group is not None for e in i.exposures}
+        step = Step(name, recipe, unit, raw, calib, params, "",
+                    optional_calib=tuple(
                         self.settings.get("optional_calibrations", {}).get(recipe, ())),
-                    env=dict(env or {}))
+                    env=env, group=self._group if exposures else None,
+                    exposures=tuple(sorted(exposures)),
+                    groups=[self._group] if self._group is not None else [])
+        self._identical[identity] = step
         self.steps.append(step)
+        self._place(step)
         return step
+
+    def finish(self) -> None:
+        """Give each step its suffix and output folder: steps alone with their name and
+        unit keep the plain name (``muse_bias[1]``, folder ``<output_dir>/muse_bias/
+        ifu01``); others are told apart by group (when the plan has several), then
+        exposure (science steps), or by the start of their first raw frame
+        (calibration steps), then by a number."""
+        buckets: dict[tuple, list[Step]] = {}
+        for step in self.steps:
+            buckets.setdefault((step.name, step.unit), []).append(step)
+        for steps in buckets.values():
+            parts = {id(s): [] for s in steps}
+            if len(steps) > 1:
+                for s in steps:
+                    if s.group is None:
+                        parts[id(s)].append(self._when(s))
+                    elif len(self.groups) > 1:
+                        parts[id(s)].append(s.group)
+                for extra in ("exposure", "number"):
+                    seen: dict[tuple, int] = {}
+                    for s in steps:
+                        seen[tuple(parts[id(s)])] = seen.get(tuple(parts[id(s)]), 0) + 1
+                    tied = [s for s in steps if seen[tuple(parts[id(s)])] > 1]
+                    counter: dict[tuple, int] = {}
+                    for s in tied:
+                        key = tuple(parts[id(s)])
+                        counter[key] = counter.get(key, 0) + 1
+                        if extra == "exposure" and s.group is not None and s.exposures:
+                            parts[id(s)].append("exp" + "+".join(map(str, s.exposures)))
+                        elif extra == "number":
+                            parts[id(s)].append(str(counter[key]))
+            for s in steps:
+                s.suffix = "/".join(parts[id(s)])
+                self._place(s)
+
+    def _place(self, step: Step) -> None:
+        where = pathlib.Path(self.output_dir, step.name, *step.suffix.split("/")) \
+            if step.suffix else pathlib.Path(self.output_dir, step.name)
+        if step.unit is not None:  # MUSE: <step>/ifu01
+            where = where / f"{self.unit_name.lower()}{step.unit:02d}"
+        step.output_dir = str(where)
+
+    def _when(self, step: Step) -> str:
+        """The start of the first raw frame of a step (of its upstream steps' when its
+        raw inputs are products), ``2024-01-01T18:00:00``; '' when none is dated."""
+        dates = [self.dates.get(i) for items in step.raw.values() for i in items
+                 if isinstance(i, str)]
+        dates = [d for d in dates if d is not None]
+        if dates:
+            return _isot(min(dates))
+        ups = sorted(w for w in (self._when(d) for d in step.deps if d in
+                                 [i for items in step.raw.values() for i in items]) if w)
+        return ups[0] if ups else ""
+
+
+def _identity(group: Mapping[str, list]) -> tuple:
+    """Inputs of a call as a key: steps by identity (they are made once), paths."""
+    return tuple((tag, tuple(items)) for tag, items in group.items())
 
 
 def _frames(group: Mapping[str, Any]) -> dict[str, list]:
+    """Tag -> flat list of paths and steps (a list inside the list, e.g. the archive
+    files of one unit among the steps of others, is spread into it)."""
     out = {}
     for tag, value in group.items():
-        items = value if isinstance(value, (list, tuple)) else [value]
-        items = [i.path if isinstance(i, Frame) else i for i in items if i is not None]
+        items = []
+        for i in (value if isinstance(value, (list, tuple)) else [value]):
+            for j in (i if isinstance(i, (list, tuple)) else [i]):
+                if j is not None:
+                    items.append(j.path if isinstance(j, Frame) else j)
         if items:
             out[tag] = items
     return out
@@ -157,14 +268,19 @@ class Reduction:
     ----------
     steps : list of Step
         The recipe calls in submission order.
-    classification, association : Classification, Association
+    classification : Classification
+    associations : list of Association
+        One per group of science exposures (``association``: the first), each with
+        the associations of its exposures.
     output_dir : str
     """
 
-    def __init__(self, classification: Classification, association: Association,
-                 plan: Plan):
+    def __init__(self, classification: Classification,
+                 association: Association | list[Association], plan: Plan):
         self.classification = classification
-        self.association = association
+        self.associations = list(association) if isinstance(association, list) \
+            else [association]
+        self.association = self.associations[0]
         self.steps = plan.steps
         self.output_dir = plan.output_dir
         self.settings = plan.settings
@@ -182,11 +298,14 @@ class Reduction:
     def instrument(self) -> str:
         return self.classification.rules.instrument
 
-    def step(self, name: str, unit: int | None = None) -> Step:
+    def step(self, name: str, unit: int | None = None, *, group: str | None = None) -> Step:
+        """The step ``name`` of ``unit`` (of ``group``, for a science step when there
+        are several groups)."""
         for s in self.steps:
-            if s.name == name and s.unit == unit:
+            if s.name == name and s.unit == unit and (group is None or s.group == group):
                 return s
-        raise KeyError(f"no step {name}" + ("" if unit is None else f" for unit {unit}"))
+        raise KeyError(f"no step {name}" + ("" if unit is None else f" for unit {unit}")
+                       + ("" if group is None else f" of group {group}"))
 
     def __getitem__(self, label: str) -> Step:
         """``red['muse_bias[2]']``, ``red['muse_scipost']``."""
@@ -197,11 +316,18 @@ class Reduction:
 
     def describe(self) -> str:
         """Classified frames, association and the steps with their inputs (dry run)."""
-        parts = [self.classification.summary(), "", self.association.summary(), "",
-                 f"{len(self.steps)} recipe calls -> {self.output_dir}"]
+        reused = self.reused()
+        head = f"{len(self.steps)} recipe calls -> {self.output_dir}"
+        if reused:
+            head += (f" ({len(reused)} reused: their products from an earlier run are "
+                     f"there, intact; {len(self.steps) - len(reused)} to run)")
+        parts = [self.classification.summary(), "", self.association_report(), "", head]
         for step in self.steps:
             deps = ", ".join(d.label for d in step.deps) or "-"
-            parts.append(f"  {step.label:<24} after: {deps}")
+            shared = (f"  (for {', '.join(step.groups)})"
+                      if step.group is None and len(step.groups) > 1 else "")
+            state = ("reused " if step.label in reused else "to run ") if reused else ""
+            parts.append(f"  {state}{step.label:<24} after: {deps}{shared}")
             for group, items in (("raw", step.raw), ("calib", step.calib)):
                 for tag, values in items.items():
                     shown = [v.label if isinstance(v, Step) else os.path.basename(v)
@@ -210,6 +336,52 @@ class Reduction:
             if step.param:
                 parts.append("      param " + " ".join(f"{k}={v}" for k, v in step.param.items()))
         return "\n".join(parts)
+
+    def association_report(self) -> str:
+        """The association report of every group and exposure: chosen calibrations
+        with their time difference, and each rejected candidate with its reason
+        (:meth:`Association.report <cpldask.workflow.Association.report>`)."""
+        return "\n\n".join(a.report() for a in self.associations)
+
+    def reused(self) -> dict[str, dict]:
+        """The steps an earlier run of this reduction finished: label -> the provenance
+        record beside their products, which are intact in the step's folder (see
+        :func:`cpldask.provenance.installed`), made by the same recipe, parameters
+        and inputs (files with the same bytes, upstream steps themselves reused).
+
+        A forecast from what the client sees, for ``--dry-run``: when the reduction
+        runs, each call's worker compares the whole content key (the recipe library,
+        every parameter's default) and serves the products instead of running the
+        recipe (with the product cache on, the default). An interrupted reduction run
+        again so goes on where it stopped.
+
+        Examples
+        --------
+        >>> sorted(red.reused())[:2]                  # doctest: +SKIP
+        ['muse_bias[1]', 'muse_bias[2]']
+        """
+        from .. import provenance
+
+        keys: dict[int, str] = {}
+        out: dict[str, dict] = {}
+        for step in self.steps:  # in call order: upstream steps first
+            if not os.path.isdir(step.output_dir):
+                continue
+            records = provenance.installed(step.output_dir)
+            inputs = []
+            for group in (step.raw, step.calib):
+                for tag, items in group.items():
+                    inputs += [(tag, {"key": keys.get(id(i), "")} if isinstance(i, Step) else i)
+                               for i in items]
+            if any(isinstance(i, Mapping) and not i["key"] for _, i in inputs):
+                continue  # an upstream step runs: this one runs after it
+            for record in records:
+                if provenance.same_call(record, step.recipe, param=step.param,
+                                        inputs=inputs, env=step.env):
+                    keys[id(step)] = str(record.get("key"))
+                    out[step.label] = record
+                    break
+        return out
 
     def dot(self) -> str:
         """The graph in Graphviz's DOT language."""
@@ -325,15 +497,23 @@ class Reduction:
         """The main products, as the instrument's rules name them (``workflow.final``):
         MUSE's DATACUBE_FINAL and IMAGE_FOV of the last muse_scipost (the
         flux-calibrated ones when the flux branch ran), HAWK-I's TILED_IMAGE..."""
+        return next(iter(self.finals.values()), {})
+
+    @property
+    def finals(self) -> dict[str, dict[str, str]]:
+        """:attr:`final` of each group of exposures, by group label."""
         final = self.settings.get("final") or {}
-        for name in final.get("steps", ()):
-            try:
-                step = self.step(name)
-            except KeyError:
-                continue
-            paths = step.result.paths
-            return {tag: paths[tag][0] for tag in final.get("tags", ()) if tag in paths}
-        return {}
+        out = {}
+        for a in self.associations:
+            for name in final.get("steps", ()):
+                steps = [s for s in self.steps if s.name == name and s.unit is None
+                         and (s.group == a.label or len(self.associations) == 1)]
+                if steps:
+                    paths = steps[0].result.paths
+                    out[a.label] = {tag: paths[tag][0] for tag in final.get("tags", ())
+                                    if tag in paths}
+                    break
+        return out
 
     def products(self, label: str) -> dict[str, list[str]]:
         """Product paths by tag of one step (``'muse_flat[1]'``)."""
@@ -422,7 +602,10 @@ def build_graph(classification: Classification, units: Iterable[int] | None = No
         Products go to ``output_dir/<step>/<unit>/`` (per-unit calls: MUSE's
         ``ifu01``...) or ``output_dir/<step>/`` (calls over all units).
     association : Association, optional
-        Default: :func:`associate` of the classification for these units.
+        One group's association (default: :func:`associate_groups` of the
+        classification: the workflow is laid out once per group of exposures on one
+        plan, where identical calls, e.g. a master bias several groups use, are one
+        step).
     flux : bool, optional
         The workflow's flux-calibration branch: forced on or off (default: the
         workflow decides; MUSE: with a STD frame and ``workflow.flux_min_ifus`` IFUs).
@@ -439,19 +622,25 @@ def build_graph(classification: Classification, units: Iterable[int] | None = No
     """
     rules = classification.rules
     if association is None:
-        association = associate(classification, units)
-    elif units is not None and tuple(sorted(units)) != association.units:
-        raise ValueError(f"units {tuple(units)} differ from the association's "
-                         f"{association.units}")
+        associations = associate_groups(classification, units)
+    else:
+        if units is not None and tuple(sorted(units)) != association.units:
+            raise ValueError(f"units {tuple(units)} differ from the association's "
+                             f"{association.units}")
+        associations = [association]
     settings = dict(rules.workflow)
     merged = {k: dict(v or {}) for k, v in (settings.get("parameters") or {}).items()}
     for name, values in (params or {}).items():
         merged.setdefault(name, {}).update(values)
     settings["parameters"] = merged
-    plan = Plan(output_dir, settings, unit_name=rules.unit_name)
+    plan = Plan(output_dir, settings, unit_name=rules.unit_name,
+                dates={f.path: f.mjd for f in classification.frames})
     workflow = _workflow_function(rules)
-    workflow(plan, association, flux=flux)
-    return Reduction(classification, association, plan)
+    for assoc in associations:
+        plan.begin_group(assoc.label, assoc.science)
+        workflow(plan, assoc, flux=flux)
+    plan.finish()
+    return Reduction(classification, associations, plan)
 
 
 def _workflow_function(rules: Rules) -> Callable:
@@ -538,8 +727,10 @@ def reduce(raw: str | os.PathLike | Iterable, *, units: Iterable[int] | str | No
         reduction.write_graph(graph)
     if dry_run:
         return reduction
-    for note in reduction.association.notes:
-        log.info("association: %s", note)
+    for assoc in reduction.associations:
+        for exp in assoc.exposures:
+            for note in exp.notes:
+                log.info("association: %s", note)
     reduction.submit(progress, cache=cache, recipe_path=recipe_path)
     if wait:
         try:

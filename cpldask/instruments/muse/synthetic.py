@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import shutil
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -45,6 +46,9 @@ __all__ = [
     "primary_header", "write_raw", "write_bias", "write_arcs", "write_lingain", "write_object",
     "write_line_catalog", "write_geometry_table", "write_sky_lines",
     "write_extinct_table", "write_std_flux_table", "make_exposure",
+    # a data set of two nights
+    "DatasetFrame", "dataset_frames", "write_dataset", "install_master", "master_name",
+    "DATASET_TARGETS", "DATASET_MASTERS", "DITHERS", "WFM_AO_TEMPLATE",
 ]
 
 #: Version of the files this module writes: raised whenever their headers or
@@ -1362,3 +1366,259 @@ def make_exposure(directory: str | pathlib.Path, *, ifus: Iterable[int] = (1, 2)
     ra, dec = pointing(t["STD"], std_exptime)
     out["STD_FLUX_TABLE"] = [write_std_flux_table(static / "STD_FLUX_TABLE.fits", ra=ra, dec=dec)]
     return out
+
+
+# --------------------------------------------------------------------------
+# A data set of two nights, as an archive request delivers it.
+# --------------------------------------------------------------------------
+#: ``ESO TPL ID`` of the WFM-AO science template. The pipeline's own frame list
+#: (recipes/muse_raw_frames.xml) names the WFM-NOAO and NFM templates only; this is
+#: the name of ESO's observing template for laser-assisted WFM observations.
+WFM_AO_TEMPLATE = "MUSE_wfm-ao_obs_genericoffsetLGS"
+
+#: Dither offsets (RA, DEC) [arcsec] of the three exposures of a target, small
+#: against the 60" field so that muse_scipost combines them into one cube.
+DITHERS = ((0.0, 0.0), (0.6, 0.6), (-0.6, 0.6))
+
+#: Targets: (OBS TARG NAME, INS MODE, night, OBS ID).
+DATASET_TARGETS = (("SYNTH_A", "WFM-NOAO-N", 0, 2001), ("SYNTH_B", "WFM-AO-N", 1, 2002))
+
+#: Archive master calibrations of night 0 (made from its WFM-NOAO-N raw sets):
+#: PRO CATG -> the raw set they are the products of.
+DATASET_MASTERS = {"MASTER_BIAS": "n0_BIAS", "MASTER_FLAT": "n0_FLAT_WFM-NOAO-N",
+                   "TRACE_TABLE": "n0_FLAT_WFM-NOAO-N",
+                   "WAVECAL_TABLE": "n0_ARC_WFM-NOAO-N"}
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetFrame:
+    """One raw frame of `dataset_frames`: where it goes and what `write_raw` makes of
+    it. ``set`` names the set (template run) it belongs to."""
+
+    name: str
+    kind: str
+    mjd: float
+    set: str
+    index: int = 0
+    exptime: float | None = None
+    header: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def dataset_frames(*, mjd: float = 60310.0, ifus: Iterable[int] = (1, 2),
+                   lingain: bool = True) -> list[DatasetFrame]:
+    """The raw frames of `write_dataset`, in time order.
+
+    Two nights (n0, n1) that start at ``mjd`` and ``mjd + 1`` (UTC; 60310 is
+    2024-01-01). Each has the afternoon calibrations (18:00 UTC: 3 BIAS, 3 FLAT and
+    an ARC of each lamp in WFM-NOAO-N and again in WFM-AO-N, as the calibration plan
+    takes them per mode), twilight flats (23:45) and a standard star (00:00) in the
+    mode of the night's science, an ILLUM flat at the start of the science OB (always
+    in nominal mode [RAW]), and three dithered 600 s exposures of one target: SYNTH_A
+    in WFM-NOAO-N on night 0, SYNTH_B in WFM-AO-N on night 1. Besides: a LINGAIN
+    series on night 0, and sets a reduction must not take: 2x2-binned biases on night
+    0, biases five days before night 0 (outside the 3-day validity), and an
+    incomplete set of 2 biases on the morning after night 1.
+    """
+    ifus = tuple(ifus)
+    minute = 1.0 / 1440.0
+    out: list[DatasetFrame] = []
+
+    def frames(set_name: str, kind: str, n: int, start: float, *, step: float = 2 * minute,
+               header: Mapping[str, Any] | None = None, exptime: float | None = None,
+               options: Mapping[str, Any] | None = None, names: Sequence[str] = ()) -> None:
+        tpl = {**_template(start, n), **(header or {})}
+        for i in range(n):
+            name = f"{set_name}_{names[i] if names else f'{i + 1:02d}'}.fits"
+            opts = {**(options or {}), **({"lamp": names[i]} if kind == "ARC" else {})}
+            out.append(DatasetFrame(name, kind, start + i * step, set_name, i, exptime,
+                                    {**tpl, "ESO TPL EXPNO": i + 1}, opts))
+
+    for night in (0, 1):
+        day = mjd + night
+        n = f"n{night}"
+        science = next(t for t in DATASET_TARGETS if t[2] == night)
+        mode = {"ESO INS MODE": science[1]}
+        frames(f"{n}_BIAS", "BIAS", 3, day + 0.75)
+        for j, m in enumerate(("WFM-NOAO-N", "WFM-AO-N")):
+            frames(f"{n}_FLAT_{m}", "FLAT", 3, day + 0.76 + 0.01 * j,
+                   header={"ESO INS MODE": m})
+            frames(f"{n}_ARC_{m}", "ARC", 3, day + 0.78 + 0.01 * j,
+                   header={"ESO INS MODE": m}, names=("HgCd", "Ne", "Xe"))
+        frames(f"{n}_SKYFLAT", "SKYFLAT", 3, day + 0.99, header={
+            **mode, "ESO TPL ID": "MUSE_wfm_cal_twilight"})
+        # both standards at the pointing of the STD_FLUX_TABLE's star (night 0's)
+        ra, dec = pointing(mjd + 1.0, KINDS["STD"].exptime)
+        frames(f"{n}_STD", "STD", 1, day + 1.0, header={**mode, "RA": ra, "DEC": dec},
+               options={"star_flux": STAR_FLUX_STD, "target": "SYNTH_STD",
+                        "star_xy": star_position(ifus)})
+        frames(f"{n}_ILLUMFLAT", "ILLUMFLAT", 1, day + 1.04,
+               header={"ESO INS MODE": "WFM-NOAO-N"})
+        target, _, _, obs_id = science
+        base_ra, base_dec = pointing(day + 1.05, 600.0)
+        tpl = "MUSE_wfm-noao_obs_offset" if science[1] == "WFM-NOAO-N" else WFM_AO_TEMPLATE
+        star = star_position(ifus)
+        for i, (dra, ddec) in enumerate(DITHERS):
+            start = day + 1.05 + i * 700.0 / 86400.0
+            out.append(DatasetFrame(
+                f"{target}_OBJECT_{i + 1:02d}.fits", "OBJECT", start, f"{n}_{target}", i,
+                600.0, {**_template(day + 1.05, 3), "ESO TPL EXPNO": i + 1, **mode,
+                        "ESO TPL ID": tpl, "OBJECT": target, "ESO OBS ID": obs_id,
+                        "ESO OBS NAME": f"{target}_ob",
+                        "RA": round(base_ra + dra / 3600.0, 6),
+                        "DEC": round(base_dec + ddec / 3600.0, 6)},
+                # the sky moves on the field opposite to the telescope (0.2" pixels);
+                # the combined cube's star is not checked
+                {"star_flux": STAR_FLUX_OBJECT, "target": target,
+                 "star_xy": (star[0] - dra / 0.2, star[1] - ddec / 0.2)}))
+    frames("n0_BIAS_2x2", "BIAS", 3, mjd + 0.74,
+           header={"ESO DET BINX": 2, "ESO DET BINY": 2})
+    frames("old_BIAS", "BIAS", 3, mjd - 5.0 + 0.75)
+    frames("n1_BIAS_short", "BIAS", 2, mjd + 1.0 + 1.30)
+    if lingain:
+        tpl = "MUSE_wfm_cal_detlin"
+        frames("n0_LINGAIN_OFF", "LINGAIN_LAMP_OFF", 2, mjd + 0.80, header={"ESO TPL ID": tpl})
+        for p, texp in enumerate(LINGAIN_EXPTIMES):
+            frames(f"n0_LINGAIN_ON_{p + 1}", "LINGAIN_LAMP_ON", 2, mjd + 0.81 + 0.002 * p,
+                   exptime=texp, header={"ESO TPL ID": tpl},
+                   options={"level": LINGAIN_RATE * texp})
+    return sorted(out, key=lambda f: (f.mjd, f.name))
+
+
+def _header_only(path: pathlib.Path, header: fits.Header, ifus: tuple) -> pathlib.Path:
+    """A stand-in of a frame for tests that read headers only: its primary header and
+    a 1x1 image per IFU (``CHANnn``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    hdus = [fits.PrimaryHDU(header=header)]
+    hdus += [fits.ImageHDU(np.zeros((1, 1), np.uint16), header=_extension_header(k),
+                           name=f"CHAN{k:02d}") for k in ifus]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+        fits.HDUList(hdus).writeto(path, overwrite=True)
+    return path
+
+
+def _write_dataset_frame(args) -> pathlib.Path:
+    directory, f, ifus, seed, compress, headers_only = args
+    path = pathlib.Path(directory) / "raw" / f.name
+    if headers_only:
+        return _header_only(path, primary_header(f.kind, mjd=f.mjd, exptime=f.exptime,
+                                                 index=f.index, header=f.header,
+                                                 options=f.options), ifus)
+    return write_raw(path, f.kind, ifus=ifus, seed=seed, compress=compress, mjd=f.mjd,
+                     exptime=f.exptime, index=f.index, header=f.header, options=f.options)
+
+
+def master_name(pro_catg: str, ifu: int) -> str:
+    """File name of an archive master of night 0 in `write_dataset`'s ``archive/``."""
+    return f"n0_{pro_catg}-{ifu:02d}.fits"
+
+
+def write_dataset(directory: str | pathlib.Path, *, ifus: Iterable[int] = (1, 2),
+                  seed: int = 0, compress: bool = True, mjd: float = 60310.0,
+                  headers_only: bool = False, lingain: bool = True,
+                  processes: int = 1) -> dict[str, pathlib.Path]:
+    """Write a MUSE data set of two nights, two targets with three dithered exposures
+    each, calibrations of WFM-NOAO and WFM-AO mixed (`dataset_frames`), the static
+    tables, and what else a folder of downloads holds: a frame of another instrument
+    (a HAWK-I dark), a corrupt (truncated) MUSE flat, and, with ``headers_only``, the
+    archive master calibrations of night 0 (`DATASET_MASTERS`, one file per IFU as
+    muse_bias ``nifu=k`` writes them; real ones are products of the recipes: see
+    `install_master`).
+
+    Parameters
+    ----------
+    headers_only : bool
+        Each frame as its primary header and a 1x1 image per IFU: the same
+        classification and association, no pixels (tests that need no recipe).
+    processes : int
+        Write full frames in this many processes.
+
+    Returns
+    -------
+    dict
+        File name -> path, for every file written.
+
+    Examples
+    --------
+    >>> files = write_dataset("/tmp/ds", ifus=(1,), headers_only=True)   # doctest: +SKIP
+    >>> files["SYNTH_A_OBJECT_01.fits"]                                   # doctest: +SKIP
+    PosixPath('/tmp/ds/raw/SYNTH_A_OBJECT_01.fits')
+    """
+    ifus = tuple(ifus)
+    d = pathlib.Path(directory)
+    todo = [(d, f, ifus, seed, compress, headers_only)
+            for f in dataset_frames(mjd=mjd, ifus=ifus, lingain=lingain)]
+    if processes > 1 and not headers_only:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(processes) as pool:
+            paths = pool.map(_write_dataset_frame, todo, chunksize=1)
+    else:
+        paths = [_write_dataset_frame(args) for args in todo]
+    out = {p.name: p for p in paths}
+    static = d / "raw" / "static"
+    ra, dec = pointing(mjd + 1.0, KINDS["STD"].exptime)
+    for path in (write_line_catalog(static / "LINE_CATALOG.fits"),
+                 write_geometry_table(static / "GEOMETRY_TABLE.fits"),
+                 write_sky_lines(static / "SKY_LINES.fits"),
+                 write_extinct_table(static / "EXTINCT_TABLE.fits"),
+                 write_std_flux_table(static / "STD_FLUX_TABLE.fits", ra=ra, dec=dec)):
+        out[path.name] = path
+    # a dark of another instrument, as an archive request for a programme may hold
+    other = d / "raw" / "HAWKI_DARK_01.fits"
+    header = fits.Header()
+    _hierarch(header, {"INSTRUME": "HAWKI", "TELESCOP": "ESO-VLT-U4", "MJD-OBS": mjd + 0.7,
+                       "DATE-OBS": _isot(mjd + 0.7), "ESO DPR CATG": "CALIB",
+                       "ESO DPR TYPE": "DARK", "ESO DPR TECH": "IMAGE"})
+    out[other.name] = _header_only(other, header, ())
+    # a flat cut off halfway (an interrupted download)
+    broken = d / "raw" / "n0_FLAT_broken.fits"
+    first = next(f for f in dataset_frames(mjd=mjd, ifus=ifus, lingain=False)
+                 if f.kind == "FLAT")
+    _write_dataset_frame((d, dataclasses.replace(first, name=broken.name), ifus, seed + 1,
+                          compress, headers_only))
+    size = broken.stat().st_size
+    with open(broken, "r+b") as fh:
+        fh.truncate(size - max(2880, size // 2))
+    out[broken.name] = broken
+    if headers_only:
+        frames = {f.name: f for f in dataset_frames(mjd=mjd, ifus=ifus, lingain=False)}
+        for catg, set_name in DATASET_MASTERS.items():
+            raw = frames[f"{set_name}_{'HgCd' if 'ARC' in set_name else '01'}.fits"]
+            for k in ifus:
+                path = install_master(d / "archive" / master_name(catg, k), None,
+                                      pro_catg=catg, raw=raw, ifu=k)
+                out[path.name] = path
+    return out
+
+
+def install_master(dest: str | pathlib.Path, product: str | pathlib.Path | None, *,
+                   pro_catg: str, raw: DatasetFrame | None, ifu: int) -> pathlib.Path:
+    """An archive master calibration at ``dest``: a copy of ``product`` (a real product
+    of the recipe, e.g. MASTER_BIAS-01.fits of muse_bias ``nifu=1``), or, without one,
+    a header-only stand-in with the primary header a product of the set ``raw`` is
+    the first frame of would have: that frame's keywords without DPR CATG/TYPE/TECH,
+    PRO CATG, and EXTNAME CHANnn of its IFU (as the recipes write per-IFU products).
+    """
+    dest = pathlib.Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if product is not None:
+        have = fits.getheader(product).get("ESO PRO CATG")
+        if have != pro_catg:
+            raise ValueError(f"{product} is a {have}, not a {pro_catg}")
+        shutil.copyfile(product, dest)
+        return dest
+    if raw is None:
+        raise ValueError("a stand-in master needs the first raw frame of its set (raw=)")
+    header = primary_header(raw.kind, mjd=raw.mjd, exptime=raw.exptime, index=raw.index,
+                            header=raw.header, options=raw.options)
+    for key in ("ESO DPR CATG", "ESO DPR TYPE", "ESO DPR TECH"):
+        del header[key]
+    _hierarch(header, {"EXTNAME": f"CHAN{ifu:02d}", "ESO PRO CATG": pro_catg})
+    hdus = [fits.PrimaryHDU(header=header), fits.ImageHDU(np.zeros((1, 1), np.float32),
+                                                          name="DATA")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+        fits.HDUList(hdus).writeto(dest, overwrite=True)
+    return dest

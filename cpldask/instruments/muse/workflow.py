@@ -1,25 +1,57 @@
 """The MUSE reduction cascade, as recipe calls on a :class:`cpldask.workflow.Plan`.
 
 Per IFU muse_bias -> muse_dark -> muse_flat -> muse_wavecal -> muse_lsf, muse_illum
-and muse_twilight over all IFUs, per IFU muse_scibasic, then muse_scipost over all
-pixel tables, and with enough IFUs and a STD frame the flux branch (muse_standard ->
-muse_scipost with STD_RESPONSE): the Reflex/EDPS chain of the MUSE pipeline user
-manual (its "data reduction cascade" chapter), with the tags of each recipe's
-``esorex --man-page``. Named by ``workflow.function`` in this package's rules.yaml.
+and muse_twilight over all IFUs, per exposure and IFU muse_scibasic, then
+muse_scipost over the pixel tables of the group's exposures, and with enough IFUs
+and a STD frame the flux branch (muse_standard -> muse_scipost with STD_RESPONSE):
+the Reflex/EDPS chain of the MUSE pipeline user manual (its "data reduction cascade"
+chapter), with the tags of each recipe's ``esorex --man-page``. With a LINGAIN series,
+muse_lingain per IFU beside it. Named by ``workflow.function`` in this package's
+rules.yaml.
+
+Each exposure gets the calibration chain of its own association; the plan makes an
+identical call once, so exposures (and groups) that share calibrations share the
+steps. An archive master calibration the association chose (MASTER_BIAS,
+MASTER_FLAT with TRACE_TABLE, WAVECAL_TABLE, MASTER_DARK, TWILIGHT_CUBE) is passed
+to the later steps in place of the step that would make it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import dataclasses
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the plan is passed in: no import of the workflow layer
     from ...workflow import Association, Plan
 
 __all__ = ["workflow"]
 
+_STATIC = ("LINE_CATALOG", "GEOMETRY_TABLE", "SKY_LINES", "EXTINCT_TABLE", "STD_FLUX_TABLE")
+
+
+@dataclasses.dataclass
+class _Chain:
+    """The calibrations of one exposure, by IFU: each a step or archive file paths."""
+
+    bias: dict[int, Any]
+    dark: dict[int, Any]
+    flat: dict[int, Any]
+    trace: dict[int, Any]
+    wavecal: dict[int, Any]
+    illum: Any
+    twilight: Any
+
+    def basic(self, k: int, static: dict) -> dict:
+        """The calibrations of muse_scibasic for IFU ``k``."""
+        return {"MASTER_BIAS": self.bias[k], "MASTER_DARK": self.dark.get(k),
+                "MASTER_FLAT": self.flat[k], "TRACE_TABLE": self.trace[k],
+                "WAVECAL_TABLE": self.wavecal[k], "GEOMETRY_TABLE": static["GEOMETRY_TABLE"],
+                "TWILIGHT_CUBE": self.twilight}
+
 
 def workflow(plan: Plan, assoc: Association, *, flux: bool | None = None) -> None:
-    """The MUSE reduction cascade for the IFUs of ``assoc``, as recipe calls on ``plan``.
+    """The MUSE reduction cascade for one group of exposures (``assoc``), as recipe
+    calls on ``plan``.
 
     The calls are made stage by stage (all IFUs' biases, then all darks, ...), which is
     also the order Dask prefers among calls that are ready, so the science path to the
@@ -27,59 +59,30 @@ def workflow(plan: Plan, assoc: Association, *, flux: bool | None = None) -> Non
     """
     ifus = assoc.units  # MUSE's units are its IFUs
     cfg = plan.settings
-    static = {t: assoc.paths(t) for t in ("LINE_CATALOG", "GEOMETRY_TABLE", "SKY_LINES",
-                                          "EXTINCT_TABLE", "STD_FLUX_TABLE")}
-    bias, dark, flat, wavecal, lsf, sci, std = ({} for _ in range(7))
+    static = {t: assoc.paths(t) for t in _STATIC}
+    chains = [_calibrations(plan, exp, ifus, static) for exp in assoc.exposures]
+    # the steps for the group as a whole (muse_lsf, the flux branch, muse_lingain)
+    # take the first exposure's calibrations: no chain is made for them alone
+    first, group = assoc.exposures[0], chains[0]
+    lingain(plan, first, ifus)
 
-    for k in ifus:
-        bias[k] = plan.call("muse_bias", {"BIAS": assoc.paths("BIAS", k)}, unit=k,
-                            param={"nifu": k})
-    if "DARK" in assoc:
-        for k in ifus:
-            dark[k] = plan.call("muse_dark", {"DARK": assoc.paths("DARK", k)}, unit=k,
-                                calib={"MASTER_BIAS": bias[k]}, param={"nifu": k})
-    for k in ifus:
-        flat[k] = plan.call("muse_flat", {"FLAT": assoc.paths("FLAT", k)}, unit=k,
-                            calib={"MASTER_BIAS": bias[k], "MASTER_DARK": dark.get(k)},
-                            param={"nifu": k})
-    for k in ifus:
-        wavecal[k] = plan.call("muse_wavecal", {"ARC": assoc.paths("ARC", k)}, unit=k,
-                               calib={"MASTER_BIAS": bias[k], "TRACE_TABLE": flat[k],
-                                      "LINE_CATALOG": static["LINE_CATALOG"]},
-                               param={"nifu": k})
-
-    # the illumination flat and the twilight cube are made once, over all IFUs
-    illum = None
-    if "ILLUMFLAT" in assoc:
-        illum = plan.call("muse_illum", {"ILLUMFLAT": assoc.paths("ILLUMFLAT")})
-    twilight = None
-    needs = cfg.get("twilight_needs_ifu")
-    if "SKYFLAT" in assoc and (needs is None or needs in ifus):
-        twilight = plan.call(
-            "muse_twilight", {"SKYFLAT": assoc.paths("SKYFLAT"), "ILLUM": illum},
-            calib={"MASTER_BIAS": [bias[k] for k in ifus],
-                   "MASTER_DARK": [dark[k] for k in ifus if k in dark],
-                   "MASTER_FLAT": [flat[k] for k in ifus],
-                   "TRACE_TABLE": [flat[k] for k in ifus],
-                   "WAVECAL_TABLE": [wavecal[k] for k in ifus],
-                   "GEOMETRY_TABLE": static["GEOMETRY_TABLE"]})
-    elif "SKYFLAT" in assoc:
-        assoc.notes.append(f"muse_twilight left out: it needs IFU {needs} among the "
-                           f"reduced IFUs (pipeline 2.8.7); no TWILIGHT_CUBE correction")
-
-    def basic(k: int) -> dict:
-        return {"MASTER_BIAS": bias[k], "MASTER_DARK": dark.get(k),
-                "MASTER_FLAT": flat[k], "TRACE_TABLE": flat[k],
-                "WAVECAL_TABLE": wavecal[k], "GEOMETRY_TABLE": static["GEOMETRY_TABLE"],
-                "TWILIGHT_CUBE": twilight}
-
-    if assoc.science:
-        tag = assoc.science[0].tag
-        for k in ifus:
-            sci[k] = plan.call("muse_scibasic",
-                               {tag: [f.path for f in assoc.science], "ILLUM": illum},
-                               unit=k, calib=basic(k), param={"nifu": k})
-        plan.call("muse_scipost", {f"PIXTABLE_{tag}": [sci[k] for k in ifus]})
+    sci: dict[int, list] = {k: [] for k in ifus}
+    tag = assoc.science[0].tag if assoc.science else None
+    for exp, chain in zip(assoc.exposures, chains):
+        for frame in exp.science:  # one exposure each, but for a single-frame group
+            for k in ifus:
+                sci[k].append(plan.call("muse_scibasic", {tag: [frame.path],
+                                                          "ILLUM": chain.illum},
+                                        unit=k, calib=chain.basic(k, static),
+                                        param={"nifu": k}))
+    # several exposures make one cube only once their pixel tables are projected to
+    # the sky: muse_xcombine_tables refuses others (muse/muse_xcombine.c), and
+    # astrometry=false skips the projection. Without an ASTROMETRY_WCS (optional [MAN])
+    # muse_scipost then takes its default astrometry of the mode (muse_postproc.c).
+    combine = {"astrometry": True} if len(assoc.science) > 1 else {}
+    if tag is not None:
+        plan.call("muse_scipost", {f"PIXTABLE_{tag}": [p for k in ifus for p in sci[k]]},
+                  param=combine)
 
     # muse_lsf is off the path to the cube (only the flux branch needs it). Each call
     # gets the WAVECAL_TABLE of every IFU (it takes its own, as muse_twilight does), so
@@ -87,32 +90,118 @@ def workflow(plan: Plan, assoc: Association, *, flux: bool | None = None) -> Non
     # starts first. Given only its own table, an lsf call became ready as soon as its
     # wavecal was done, and Dask's greedy placement started both lsf calls of a 2-core
     # machine ahead of twilight, which then ran alone with a core idle.
-    for k in ifus:
-        lsf[k] = plan.call("muse_lsf", {"ARC": assoc.paths("ARC", k)}, unit=k,
-                           calib={"MASTER_BIAS": bias[k], "TRACE_TABLE": flat[k],
-                                  "WAVECAL_TABLE": [wavecal[k]] + [wavecal[j] for j in ifus
-                                                                   if j != k],
-                                  "LINE_CATALOG": static["LINE_CATALOG"]},
-                           param={"nifu": k})
+    lsf = {}
+    if "ARC" in first:
+        for k in ifus:
+            lsf[k] = plan.call("muse_lsf", {"ARC": first.paths("ARC", k)}, unit=k,
+                               calib={"MASTER_BIAS": group.bias[k], "TRACE_TABLE": group.trace[k],
+                                      "WAVECAL_TABLE": [group.wavecal[k]]
+                                      + [group.wavecal[j] for j in ifus if j != k],
+                                      "LINE_CATALOG": static["LINE_CATALOG"]},
+                               param={"nifu": k})
 
+    needed = ("STD", "STD_FLUX_TABLE", "EXTINCT_TABLE")
     if flux is None:
         flux = len(ifus) >= int(cfg.get("flux_min_ifus", 3))
-        flux = flux and all(t in assoc for t in ("STD", "STD_FLUX_TABLE", "EXTINCT_TABLE"))
+        flux = flux and all(t in first for t in needed) and bool(lsf)
     elif flux:
-        missing = [t for t in ("STD", "STD_FLUX_TABLE", "EXTINCT_TABLE") if t not in assoc]
+        missing = [t for t in needed if t not in first] + (["ARC (muse_lsf)"] if not lsf else [])
         if missing or not assoc.science:
             raise ValueError(f"flux=True needs {', '.join(missing) or 'a science frame'}")
     if flux and assoc.science:
-        for k in ifus:
-            std[k] = plan.call("muse_scibasic", {"STD": assoc.paths("STD", k), "ILLUM": illum},
-                               unit=k, calib=basic(k), param={"nifu": k},
-                               name="muse_scibasic_std")
+        std = {k: plan.call("muse_scibasic", {"STD": first.paths("STD", k),
+                                              "ILLUM": group.illum},
+                            unit=k, calib=group.basic(k, static), param={"nifu": k},
+                            name="muse_scibasic_std")
+               for k in ifus}
         standard = plan.call("muse_standard", {"PIXTABLE_STD": [std[k] for k in ifus]},
                              calib={"EXTINCT_TABLE": static["EXTINCT_TABLE"],
                                     "STD_FLUX_TABLE": static["STD_FLUX_TABLE"]})
-        plan.call("muse_scipost", {f"PIXTABLE_{tag}": [sci[k] for k in ifus]},
+        plan.call("muse_scipost", {f"PIXTABLE_{tag}": [p for k in ifus for p in sci[k]]},
                   calib={"EXTINCT_TABLE": static["EXTINCT_TABLE"],
                          "STD_RESPONSE": standard, "STD_TELLURIC": standard,
                          "SKY_LINES": static["SKY_LINES"],
                          "LSF_PROFILE": [lsf[k] for k in ifus]},
-                  name="muse_scipost_flux")
+                  param=combine, name="muse_scipost_flux")
+
+
+def _calibrations(plan: Plan, a: Association, ifus: tuple, static: dict) -> _Chain:
+    """The calibration steps of one association (an exposure or a whole group): an
+    archive master where the association chose one, else the step that makes it."""
+    bias, dark = _bias(plan, a, ifus), {}
+    if "MASTER_DARK" in a or "DARK" in a:
+        for k in ifus:
+            dark[k] = a.paths("MASTER_DARK", k) or plan.call(
+                "muse_dark", {"DARK": a.paths("DARK", k)}, unit=k,
+                calib={"MASTER_BIAS": bias[k]}, param={"nifu": k})
+    flat, trace = _flat(plan, a, ifus, bias, dark)
+    wavecal = {}
+    for k in ifus:
+        wavecal[k] = a.paths("WAVECAL_TABLE", k) or plan.call(
+            "muse_wavecal", {"ARC": a.paths("ARC", k)}, unit=k,
+            calib={"MASTER_BIAS": bias[k], "TRACE_TABLE": trace[k],
+                   "LINE_CATALOG": static["LINE_CATALOG"]},
+            param={"nifu": k})
+
+    # the illumination flat and the twilight cube are made once, over all IFUs
+    illum = None
+    if "ILLUMFLAT" in a:
+        illum = plan.call("muse_illum", {"ILLUMFLAT": a.paths("ILLUMFLAT")})
+    twilight = a.paths("TWILIGHT_CUBE") or None
+    needs = plan.settings.get("twilight_needs_ifu")
+    if twilight is None and "SKYFLAT" in a and (needs is None or needs in ifus):
+        twilight = plan.call(
+            "muse_twilight", {"SKYFLAT": a.paths("SKYFLAT"), "ILLUM": illum},
+            calib={"MASTER_BIAS": [bias[k] for k in ifus],
+                   "MASTER_DARK": [dark[k] for k in ifus if k in dark],
+                   "MASTER_FLAT": [flat[k] for k in ifus],
+                   "TRACE_TABLE": [trace[k] for k in ifus],
+                   "WAVECAL_TABLE": [wavecal[k] for k in ifus],
+                   "GEOMETRY_TABLE": static["GEOMETRY_TABLE"]})
+    elif twilight is None and "SKYFLAT" in a:
+        note = (f"muse_twilight left out: it needs IFU {needs} among the reduced IFUs "
+                f"(pipeline 2.8.7); no TWILIGHT_CUBE correction")
+        if note not in a.notes:
+            a.notes.append(note)
+    return _Chain(bias, dark, flat, trace, wavecal, illum, twilight)
+
+
+def _bias(plan: Plan, a: Association, ifus: tuple) -> dict[int, Any]:
+    return {k: a.paths("MASTER_BIAS", k) or plan.call(
+        "muse_bias", {"BIAS": a.paths("BIAS", k)}, unit=k, param={"nifu": k})
+        for k in ifus}
+
+
+def _flat(plan: Plan, a: Association, ifus: tuple, bias: dict, dark: dict):
+    """(MASTER_FLAT, TRACE_TABLE) by IFU: the archive pair, or one muse_flat step."""
+    flat, trace = {}, {}
+    for k in ifus:
+        if a.paths("MASTER_FLAT", k) and a.paths("TRACE_TABLE", k):
+            flat[k], trace[k] = a.paths("MASTER_FLAT", k), a.paths("TRACE_TABLE", k)
+        else:
+            flat[k] = trace[k] = plan.call(
+                "muse_flat", {"FLAT": a.paths("FLAT", k)}, unit=k,
+                calib={"MASTER_BIAS": bias[k], "MASTER_DARK": dark.get(k)}, param={"nifu": k})
+    return flat, trace
+
+
+def lingain(plan: Plan, a: Association, ifus: tuple) -> None:
+    """muse_lingain per IFU when the association holds a LINGAIN series: lamp-off and
+    lamp-on frames with the master bias and trace table nearest to the series (the
+    association's ``own`` calibrations of LINGAIN_LAMP_ON) [its man page]. Its
+    NONLINEARITY_GAIN is a product of the reduction, not an input of the cascade (the
+    recipes take one made earlier, ESO's rules say, calib/gasgano/config/muse.oca)."""
+    sub = a.own.get("LINGAIN_LAMP_ON")
+    if "LINGAIN_LAMP_ON" not in a or "LINGAIN_LAMP_OFF" not in a or sub is None:
+        return
+    if not all(sub.paths("MASTER_BIAS", k) or sub.paths("BIAS", k) for k in ifus) or \
+            not all((sub.paths("MASTER_FLAT", k) and sub.paths("TRACE_TABLE", k))
+                    or sub.paths("FLAT", k) for k in ifus):
+        return
+    bias = _bias(plan, sub, ifus)
+    _, trace = _flat(plan, sub, ifus, bias, {})
+    for k in ifus:
+        plan.call("muse_lingain", {"LINGAIN_LAMP_ON": a.paths("LINGAIN_LAMP_ON", k),
+                                   "LINGAIN_LAMP_OFF": a.paths("LINGAIN_LAMP_OFF", k)},
+                  unit=k, calib={"MASTER_BIAS": bias[k], "TRACE_TABLE": trace[k]},
+                  param={"nifu": k})

@@ -1,0 +1,386 @@
+"""Issue 19: a data set, not an exposure.
+
+The synthetic data set of two nights (``synthetic.write_dataset``, header-only here:
+the fast tier) is grouped, associated and laid out as one graph. The expected
+association is written by hand from the headers (``synthetic.dataset_frames``'s
+docstring says what each night holds), with the reason a MUSE user would give for
+each file left out; the real run of the same data set, interrupted and resumed, is
+at the end (slow).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import os
+import pathlib
+
+import pytest
+
+from cpldask import workflow as R
+from cpldask.instruments.muse import synthetic
+
+IFUS = (1, 2)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> pathlib.Path:
+    d = tmp_path_factory.mktemp("dataset")
+    synthetic.write_dataset(d, ifus=IFUS, headers_only=True)
+    return d
+
+
+@pytest.fixture(scope="module")
+def plan(dataset):
+    return R.reduce(dataset, output_dir=dataset / "reduced", dry_run=True)
+
+
+# What a MUSE user takes for each target, from the headers, and why the other files of
+# each tag are left out (a pattern of names -> words of the reason). The three
+# exposures of a target are 23 minutes apart and take the same files.
+#
+# SYNTH_A: 3 x 600 s from 2024-01-02T01:12 (night 0), WFM-NOAO-N. Night 0's archive
+#   masters (made at 18:00-18:43 of its afternoon calibrations) fit: no bias, flat or
+#   wavelength calibration is made; the ARC frames stay, for muse_lsf.
+# SYNTH_B: the same a day later (night 1), WFM-AO-N. The archive masters are of the
+#   other mode, or farther than night 1's own biases: everything is made from night 1.
+# Both: the 2x2 biases have the wrong binning, the biases of five days earlier are
+#   outside the 3-day validity, the two biases of the morning after night 1 are too few
+#   (muse_bias wants 3), flats, arcs, twilight flats and standards of the other mode do
+#   not fit, and the LINGAIN series (night 0, the only one) goes with both.
+NEARER = "a nearer set was taken"
+OTHER_MODE = {"SYNTH_A": "mode is 'WFM-AO-N', not 'WFM-NOAO-N'",
+              "SYNTH_B": "mode is 'WFM-NOAO-N', not 'WFM-AO-N'"}
+BIAS_DECOYS = {"old_BIAS_*": "outside the +-3 d validity", "n0_BIAS_2x2_*": "binx is 2",
+               "n1_BIAS_short_*": "in a set of 2, fewer than the 3 needed"}
+LINGAIN = {"LINGAIN_LAMP_OFF": (["n0_LINGAIN_OFF_01.fits", "n0_LINGAIN_OFF_02.fits"], {}),
+           "LINGAIN_LAMP_ON": ([f"n0_LINGAIN_ON_{p}_0{i}.fits" for p in range(1, 5)
+                                for i in (1, 2)], {})}
+
+
+def per_ifu(catg: str) -> dict:
+    return {k: [synthetic.master_name(catg, k)] for k in IFUS}
+
+
+EXPECTED = {
+    "SYNTH_A": {
+        "BIAS": ([], {"n0_BIAS_0*": "the archive MASTER_BIAS", **BIAS_DECOYS,
+                      "n1_BIAS_0*": NEARER}),
+        "MASTER_BIAS": (per_ifu("MASTER_BIAS"), {}),
+        "FLAT": ([], {"n0_FLAT_WFM-NOAO-N_*": "the archive MASTER_FLAT and TRACE_TABLE",
+                      "n?_FLAT_WFM-AO-N_*": OTHER_MODE["SYNTH_A"],
+                      "n1_FLAT_WFM-NOAO-N_*": NEARER}),
+        "MASTER_FLAT": (per_ifu("MASTER_FLAT"), {}),
+        "TRACE_TABLE": (per_ifu("TRACE_TABLE"), {}),
+        "ARC": ([f"n0_ARC_WFM-NOAO-N_{lamp}.fits" for lamp in ("HgCd", "Ne", "Xe")],
+                {"n?_ARC_WFM-AO-N_*": OTHER_MODE["SYNTH_A"], "n1_ARC_WFM-NOAO-N_*": NEARER}),
+        "WAVECAL_TABLE": (per_ifu("WAVECAL_TABLE"), {}),
+        "SKYFLAT": ([f"n0_SKYFLAT_0{i}.fits" for i in (1, 2, 3)],
+                    {"n1_SKYFLAT_*": OTHER_MODE["SYNTH_A"]}),
+        # ILLUM flats are taken in nominal mode (either night's would do), within 1 d
+        "ILLUMFLAT": (["n0_ILLUMFLAT_01.fits"], {"n1_ILLUMFLAT_01.fits": NEARER}),
+        "STD": (["n0_STD_01.fits"], {"n1_STD_01.fits": OTHER_MODE["SYNTH_A"]}),
+        **LINGAIN,
+    },
+    "SYNTH_B": {
+        "BIAS": (["n1_BIAS_01.fits", "n1_BIAS_02.fits", "n1_BIAS_03.fits"],
+                 {**BIAS_DECOYS, "n0_BIAS_0*": NEARER}),
+        # night 0's master is valid (31 h < 3 d) but night 1's biases are nearer
+        "MASTER_BIAS": ([], {"n0_MASTER_BIAS-*": "the BIAS frames are nearer"}),
+        "FLAT": ([f"n1_FLAT_WFM-AO-N_0{i}.fits" for i in (1, 2, 3)],
+                 {"n?_FLAT_WFM-NOAO-N_*": OTHER_MODE["SYNTH_B"],
+                  "n0_FLAT_WFM-AO-N_*": NEARER}),
+        "MASTER_FLAT": ([], {"n0_MASTER_FLAT-*": OTHER_MODE["SYNTH_B"]}),
+        "TRACE_TABLE": ([], {"n0_TRACE_TABLE-*": OTHER_MODE["SYNTH_B"]}),
+        "ARC": ([f"n1_ARC_WFM-AO-N_{lamp}.fits" for lamp in ("HgCd", "Ne", "Xe")],
+                {"n?_ARC_WFM-NOAO-N_*": OTHER_MODE["SYNTH_B"], "n0_ARC_WFM-AO-N_*": NEARER}),
+        "WAVECAL_TABLE": ([], {"n0_WAVECAL_TABLE-*": OTHER_MODE["SYNTH_B"]}),
+        "SKYFLAT": ([f"n1_SKYFLAT_0{i}.fits" for i in (1, 2, 3)],
+                    {"n0_SKYFLAT_*": OTHER_MODE["SYNTH_B"]}),
+        # night 0's ILLUM flat is 24.2 h before: outside ESO's 1-day window
+        "ILLUMFLAT": (["n1_ILLUMFLAT_01.fits"], {"n0_ILLUMFLAT_01.fits": "outside the +-1 d"}),
+        "STD": (["n1_STD_01.fits"], {"n0_STD_01.fits": OTHER_MODE["SYNTH_B"]}),
+        **LINGAIN,
+    },
+}
+STATIC = ("LINE_CATALOG", "GEOMETRY_TABLE", "SKY_LINES", "EXTINCT_TABLE", "STD_FLUX_TABLE")
+
+
+def test_groups_and_files_left_out(plan):
+    c = plan.classification
+    assert [(a.label, [f.name for f in a.science]) for a in plan.associations] == [
+        (t, [f"{t}_OBJECT_0{i}.fits" for i in (1, 2, 3)]) for t in ("SYNTH_A", "SYNTH_B")]
+    reasons = {os.path.basename(u.path): u.reason for u in c.unclassified}
+    assert set(reasons) == {"HAWKI_DARK_01.fits", "n0_FLAT_broken.fits"}
+    assert "INSTRUME is 'HAWKI': not a MUSE file" in reasons["HAWKI_DARK_01.fits"]
+    assert reasons["n0_FLAT_broken.fits"].startswith("truncated: CHAN01")
+    # the IFUs are those of the raw frames; an archive master holds one each
+    assert plan.units == IFUS and c["MASTER_BIAS"][0].units == (1,)
+
+
+def test_association_report_matches_the_hand_made_choices(plan):
+    c = plan.classification
+    for a in plan.associations:
+        expected = EXPECTED[a.label]
+        assert len(a.exposures) == 3
+        rows = [r for r in a.rows() if r["for"] is None]
+        for row in rows:
+            tag = row["tag"]
+            if tag in STATIC:
+                assert row["chosen"] == [f"{tag}.fits"] and not row["rejected"]
+                continue
+            if tag not in expected:  # DARK, MASTER_DARK, TWILIGHT_CUBE: none in the data
+                assert not c[tag] and not row["chosen"] and not row["rejected"], row
+                continue
+            chosen, why = expected[tag]
+            want = chosen[row["unit"]] if isinstance(chosen, dict) else chosen
+            assert row["chosen"] == want, (a.label, row["exposure"], tag, row["unit"])
+            # every other file of the tag is accounted for, with its reason
+            others = {f.name for f in c[tag]} - set(want)
+            assert set(row["rejected"]) >= others, (tag, others - set(row["rejected"]))
+            units = {f.name: f.units for f in c[tag]}
+            for name in others:
+                if row["unit"] not in units[name] and \
+                        row["rejected"][name] == f"lacks IFU {row['unit']}":
+                    continue  # an archive file of the other IFU
+                (pattern,) = [p for p in why if fnmatch.fnmatch(name, p)] or [None]
+                assert pattern is not None, (a.label, tag, name, row["rejected"][name])
+                assert why[pattern] in row["rejected"][name], (tag, name, row["rejected"][name])
+    # replaced raw sets say by what; the arcs stay for muse_lsf
+    a = plan.associations[0].exposures[0]
+    assert a.choices["BIAS"][1].replaced_by == ("MASTER_BIAS",)
+    assert a.choices["ARC"][1].replaced_by == ("WAVECAL_TABLE",) and a.paths("ARC", 1)
+    # the time differences: 18:00 biases for a 01:12 exposure, 7.2 h before
+    assert a.choices["MASTER_BIAS"][1].dt_hours == pytest.approx(-7.2, abs=0.01)
+    # a raw set counts at its mean time: night 1's biases at 18:00, 18:02, 18:04 for
+    # the third exposure, 01:35:20: 7 h 33 min 20 s
+    b = plan.associations[1].exposures[2]
+    assert b.choices["BIAS"][2].dt_hours == pytest.approx(-(7 + 33 / 60 + 20 / 3600), abs=1e-3)
+    assert b.choices["BIAS"][2].level == 0
+
+
+def test_lingain_is_calibrated_with_what_is_nearest_to_the_series(plan):
+    """The LINGAIN series of night 0 goes with both targets; its master bias and trace
+    table are chosen for the series itself (night 0's archive masters, 1.5 h before),
+    so muse_lingain is one call per IFU, not one per target."""
+    for a in plan.associations:
+        own = a.exposures[0].own["LINGAIN_LAMP_ON"]
+        masters = plan.classification["MASTER_BIAS"]
+        assert [own.paths("MASTER_BIAS", k) for k in IFUS] == [
+            [f.path for f in masters if f.units == (k,)] for k in IFUS]
+        # 18:00 against the series' mean, 19:31:43 (10 frames from 19:12 to 19:37)
+        assert own.choices["MASTER_BIAS"][1].dt_hours == pytest.approx(-1.529, abs=1e-3)
+    lingain = [s for s in plan.steps if s.recipe == "muse_lingain"]
+    assert sorted(s.unit for s in lingain) == [1, 2]
+    assert all(s.groups == ["SYNTH_A", "SYNTH_B"] for s in lingain)
+
+
+def test_each_master_is_made_once_for_every_exposure_that_uses_it(plan):
+    steps = plan.steps
+    count: dict[str, list] = {}
+    for s in steps:
+        count.setdefault(s.recipe, []).append(s.unit)
+    # night 0: bias, flat and wavecal come from the archive; night 1's are made, once
+    # per IFU for its three exposures; one illum and one twilight per night
+    assert {r: sorted(u, key=str) for r, u in count.items()} == {
+        "muse_bias": [1, 2], "muse_flat": [1, 2], "muse_wavecal": [1, 2],
+        "muse_illum": [None, None], "muse_twilight": [None, None], "muse_lingain": [1, 2],
+        "muse_scibasic": [1] * 6 + [2] * 6, "muse_scipost": [None, None],
+        "muse_lsf": [1, 1, 2, 2]}
+    # no two steps are the same call, and each has a label and folder of its own
+    assert len({s.label for s in steps}) == len({s.output_dir for s in steps}) == len(steps)
+    idents = {(s.recipe, s.unit, repr(s.raw), repr(s.calib), repr(s.param)) for s in steps}
+    assert len(idents) == len(steps)
+    bias1 = plan["muse_bias[1]"]
+    users = [s for s in steps if bias1 in s.deps]
+    assert {s.label for s in users if s.recipe == "muse_scibasic"} == {
+        f"muse_scibasic@SYNTH_B/exp{i}[1]" for i in (1, 2, 3)}
+    # night 0's exposures are reduced with the archive files themselves
+    sci = plan["muse_scibasic@SYNTH_A/exp2[1]"]
+    assert [os.path.basename(p) for p in sci.calib["MASTER_BIAS"]] == ["n0_MASTER_BIAS-01.fits"]
+    assert sci.raw["OBJECT"] == [str(plan.classification["OBJECT"][1].path)]
+    assert sci.group == "SYNTH_A" and sci.exposures == (2,)
+    # one cube per target, of its three exposures
+    post = plan["muse_scipost@SYNTH_B"]
+    assert len(post.raw["PIXTABLE_OBJECT"]) == 6 and post.group == "SYNTH_B"
+    assert post.output_dir == str(pathlib.Path(plan.output_dir, "muse_scipost", "SYNTH_B"))
+    # calibrations of two nights are told apart by the start of their raw frames
+    assert {s.label for s in steps if s.recipe == "muse_illum"} == {
+        "muse_illum@2024-01-02T00:57:36", "muse_illum@2024-01-03T00:57:36"}
+    # no raw frame a master stands in for is reduced
+    raw_used = {os.path.basename(p) for s in steps for ps in s.raw.values() for p in ps
+                if isinstance(p, str)}
+    assert not {n for n in raw_used if fnmatch.fnmatch(n, "n0_BIAS_0*")
+                or fnmatch.fnmatch(n, "n0_FLAT_*")}
+
+
+def test_a_single_exposure_keeps_the_plain_names(tmp_path):
+    """One group, one exposure: the names and folders of before (issue 5)."""
+    from test_reduce import night
+
+    night(tmp_path)
+    red = R.reduce(tmp_path, ifus="1-2", output_dir=tmp_path / "out", dry_run=True)
+    assert [s.label for s in red.steps][:4] == ["muse_bias[1]", "muse_bias[2]",
+                                                "muse_dark[1]", "muse_dark[2]"]
+    assert red["muse_scipost"].output_dir == str(tmp_path / "out" / "muse_scipost")
+    # its frames name no target (OBS TARG NAME): the group is numbered
+    assert red.association.label == "1" and len(red.associations) == 1
+
+
+def test_plan_returns_the_step_of_an_identical_call(tmp_path):
+    plan = R.Plan(tmp_path, dates={"/a/b1.fits": 60000.5, "/a/b2.fits": 60001.5})
+    plan.begin_group("G1", ["/a/sci1.fits"])
+    one = plan.call("x_bias", {"BIAS": ["/a/b1.fits"]}, unit=1, param={"n": 1})
+    sci1 = plan.call("x_sci", {"OBJ": ["/a/sci1.fits"]}, unit=1, calib={"B": one})
+    plan.begin_group("G2", ["/a/sci2.fits"])
+    assert plan.call("x_bias", {"BIAS": ["/a/b1.fits"]}, unit=1, param={"n": 1}) is one
+    other = plan.call("x_bias", {"BIAS": ["/a/b2.fits"]}, unit=1, param={"n": 1})
+    sci2 = plan.call("x_sci", {"OBJ": ["/a/sci2.fits"]}, unit=1, calib={"B": other})
+    plan.finish()
+    assert one.groups == ["G1", "G2"] and one.group is None
+    assert [s.label for s in plan.steps] == [
+        "x_bias@2023-02-25T12:00:00[1]", "x_sci@G1[1]", "x_bias@2023-02-26T12:00:00[1]",
+        "x_sci@G2[1]"]
+    assert sci1.group == "G1" and sci2.exposures == (1,)
+    assert one.output_dir == str(tmp_path / "x_bias" / "2023-02-25T12:00:00" / "unit01")
+
+
+def test_dry_run_prints_the_report_and_draws_the_graph(dataset, capsys):
+    from cpldask._cli import handle_args
+
+    out = dataset / "cli-out"
+    assert handle_args(["reduce", str(dataset), "--dry-run", "--output-dir", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "group SYNTH_A: 3 exposures" in text and "group SYNTH_B: 3 exposures" in text
+    assert "not n0_BIAS_2x2_01.fits, n0_BIAS_2x2_02.fits, n0_BIAS_2x2_03.fits: binx is 2" in text
+    assert "the same calibrations as SYNTH_A_OBJECT_01.fits" in text
+    assert "muse_scipost@SYNTH_B" in text
+    graph = out / "graph.png"
+    assert f"graph: {graph}" in text and graph.read_bytes()[:4] == b"\x89PNG"
+
+
+# ---------------------------------------------------------------------------------
+# The same data set with pixels, reduced for real, interrupted and run again
+# ---------------------------------------------------------------------------------
+#: what night 0's archive masters are made of: (recipe, raw set, calibrations)
+ARCHIVE_CALLS = (("muse_bias", "n0_BIAS_0", {}),
+                 ("muse_flat", "n0_FLAT_WFM-NOAO-N_", {"MASTER_BIAS": "muse_bias"}),
+                 ("muse_wavecal", "n0_ARC_WFM-NOAO-N_", {"MASTER_BIAS": "muse_bias",
+                                                         "TRACE_TABLE": "muse_flat"}))
+
+
+@pytest.fixture(scope="module")
+def real_dataset(tmp_path_factory, recipe_path) -> pathlib.Path:
+    """The data set with pixels for IFU 1 (muse_twilight needs it), without the LINGAIN
+    series (muse_lingain takes 2.2 GB for one IFU); night 0's archive masters are the
+    products of the real recipes on its raw sets, made here first."""
+    import cpldask
+
+    d = tmp_path_factory.mktemp("real-dataset")
+    files = synthetic.write_dataset(d, ifus=(1,), lingain=False, processes=2)
+    made = tmp_path_factory.mktemp("archive-made")
+    results = {}
+    for recipe, prefix, calib in ARCHIVE_CALLS:
+        raw = sorted(str(p) for name, p in files.items() if name.startswith(prefix))
+        calib = {tag: results[step] for tag, step in calib.items()}
+        if recipe == "muse_wavecal":
+            calib["LINE_CATALOG"] = str(files["LINE_CATALOG.fits"])
+        results[recipe] = cpldask.Recipe(recipe)(raw, param={"nifu": 1}, calib=calib,
+                                                 output_dir=str(made / recipe), cache=False)
+    for catg in synthetic.DATASET_MASTERS:
+        recipe = {"MASTER_BIAS": "muse_bias", "WAVECAL_TABLE": "muse_wavecal"}.get(catg,
+                                                                                "muse_flat")
+        synthetic.install_master(d / "archive" / synthetic.master_name(catg, 1),
+                                 results[recipe].paths[catg][0], pro_catg=catg, raw=None,
+                                 ifu=1)
+    return d
+
+
+def _reduce_command(data: pathlib.Path, out: pathlib.Path, cache: pathlib.Path, work: pathlib.Path):
+    """``cpldask reduce DATA`` in a process of its own (its own embedded cluster, as a
+    user runs it), with the product cache on in ``cache``."""
+    import subprocess
+    import sys
+
+    import cpldask
+
+    root = str(pathlib.Path(cpldask.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+           "DASK_CPLDASK__CACHE__ENABLED": "True", "DASK_CPLDASK__CACHE__DIR": str(cache),
+           "DASK_CPLDASK__WORK_DIR": str(work), "DASK_CPLDASK__RECIPE_PATH": os.pathsep.join(cpldask.Recipe.path),
+           "DASK_CPLDASK__LOCAL__DASHBOARD_ADDRESS": "127.0.0.1:0", "COLUMNS": "200"}
+    # the console script's main() of this checkout
+    script = "import sys; from cpldask._cli import main; sys.argv[0] = 'cpldask'; main()"
+    return subprocess.Popen([sys.executable, "-c", script, "reduce", str(data),
+                             "--output-dir", str(out)], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _state(step) -> list | None:
+    """The record and products (path, inode, mtime) of a step's finished call, or None."""
+    from cpldask import provenance
+
+    found = provenance.installed(step.output_dir)
+    if not found:
+        return None
+    assert len(found) == 1, (step.label, found)  # a step is made once: one record
+    rec = found[0]
+    return [rec["run"]["start"]] + [(p, os.stat(p).st_ino, os.stat(p).st_mtime_ns)
+                                    for _, p in rec["products"]]
+
+
+@pytest.mark.requires_cpl
+@pytest.mark.muse
+@pytest.mark.slow
+# the data (~1 min), night 0's masters (~1 min) and 17 recipe calls: ~20 min at a
+# load of 7 on 2 cores, more than the suite's 1200 s
+@pytest.mark.timeout(3600)
+def test_an_interrupted_reduction_goes_on_where_it_stopped(real_dataset, tmp_path):
+    """Issue 19.4 and 19.5: ``cpldask reduce`` is interrupted (SIGINT, as Ctrl-C) once
+    a few steps have finished, and run again with a product cache that has none of it
+    (pruned, or on another node's disk): the steps finished before are served from
+    their output folders (their products and records checked), not run again; the
+    others run; every master calibration is made exactly once over both runs."""
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "reduced"
+    plan = R.reduce(real_dataset, output_dir=out, dry_run=True)
+    assert sorted(s.recipe for s in plan.steps) == sorted(
+        ["muse_bias", "muse_flat", "muse_wavecal", "muse_lsf", "muse_lsf"]
+        + ["muse_illum", "muse_twilight", "muse_scipost"] * 2 + ["muse_scibasic"] * 6)
+    assert plan.reused() == {}
+    # the first run, interrupted once 5 steps have their products
+    proc = _reduce_command(real_dataset, out, tmp_path / "cache-1", tmp_path / "work")
+    deadline = time.monotonic() + 1800
+    while sum(_state(s) is not None for s in plan.steps) < 5:
+        assert time.monotonic() < deadline, "5 steps not finished in 30 min"
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=1.0)
+        assert proc.returncode is None, proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 130 and "interrupted" in err, err
+    before = {s.label: _state(s) for s in plan.steps}
+    finished = {label for label, state in before.items() if state is not None}
+    assert 5 <= len(finished) < len(plan.steps), finished
+    # the dry run says what is left: the forecast matches the records
+    assert set(R.reduce(real_dataset, output_dir=out, dry_run=True).reused()) == finished
+    # the same command again, with an empty cache
+    proc = _reduce_command(real_dataset, out, tmp_path / "cache-2", tmp_path / "work")
+    stdout, err = proc.communicate(timeout=3600)
+    assert proc.returncode == 0, (stdout[-3000:], err[-3000:])
+    after = {s.label: _state(s) for s in plan.steps}
+    for label, state in after.items():
+        assert state is not None, label
+        if label in finished:  # not run again: the same record, the same files
+            assert state == before[label], label
+        else:  # run in the second run, once
+            assert state[0] > max(b[0] for b in before.values() if b), label
+    # no step left a second copy of its products (MASTER_BIAS-01-1.fits ...)
+    for step in plan.steps:
+        on_disk = {p.name for p in pathlib.Path(step.output_dir).glob("*.fits")}
+        assert on_disk == {os.path.basename(p) for p, _, _ in after[step.label][1:]}, step.label
+    for target in ("SYNTH_A", "SYNTH_B"):
+        assert f"{target}: DATACUBE_FINAL: {out / 'muse_scipost' / target}" in stdout, stdout[-2000:]
