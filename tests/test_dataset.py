@@ -245,6 +245,7 @@ def test_plan_returns_the_step_of_an_identical_call(tmp_path):
     assert one.output_dir == str(tmp_path / "x_bias" / "2023-02-25T12:00:00" / "unit01")
 
 
+@pytest.mark.requires_python_cpl  # the CLI imports cpldask.recipe
 def test_dry_run_prints_the_report_and_draws_the_graph(dataset, capsys):
     from cpldask._cli import handle_args
 
