@@ -1,0 +1,167 @@
+"""Issue 21.1: no shared filesystem, for real.
+
+Each worker of the isolated cluster runs in a Linux mount namespace of its own
+(``unshare --mount --propagation private``) whose ``/tmp`` is a private directory:
+the work directory, every ``output_dir`` and each call directory a worker writes are
+seen by that worker alone, not by the other worker nor by the client (the test
+process). Only the directories named ``visible`` (the raw frames, the test recipe's
+library) are bind-mounted read-only into each namespace: the raw data on an archive
+filesystem every node mounts. The scheduler runs in the test process, the workers are
+``dask worker`` processes.
+
+An upstream product then reaches a downstream call on the other worker only by
+cpldask's worker-to-worker fetch (:mod:`cpldask.worker.fetch`), and the client gets
+products through the worker that holds them (:mod:`cpldask._transfer`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import shlex
+import shutil
+import subprocess
+import sys
+import uuid
+
+import dask
+import distributed
+import numpy as np
+import pytest
+from astropy.io import fits
+
+import cpldask as cpl
+from cpldask import _hashing
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.requires_cpl,
+              pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0,
+                                 reason="needs unshare and root (mount namespaces)")]
+#: in every call's env: no call here shares a task with another test's call
+RUN = uuid.uuid4().hex[:8]
+
+
+def _namespace_script(private: pathlib.Path, visible: list[str], command: list[str]) -> str:
+    """The shell run by ``unshare``: ``/tmp`` becomes ``private``, the ``visible``
+    directories are bound back read-only (through a staging tmpfs on /mnt, since the
+    new /tmp hides the old one), then the worker is exec'd."""
+    lines = ["set -e", "mount -t tmpfs -o size=1m cpldask-stage /mnt"]
+    for i, d in enumerate(visible):
+        lines += [f"mkdir -p /mnt/v{i}", f"mount --bind {shlex.quote(d)} /mnt/v{i}"]
+    lines.append(f"mount --bind {shlex.quote(str(private))} /tmp")
+    for i, d in enumerate(visible):
+        lines += [f"mkdir -p {shlex.quote(d)}", f"mount --bind /mnt/v{i} {shlex.quote(d)}",
+                  f"mount -o remount,bind,ro {shlex.quote(d)}"]
+    lines.append("exec " + " ".join(map(shlex.quote, command)))
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def isolated_cluster(base: pathlib.Path, visible: list[str], *, n: int = 2,
+                     threads: int = 1):
+    """A scheduler here and ``n`` workers, each in a mount namespace of its own; the
+    tests make its client the current one (``with client.as_current()``: cpldask's calls
+    go there). Yields
+    ``(client, [worker addresses], [private dirs as the test process sees them])``."""
+    cluster = distributed.LocalCluster(n_workers=0, processes=False, protocol="tcp://", host="127.0.0.1",
+                                       dashboard_address=":0")
+    procs, privates = [], []
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False"}
+    try:
+        for i in range(n):
+            private = base / f"node{i}-tmp"
+            private.mkdir(parents=True)
+            privates.append(private)
+            command = [sys.executable, "-m", "distributed.cli.dask_worker",
+                       cluster.scheduler_address, "--name", f"node{i}",
+                       "--nthreads", str(threads), "--nworkers", "1",
+                       "--local-directory", "/tmp/dask-worker", "--no-dashboard",
+                       "--host", "127.0.0.1"]
+            procs.append(subprocess.Popen(
+                ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                 _namespace_script(private, visible, command)],
+                env=env, stdin=subprocess.DEVNULL, start_new_session=True,
+                stdout=open(base / f"node{i}.log", "wb"), stderr=subprocess.STDOUT))
+        with distributed.Client(cluster, set_as_default=False) as client:
+            client.wait_for_workers(n, timeout=120)
+            workers = sorted(client.scheduler_info()["workers"],
+                             key=lambda a: client.scheduler_info()["workers"][a]["name"])
+            yield client, workers, privates
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        cluster.close()
+
+
+def _on(private: pathlib.Path, path: str) -> pathlib.Path:
+    """Where the test process sees a worker's ``/tmp/...`` file."""
+    return private / os.path.relpath(path, "/tmp")
+
+
+@pytest.fixture(scope="module")
+def nodes(tmp_path_factory, testrecipe_dir, any_fits, recipe_path):
+    visible = sorted({str(testrecipe_dir), os.path.dirname(any_fits)})
+    with isolated_cluster(tmp_path_factory.mktemp("nofs"), visible) as out:
+        yield out
+
+
+def test_workers_do_not_see_each_others_files(nodes):
+    client, (a, b), (priv_a, _) = nodes
+    name = f"/tmp/cpldask-nofs-probe-{RUN}"
+    client.run(lambda: pathlib.Path(name).write_text("a"), workers=[a])
+    seen = client.run(os.path.exists, name)
+    assert seen == {a: True, b: False}
+    assert not os.path.exists(name) and _on(priv_a, name).read_text() == "a"
+
+
+def test_a_product_reaches_a_call_on_another_worker(nodes, any_fits):
+    """The upstream call on worker A, the downstream on worker B: B fetches A's
+    product (size and hash checked), the client reads it through A."""
+    client, (a, b), (priv_a, priv_b) = nodes
+    t = cpl.Recipe("cpldask_test")
+    with client.as_current(), dask.annotate(workers=[a]):
+        up = t(any_fits, param={"nproducts": 2}, env={"RUN": RUN})
+    rec = up.record
+    assert rec.worker == a and all(p.identity for p in rec.products)
+    with client.as_current(), dask.annotate(workers=[b]):
+        down = t(up, env={"RUN": RUN})
+    fetched = down.provenance["fetched"]
+    assert sorted(f["path"] for f in fetched) == sorted(rec.paths())
+    assert all(f["worker"] == a and f["bytes"] > 0 for f in fetched)
+    for f, p in zip(sorted(fetched, key=lambda f: f["path"]),
+                    sorted(rec.products, key=lambda p: p.path)):
+        mine, theirs = _on(priv_b, f["local"]), _on(priv_a, p.path)
+        assert mine.read_bytes() == theirs.read_bytes()
+        assert f["local"].endswith(f"/{_hashing.file_hash(str(theirs))}/{os.path.basename(p.path)}")
+    # the same call on B again: the fetched copy is used again, nothing is fetched
+    with client.as_current(), dask.annotate(workers=[b]):
+        again = t(up, env={"RUN": RUN, "AGAIN": "1"})
+    assert "fetched" not in again.provenance, (fetched, again.provenance["fetched"])
+    # the client reads A's product through A (none of those paths exists here)
+    assert not os.path.exists(rec.paths()[0])
+    hdul = up.PRODUCT[0]
+    np.testing.assert_array_equal(hdul[0].data, fits.getdata(_on(priv_a, rec.paths()[0])))
+
+
+def test_no_copy_on_a_shared_filesystem(client, any_fits):
+    """The embedded cluster's two workers share the disk: the downstream call on the
+    other worker uses the upstream's file in place (same inode), fetches nothing."""
+    t = cpl.Recipe("cpldask_test")
+    client.wait_for_workers(2, timeout=120)
+    workers = sorted(client.scheduler_info()["workers"])
+    with dask.annotate(workers=[workers[0]]):
+        up = t(any_fits, env={"RUN": RUN})
+    with dask.annotate(workers=[workers[1]]):
+        down = t(up, env={"RUN": RUN})
+    assert up.record.worker != down.record.worker
+    assert "fetched" not in down.provenance, (down.provenance["fetched"], up.record.products)
+    used = [i for i in down.provenance["inputs"] if i.get("tag") == "RAW"][0]["path"]
+    assert used == up.record.paths()
+    assert os.stat(used[0]).st_ino == up.record.products[0].identity[1]
