@@ -20,6 +20,11 @@ import os
 import tempfile
 
 import dask.config
+import xxhash
+
+from . import _config, _hashing
+from .worker import fetch as fetch_worker
+from .worker.fetch import same_file
 
 #: bytes per round trip; large products (MUSE pixel tables: GBs) arrive in pieces
 CHUNK = 32 * 2**20
@@ -43,14 +48,34 @@ def _exists_here(path: str, size: int) -> bool:
         return False
 
 
-def must_fetch(product, record) -> bool:
-    """Whether ``product`` of ``record`` has to be read through its worker."""
+def must_fetch(product, record, client=None) -> bool:
+    """Whether ``product`` of ``record`` has to be read through its worker.
+
+    ``auto``: not when this process sees the very file the worker described (its
+    identity: device, inode, size, mtime), nor when a file at that path has the same
+    size and content hash as the worker's (a shared filesystem mounted otherwise,
+    e.g. NFS). A same-named file that differs (an older product in a node-local
+    ``output_dir`` of the same name here) is fetched over. Records without an
+    identity (made before it was recorded) keep the size rule.
+    """
     if record.worker is None:  # not run on a distributed worker: nobody to ask
         return False
     shared = shared_filesystem()
-    if shared is None:
-        return not _exists_here(product.path, product.size)
-    return not shared
+    if shared is not None:
+        return not shared
+    if not _exists_here(product.path, product.size):
+        return True
+    if not product.identity or same_file(product):
+        return False
+    return client is None or _remote_hash(client, record, product.path) != \
+        _hashing.file_hash(product.path)
+
+
+def _remote_hash(client, record, path: str) -> str | None:
+    try:
+        return client.run(describe, path, workers=[record.worker])[record.worker]["hash"]
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 # -- worker side (run by Client.run on the worker that holds the file) ---------------
@@ -73,6 +98,11 @@ async def file_size(path: str) -> int:
     return await asyncio.get_running_loop().run_in_executor(None, _stat, path)
 
 
+async def describe(path: str) -> dict:
+    """``{"size", "hash"}`` of the file ``path`` (xxh3-128, remembered per identity)."""
+    return await asyncio.get_running_loop().run_in_executor(None, fetch_worker._stat, path)
+
+
 # -- client side --------------------------------------------------------------------
 def fetch(client, worker: str, path: str, dest, *, host: str | None = None,
           chunk: int = CHUNK) -> str:
@@ -88,10 +118,13 @@ def fetch(client, worker: str, path: str, dest, *, host: str | None = None,
             f"put cpldask.work-dir (or output_dir) on a filesystem the client shares, "
             f"or run the call again")
     try:
-        size = client.run(file_size, path, workers=[worker])[worker]
+        info = client.run(describe, path, workers=[worker])[worker]
     except OSError as err:
         raise FileNotFoundError(f"{path} is no longer on {where}: {err}") from err
+    size = info["size"]
+    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
     tmp = f"{dest}.part{os.getpid()}"
+    h = xxhash.xxh3_128()
     try:
         with open(tmp, "wb") as out:
             offset = 0
@@ -101,14 +134,43 @@ def fetch(client, worker: str, path: str, dest, *, host: str | None = None,
                 if not data:
                     break
                 out.write(data)
+                h.update(data)
                 offset += len(data)
-        if offset != size:
-            raise OSError(f"{path} from {where}: got {offset} of {size} bytes")
+        if offset != size or h.hexdigest() != info["hash"]:
+            raise OSError(f"{path} from {where}: got {offset} of {size} bytes, hash "
+                          f"{h.hexdigest()} instead of {info['hash']} (changed there "
+                          f"meanwhile?)")
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return str(dest)
+
+
+def local_file(product, record, client) -> str:
+    """The path of ``product`` on this machine: where its worker wrote it when this
+    client sees that file, else a copy fetched through the worker, checked: at the
+    same path for a call with an ``output_dir`` (the client's own directory of that
+    name, as python-cpl would have written it), else in
+    ``<work-dir>/fetched/<hash>/<name>``.
+
+    Examples
+    --------
+    >>> res = cpldask.Recipe("muse_bias")(raw, output_dir="out")   # doctest: +SKIP
+    >>> local_file(res.record.products[0], res.record, client)     # doctest: +SKIP
+    '/home/me/out/MASTER_BIAS.fits'
+    """
+    if same_file(product) or not must_fetch(product, record, client):
+        return product.path  # (the very file: never copied onto itself, whatever the key)
+    if record.output_dir:
+        dest = product.path
+    else:
+        info = client.run(describe, product.path, workers=[record.worker])[record.worker]
+        dest = os.path.join(str(_config.work_dir()), fetch_worker.FETCHED, info["hash"],
+                            os.path.basename(product.path))
+        if os.path.exists(dest) and _hashing.file_hash(dest) == info["hash"]:
+            return dest
+    return fetch(client, record.worker, product.path, dest, host=record.host)
 
 
 def fetch_dir() -> str:
