@@ -4,8 +4,15 @@ worker in another mount namespace).
 
 Whether the client opens a product in place or fetches it is the
 ``cpldask.jobqueue.shared-filesystem`` key: ``true`` (always in place, no copy),
-``false`` (always through the worker), ``auto`` (in place when the path exists here
-with the product's size, else through the worker).
+``false`` (always through the worker), ``auto`` (in place when this process sees the
+very file the worker described, by its identity, or a file of the same size and
+content hash at that path; else through the worker). Every copy is checked against
+the worker's size and xxh3-128 hash before it is used.
+
+:func:`local_file` is what ``Result.paths`` and the path products of an
+``output_dir`` call go through: a product on a worker's disk arrives in the client's
+own ``output_dir`` of the same name. Between workers, the same decision and a copy
+without the client are :mod:`cpldask.worker.fetch`'s.
 
 Bytes travel with :meth:`distributed.Client.run` in chunks: ``run`` executes on the
 worker's event loop (the read itself in a thread), so a fetch never waits behind
@@ -79,23 +86,10 @@ def _remote_hash(client, record, path: str) -> str | None:
 
 
 # -- worker side (run by Client.run on the worker that holds the file) ---------------
-def _stat(path: str) -> int:
-    return os.stat(path).st_size
-
-
-def _pread(path: str, offset: int, size: int) -> bytes:
-    with open(path, "rb") as f:
-        return os.pread(f.fileno(), size, offset)
-
-
 async def read_chunk(path: str, offset: int, size: int) -> bytes:
     """``size`` bytes of ``path`` from ``offset`` (off the worker's event loop)."""
-    return await asyncio.get_running_loop().run_in_executor(None, _pread, path, offset,
-                                                            size)
-
-
-async def file_size(path: str) -> int:
-    return await asyncio.get_running_loop().run_in_executor(None, _stat, path)
+    return await asyncio.get_running_loop().run_in_executor(None, fetch_worker._pread,
+                                                            path, offset, size)
 
 
 async def describe(path: str) -> dict:

@@ -16,88 +16,25 @@ products through the worker that holds them (:mod:`cpldask._transfer`).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pathlib
-import shlex
 import shutil
-import subprocess
-import sys
 import uuid
 
 import dask
-import distributed
 import numpy as np
 import pytest
 from astropy.io import fits
 
 import cpldask as cpl
 from cpldask import _hashing
+from helpers import isolated_cluster
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.requires_cpl,
               pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0,
                                  reason="needs unshare and root (mount namespaces)")]
 #: in every call's env: no call here shares a task with another test's call
 RUN = uuid.uuid4().hex[:8]
-
-
-def _namespace_script(private: pathlib.Path, visible: list[str], command: list[str]) -> str:
-    """The shell run by ``unshare``: ``/tmp`` becomes ``private``, the ``visible``
-    directories are bound back read-only (through a staging tmpfs on /mnt, since the
-    new /tmp hides the old one), then the worker is exec'd."""
-    lines = ["set -e", "mount -t tmpfs -o size=1m cpldask-stage /mnt"]
-    for i, d in enumerate(visible):
-        lines += [f"mkdir -p /mnt/v{i}", f"mount --bind {shlex.quote(d)} /mnt/v{i}"]
-    lines.append(f"mount --bind {shlex.quote(str(private))} /tmp")
-    for i, d in enumerate(visible):
-        lines += [f"mkdir -p {shlex.quote(d)}", f"mount --bind /mnt/v{i} {shlex.quote(d)}",
-                  f"mount -o remount,bind,ro {shlex.quote(d)}"]
-    lines.append("exec " + " ".join(map(shlex.quote, command)))
-    return "\n".join(lines)
-
-
-@contextlib.contextmanager
-def isolated_cluster(base: pathlib.Path, visible: list[str], *, n: int = 2,
-                     threads: int = 1):
-    """A scheduler here and ``n`` workers, each in a mount namespace of its own; the
-    tests make its client the current one (``with client.as_current()``: cpldask's calls
-    go there). Yields
-    ``(client, [worker addresses], [private dirs as the test process sees them])``."""
-    cluster = distributed.LocalCluster(n_workers=0, processes=False, protocol="tcp://", host="127.0.0.1",
-                                       dashboard_address=":0")
-    procs, privates = [], []
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False"}
-    try:
-        for i in range(n):
-            private = base / f"node{i}-tmp"
-            private.mkdir(parents=True)
-            privates.append(private)
-            command = [sys.executable, "-m", "distributed.cli.dask_worker",
-                       cluster.scheduler_address, "--name", f"node{i}",
-                       "--nthreads", str(threads), "--nworkers", "1",
-                       "--local-directory", "/tmp/dask-worker", "--no-dashboard",
-                       "--host", "127.0.0.1"]
-            procs.append(subprocess.Popen(
-                ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                 _namespace_script(private, visible, command)],
-                env=env, stdin=subprocess.DEVNULL, start_new_session=True,
-                stdout=open(base / f"node{i}.log", "wb"), stderr=subprocess.STDOUT))
-        with distributed.Client(cluster, set_as_default=False) as client:
-            client.wait_for_workers(n, timeout=120)
-            workers = sorted(client.scheduler_info()["workers"],
-                             key=lambda a: client.scheduler_info()["workers"][a]["name"])
-            yield client, workers, privates
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        cluster.close()
 
 
 def _on(private: pathlib.Path, path: str) -> pathlib.Path:
@@ -139,7 +76,8 @@ def test_a_product_reaches_a_call_on_another_worker(nodes, any_fits):
                     sorted(rec.products, key=lambda p: p.path)):
         mine, theirs = _on(priv_b, f["local"]), _on(priv_a, p.path)
         assert mine.read_bytes() == theirs.read_bytes()
-        assert f["local"].endswith(f"/{_hashing.file_hash(str(theirs))}/{os.path.basename(p.path)}")
+        digest = _hashing.file_hash(str(theirs))  # named by content: fetched/<hash>/<name>
+        assert f["local"].endswith(f"/{digest}/{os.path.basename(p.path)}")
     # the same call on B again: the fetched copy is used again, nothing is fetched
     with client.as_current(), dask.annotate(workers=[b]):
         again = t(up, env={"RUN": RUN, "AGAIN": "1"})

@@ -70,9 +70,10 @@ def same_file(product: Product) -> bool:
 
 
 # -- the producing worker ------------------------------------------------------------
-def serve() -> None:
-    """Let other workers read this worker's product files (once per worker)."""
-    worker = _worker()
+def serve(worker=None) -> None:
+    """Let other workers read this worker's product files (``worker``: the one this
+    task runs on; the operation is added once)."""
+    worker = worker or _worker()
     if worker is not None:
         _compat.add_worker_handler(worker, OP, _handle)
 
