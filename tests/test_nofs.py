@@ -184,3 +184,26 @@ def test_the_two_ifu_cascade_across_isolated_workers(demo_run, tmp_path_factory)
         "client_bias_mb": os.path.getsize(bias_path) / 1e6, "client_bias_s": bias_s}
     (base / "numbers.json").write_text(json.dumps(numbers, indent=1))
     print(json.dumps(numbers, indent=1))
+
+
+def test_a_product_its_worker_lost_is_a_clear_error(nodes, any_fits):
+    """The producing worker lives but no longer has the file (its node-local disk was
+    cleaned): the downstream call says which file, from which worker, and the fix."""
+    import dataclasses
+
+    from cpldask import errors
+
+    client, (a, b), _ = nodes
+    with client.as_current(), dask.annotate(workers=[a]):
+        up = cpl.Recipe("cpldask_test")(any_fits, env={"RUN": RUN, "LOST": "1"})
+    rec = up.record
+    gone = dataclasses.replace(rec.products[0], path=rec.products[0].path + ".removed")
+    from cpldask.worker import fetch
+
+    # what a downstream call on B does with it (a task of its own: the function must
+    # be importable on the worker)
+    future = client.submit(fetch.local_path, gone, rec, "/tmp/work", recipe="muse_flat",
+                           workers=[b], pure=False)
+    with pytest.raises(errors.InputError, match=r"\.removed \(made by cpldask_test on "
+                       r"worker .*cannot be fetched.*FileNotFoundError.*cpldask.work-dir"):
+        future.result()
