@@ -5,9 +5,10 @@
 set -euo pipefail
 # cpl-plugin-hawki: the second instrument (cpldask/instruments/hawki). cpl-plugin-uves and
 # cpl-plugin-giraf: a normal Debian astronomy machine has several pipelines beside MUSE,
-# whose libraries print at load time (tests/test_python_cpl.py)
+# whose libraries print at load time (tests/test_python_cpl.py). util-linux: unshare, for
+# workers in mount namespaces of their own (tests/test_nofs.py; essential in Debian)
 packages=(libcpl-dev esorex cpl-plugin-muse cpl-plugin-hawki cpl-plugin-uves cpl-plugin-giraf
-          gdb gcc pkg-config slurm-wlm munge chromium graphviz)
+          gdb gcc pkg-config slurm-wlm munge chromium graphviz util-linux)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -196,3 +196,26 @@ def executing_for(ts) -> float | None:
     ws = getattr(ts, "processing_on", None)
     executing = getattr(ws, "executing", None) or {}
     return executing.get(ts)
+
+
+# -- products between workers (cpldask/worker/fetch.py) ----------------------------------
+# distributed has no public way to add a request handler to a running worker, nor to
+# make a worker-to-worker request from inside a task. ``Server.handlers`` is the dict
+# of operations a worker's comm dispatches (``handle_comm``: ``handler(**msg)``, a
+# coroutine awaited), ``Worker.rpc`` its pool of connections to other servers
+# (``await worker.rpc(address).<op>(**msg)``), ``Worker.loop`` the tornado IOLoop the
+# worker runs on (distributed 2022.x to 2026.8). Should one change, a downstream call
+# whose input is on another worker's disk fails with an error naming the fetch
+# (tests/test_nofs.py notices); calls on a shared filesystem never use them.
+def add_worker_handler(worker, op: str, handler) -> None:
+    """Serve ``op`` from ``worker``'s port with the coroutine function ``handler``."""
+    worker.handlers.setdefault(op, handler)
+
+
+def worker_request(worker, address: str, op: str, **msg):
+    """A concurrent future of ``op(**msg)`` on the server at ``address``, sent from
+    ``worker``'s event loop (callable from a task thread; ``.result()`` waits)."""
+    async def call():
+        return await getattr(worker.rpc(address), op)(**msg)
+
+    return asyncio.run_coroutine_threadsafe(call(), worker.loop.asyncio_loop)

@@ -98,6 +98,10 @@ class Product:
     size: int
     header: dict  # a few primary-header values: PRO CATG, QC keywords, DATAMD5
     hdus: tuple = ()  # (extension name, shape, dtype) of each HDU with data, from headers
+    # (device, inode, size, mtime_ns) of the file where the worker left it: another
+    # process that finds this very identity at ``path`` sees the same file (a shared
+    # filesystem) and needs no copy (cpldask.worker.fetch, cpldask._transfer)
+    identity: tuple = ()
 
 
 @dataclasses.dataclass

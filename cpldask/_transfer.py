@@ -4,8 +4,15 @@ worker in another mount namespace).
 
 Whether the client opens a product in place or fetches it is the
 ``cpldask.jobqueue.shared-filesystem`` key: ``true`` (always in place, no copy),
-``false`` (always through the worker), ``auto`` (in place when the path exists here
-with the product's size, else through the worker).
+``false`` (always through the worker), ``auto`` (in place when this process sees the
+very file the worker described, by its identity, or a file of the same size and
+content hash at that path; else through the worker). Every copy is checked against
+the worker's size and xxh3-128 hash before it is used.
+
+:func:`local_file` is what ``Result.paths`` and the path products of an
+``output_dir`` call go through: a product on a worker's disk arrives in the client's
+own ``output_dir`` of the same name. Between workers, the same decision and a copy
+without the client are :mod:`cpldask.worker.fetch`'s.
 
 Bytes travel with :meth:`distributed.Client.run` in chunks: ``run`` executes on the
 worker's event loop (the read itself in a thread), so a fetch never waits behind
@@ -20,6 +27,11 @@ import os
 import tempfile
 
 import dask.config
+import xxhash
+
+from . import _config, _hashing
+from .worker import fetch as fetch_worker
+from .worker.fetch import same_file
 
 #: bytes per round trip; large products (MUSE pixel tables: GBs) arrive in pieces
 CHUNK = 32 * 2**20
@@ -43,34 +55,46 @@ def _exists_here(path: str, size: int) -> bool:
         return False
 
 
-def must_fetch(product, record) -> bool:
-    """Whether ``product`` of ``record`` has to be read through its worker."""
+def must_fetch(product, record, client=None) -> bool:
+    """Whether ``product`` of ``record`` has to be read through its worker.
+
+    ``auto``: not when this process sees the very file the worker described (its
+    identity: device, inode, size, mtime), nor when a file at that path has the same
+    size and content hash as the worker's (a shared filesystem mounted otherwise,
+    e.g. NFS). A same-named file that differs (an older product in a node-local
+    ``output_dir`` of the same name here) is fetched over. Records without an
+    identity (made before it was recorded) keep the size rule.
+    """
     if record.worker is None:  # not run on a distributed worker: nobody to ask
         return False
     shared = shared_filesystem()
-    if shared is None:
-        return not _exists_here(product.path, product.size)
-    return not shared
+    if shared is not None:
+        return not shared
+    if not _exists_here(product.path, product.size):
+        return True
+    if not product.identity or same_file(product):
+        return False
+    return client is None or _remote_hash(client, record, product.path) != \
+        _hashing.file_hash(product.path)
+
+
+def _remote_hash(client, record, path: str) -> str | None:
+    try:
+        return client.run(describe, path, workers=[record.worker])[record.worker]["hash"]
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 # -- worker side (run by Client.run on the worker that holds the file) ---------------
-def _stat(path: str) -> int:
-    return os.stat(path).st_size
-
-
-def _pread(path: str, offset: int, size: int) -> bytes:
-    with open(path, "rb") as f:
-        return os.pread(f.fileno(), size, offset)
-
-
 async def read_chunk(path: str, offset: int, size: int) -> bytes:
     """``size`` bytes of ``path`` from ``offset`` (off the worker's event loop)."""
-    return await asyncio.get_running_loop().run_in_executor(None, _pread, path, offset,
-                                                            size)
+    return await asyncio.get_running_loop().run_in_executor(None, fetch_worker._pread,
+                                                            path, offset, size)
 
 
-async def file_size(path: str) -> int:
-    return await asyncio.get_running_loop().run_in_executor(None, _stat, path)
+async def describe(path: str) -> dict:
+    """``{"size", "hash"}`` of the file ``path`` (xxh3-128, remembered per identity)."""
+    return await asyncio.get_running_loop().run_in_executor(None, fetch_worker._stat, path)
 
 
 # -- client side --------------------------------------------------------------------
@@ -88,10 +112,13 @@ def fetch(client, worker: str, path: str, dest, *, host: str | None = None,
             f"put cpldask.work-dir (or output_dir) on a filesystem the client shares, "
             f"or run the call again")
     try:
-        size = client.run(file_size, path, workers=[worker])[worker]
+        info = client.run(describe, path, workers=[worker])[worker]
     except OSError as err:
         raise FileNotFoundError(f"{path} is no longer on {where}: {err}") from err
+    size = info["size"]
+    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
     tmp = f"{dest}.part{os.getpid()}"
+    h = xxhash.xxh3_128()
     try:
         with open(tmp, "wb") as out:
             offset = 0
@@ -101,14 +128,43 @@ def fetch(client, worker: str, path: str, dest, *, host: str | None = None,
                 if not data:
                     break
                 out.write(data)
+                h.update(data)
                 offset += len(data)
-        if offset != size:
-            raise OSError(f"{path} from {where}: got {offset} of {size} bytes")
+        if offset != size or h.hexdigest() != info["hash"]:
+            raise OSError(f"{path} from {where}: got {offset} of {size} bytes, hash "
+                          f"{h.hexdigest()} instead of {info['hash']} (changed there "
+                          f"meanwhile?)")
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return str(dest)
+
+
+def local_file(product, record, client) -> str:
+    """The path of ``product`` on this machine: where its worker wrote it when this
+    client sees that file, else a copy fetched through the worker, checked: at the
+    same path for a call with an ``output_dir`` (the client's own directory of that
+    name, as python-cpl would have written it), else in
+    ``<work-dir>/fetched/<hash>/<name>``.
+
+    Examples
+    --------
+    >>> res = cpldask.Recipe("muse_bias")(raw, output_dir="out")   # doctest: +SKIP
+    >>> local_file(res.record.products[0], res.record, client)     # doctest: +SKIP
+    '/home/me/out/MASTER_BIAS.fits'
+    """
+    if same_file(product) or not must_fetch(product, record, client):
+        return product.path  # (the very file: never copied onto itself, whatever the key)
+    if record.output_dir:
+        dest = product.path
+    else:
+        info = client.run(describe, product.path, workers=[record.worker])[record.worker]
+        dest = os.path.join(str(_config.work_dir()), fetch_worker.FETCHED, info["hash"],
+                            os.path.basename(product.path))
+        if os.path.exists(dest) and _hashing.file_hash(dest) == info["hash"]:
+            return dest
+    return fetch(client, record.worker, product.path, dest, host=record.host)
 
 
 def fetch_dir() -> str:

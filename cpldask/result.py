@@ -16,7 +16,7 @@ from typing import Any, Callable
 import distributed
 from astropy.io import fits
 
-from . import _logs, _submit, errors
+from . import _logs, _submit, _transfer, errors
 from ._spec import RunRecord
 
 __all__ = ["Result"]
@@ -171,8 +171,11 @@ class Result:
     def _value(self, tag: str):
         rec = self._get()
         if tag not in self._opened:
-            opener = (lambda p: p.path) if self._path_products else (
-                lambda p: _open(p, rec, self.future.client))  # issue 7: rec says where p is
+            client = self.future.client
+            # a path where this client sees the product (fetched from its worker when
+            # there is no shared filesystem: cpldask._transfer), or the HDUList
+            opener = (lambda p: _transfer.local_file(p, rec, client)) \
+                if self._path_products else (lambda p: _open(p, rec, client))
             self._opened[tag] = rec.shaped(tag, opener)
         return self._opened[tag]
 
@@ -262,9 +265,13 @@ class Result:
 
     @property
     def paths(self) -> dict[str, list[str]]:
-        """Product file paths by tag, whatever the ``output_dir`` rule."""
+        """Product file paths by tag, whatever the ``output_dir`` rule: on this
+        machine (a product on a worker's disk that this client does not see is fetched
+        through that worker first, see :func:`cpldask._transfer.local_file`)."""
         rec = self._get()
-        return {tag: rec.paths(tag) for tag in rec.tags}
+        client = self.future.client
+        return {tag: [_transfer.local_file(p, rec, client) for p in rec.products
+                      if p.tag == tag] for tag in rec.tags}
 
     # -- display: from this client's own state, as distributed.Future's --------------
     def _known_record(self) -> RunRecord | None:
@@ -361,9 +368,7 @@ def _open(product, record: RunRecord | None = None, client=None) -> fits.HDUList
     # shared filesystem) is read through the worker that wrote it (cpldask._transfer;
     # config cpldask.jobqueue.shared-filesystem). With a shared filesystem: no copy.
     if record is not None and client is not None:
-        from . import _transfer
-
-        if _transfer.must_fetch(product, record):
+        if _transfer.must_fetch(product, record, client):
             return _transfer.open_fetched(product, record, client)
     # -- end of issue 7 hook
     return fits.open(product.path, memmap=True)

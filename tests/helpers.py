@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import pathlib
+import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -285,3 +288,69 @@ def _is_error(msg: dict) -> bool:
     if method == "Log.entryAdded":
         return params.get("entry", {}).get("level") == "error"
     return False
+
+
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+# -- workers that share no disk (tests/test_nofs.py, bench/transfer.py) -------------------
+def _namespace_script(private: pathlib.Path, visible: list[str], command: list[str]) -> str:
+    """The shell run by ``unshare``: ``/tmp`` becomes ``private``, the ``visible``
+    directories are bound back read-only (through a staging tmpfs on /mnt, since the
+    new /tmp hides the old one), then the worker is exec'd."""
+    lines = ["set -e", "mount -t tmpfs -o size=1m cpldask-stage /mnt"]
+    for i, d in enumerate(visible):
+        lines += [f"mkdir -p /mnt/v{i}", f"mount --bind {shlex.quote(d)} /mnt/v{i}"]
+    lines.append(f"mount --bind {shlex.quote(str(private))} /tmp")
+    for i, d in enumerate(visible):
+        lines += [f"mkdir -p {shlex.quote(d)}", f"mount --bind /mnt/v{i} {shlex.quote(d)}",
+                  f"mount -o remount,bind,ro {shlex.quote(d)}"]
+    lines.append("exec " + " ".join(map(shlex.quote, command)))
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def isolated_cluster(base: pathlib.Path, visible: list[str], *, n: int = 2,
+                     threads: int = 1):
+    """A scheduler here and ``n`` workers, each in a mount namespace of its own; the
+    tests make its client the current one (``with client.as_current()``: cpldask's calls
+    go there). Yields
+    ``(client, [worker addresses], [private dirs as the test process sees them])``."""
+    import distributed
+
+    cluster = distributed.LocalCluster(n_workers=0, processes=False, protocol="tcp://",
+                                       host="127.0.0.1", dashboard_address=":0")
+    procs, privates = [], []
+    # the workers import this checkout's cpldask (the tasks name its functions)
+    env = {**os.environ, "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False",
+           "PYTHONPATH": os.pathsep.join([str(_ROOT), os.environ.get("PYTHONPATH", "")])}
+    try:
+        for i in range(n):
+            private = base / f"node{i}-tmp"
+            private.mkdir(parents=True)
+            privates.append(private)
+            command = [sys.executable, "-m", "distributed.cli.dask_worker",
+                       cluster.scheduler_address, "--name", f"node{i}",
+                       "--nthreads", str(threads), "--nworkers", "1",
+                       "--local-directory", "/tmp/dask-worker", "--no-dashboard",
+                       "--host", "127.0.0.1"]
+            with open(base / f"node{i}.log", "wb") as log:
+                procs.append(subprocess.Popen(
+                    ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                     _namespace_script(private, visible, command)],
+                    env=env, stdin=subprocess.DEVNULL, start_new_session=True,
+                    stdout=log, stderr=subprocess.STDOUT))
+        with distributed.Client(cluster, set_as_default=False) as client:
+            client.wait_for_workers(n, timeout=120)
+            workers = sorted(client.scheduler_info()["workers"],
+                             key=lambda a: client.scheduler_info()["workers"][a]["name"])
+            yield client, workers, privates
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        cluster.close()

@@ -37,7 +37,7 @@ import time
 
 from .. import _cache, _compat, _hashing, _logs, errors
 from .._spec import CallSpec, FileInput, MemoryInput, ProductRef, RunRecord
-from . import forkserver, install, runner
+from . import fetch, forkserver, install, runner
 
 
 #: how often a waiting worker thread looks for a cancel or a time-out (seconds)
@@ -46,18 +46,25 @@ POLL = 0.2
 
 def run_recipe(spec: CallSpec, *deps) -> RunRecord:
     """Run the call ``spec``; ``deps`` are the upstream outcomes it references."""
-    frames = _resolve(spec, deps)
-    return _run(spec, frames, _hash_inputs(spec, frames, deps))
+    fetched = fetch.Fetched()
+    frames = _resolve(spec, deps, fetched)
+    return _run(spec, frames, _hash_inputs(spec, frames, deps), fetched)
 
 
-def _resolve(spec: CallSpec, deps) -> list[tuple[str, list[str]]]:
-    """(tag, [paths]) for every input frame, checked to be readable here."""
+def _resolve(spec: CallSpec, deps, fetched: fetch.Fetched | None = None
+             ) -> list[tuple[str, list[str]]]:
+    """(tag, [paths]) for every input frame, checked to be readable here; an upstream
+    product on another worker's disk is fetched from there (:mod:`.fetch`)."""
     out = []
     for tag, item in spec.frames:
         if isinstance(item, FileInput):
             paths = [item.path]
         elif isinstance(item, MemoryInput):
             paths = [_materialize(deps[item.dep], item.digest, spec.work_dir)]
+        elif isinstance(deps[item.dep], RunRecord):
+            record = deps[item.dep]
+            paths = [fetch.local_path(p, record, spec.work_dir, fetched, recipe=spec.recipe)
+                     for p in _dep_products(record, item.tag, tag, spec.recipe)]
         else:
             paths = _dep_paths(deps[item.dep], item.tag, tag, spec.recipe)
         for path in paths:
@@ -86,15 +93,22 @@ def _materialize(data: bytes, digest: str, work_dir: str) -> str:
     return str(path)
 
 
+def _dep_products(record: RunRecord, want: str | None, tag: str, recipe: str) -> list:
+    """The products of ``record`` tagged ``want`` (all, when it made only one tag)."""
+    products = [p for p in record.products if want is None or p.tag == want]
+    if not products and len(record.tags) == 1:
+        products = list(record.products)
+    if not products:
+        raise errors.InputError(
+            f"{recipe}: the {record.recipe} result given for {tag} has no product "
+            f"tagged {want!r}; it has {record.tags}. Pass one product, e.g. "
+            f"result.{record.tags[0] if record.tags else 'TAG'}")
+    return products
+
+
 def _dep_paths(value, want: str | None, tag: str, recipe: str) -> list[str]:
     if isinstance(value, RunRecord):
-        paths = value.paths(want) or (value.paths() if len(value.tags) == 1 else [])
-        if not paths:
-            raise errors.InputError(
-                f"{recipe}: the {value.recipe} result given for {tag} has no product "
-                f"tagged {want!r}; it has {value.tags}. Pass one product, e.g. "
-                f"result.{value.tags[0] if value.tags else 'TAG'}")
-        return paths
+        return [p.path for p in _dep_products(value, want, tag, recipe)]
     if isinstance(value, (list, tuple)):
         return [str(v) for v in value]
     return [str(value)]
@@ -234,7 +248,8 @@ def _cancelled() -> bool:
     return state is not None and state in ("cancelled", "released", "forgotten")
 
 
-def _run(spec: CallSpec, frames, inputs: list[_Input]) -> RunRecord:
+def _run(spec: CallSpec, frames, inputs: list[_Input],
+         fetched: fetch.Fetched | None = None) -> RunRecord:
     base = pathlib.Path(spec.output_dir) / install.TMP if spec.output_dir else pathlib.Path(spec.work_dir)
     try:
         base.mkdir(parents=True, exist_ok=True)
@@ -279,6 +294,8 @@ def _run(spec: CallSpec, frames, inputs: list[_Input]) -> RunRecord:
                 products, report = _execute(spec, frames, call_dir, base, server, library)
         prov = _provenance(spec, inputs, key, report,
                            cache_hit=hit is not None or done is not None)
+        if fetched is not None and fetched.files:  # inputs copied from other workers
+            prov["fetched"] = fetched.files
         if done is not None:
             prov["reused"] = "output_dir"
         if hit is None and spec.cache_dir and key is not None:
@@ -300,6 +317,10 @@ def _run(spec: CallSpec, frames, inputs: list[_Input]) -> RunRecord:
                                 provenance=prov)
         else:
             (call_dir / "provenance.json").write_text(json.dumps(prov, indent=1, default=str))
+        # the identity of each file where it is now tells a downstream call on another
+        # worker whether it sees this very file; if not, it fetches it from here
+        products = [fetch.identified(p) for p in products]
+        fetch.serve()
         # the products where they are now, for the scheduler's page of recipe runs
         # (the RunRecord stays on this worker until a client asks for it)
         _logs.send_run_event(spec.recipe, "done", products=[[p.tag, p.path] for p in products],
