@@ -36,7 +36,7 @@ import pathlib
 import threading
 import time
 
-from .. import _compat, _hashing, errors
+from .. import _compat, _hashing
 from .._spec import Product, RunRecord
 
 #: the worker operation that describes and reads product files
@@ -133,6 +133,10 @@ def local_path(product: Product, record: RunRecord, work_dir: str,
         info = _compat.worker_request(worker, record.worker, OP, action="stat",
                                       path=product.path).result()
     except (OSError, FileNotFoundError) as err:
+        # imported here: errors loads python-cpl, which cpldask.cluster (it imports this
+        # module through _transfer) must not, to write job scripts without CPL
+        from .. import errors
+
         raise errors.InputError(
             f"{recipe}: input {where} is not on this worker's disk and cannot be "
             f"fetched ({err!r}): its worker has left the cluster or lost the file. Put "
