@@ -185,7 +185,8 @@ def test_each_master_is_made_once_for_every_exposure_that_uses_it(plan):
     assert {r: sorted(u, key=str) for r, u in count.items()} == {
         "muse_bias": [1, 2], "muse_flat": [1, 2], "muse_wavecal": [1, 2],
         "muse_illum": [None, None], "muse_twilight": [None, None], "muse_lingain": [1, 2],
-        "muse_scibasic": [1] * 6 + [2] * 6, "muse_scipost": [None, None],
+        "muse_scibasic": [1] * 6 + [2] * 6, "muse_scipost": [None] * 6,
+        "muse_exp_align": [None, None], "muse_exp_combine": [None, None],
         "muse_lsf": [1, 1, 2, 2]}
     # no two steps are the same call, and each has a label and folder of its own
     assert len({s.label for s in steps}) == len({s.output_dir for s in steps}) == len(steps)
@@ -200,10 +201,26 @@ def test_each_master_is_made_once_for_every_exposure_that_uses_it(plan):
     assert [os.path.basename(p) for p in sci.calib["MASTER_BIAS"]] == ["n0_MASTER_BIAS-01.fits"]
     assert sci.raw["OBJECT"] == [str(plan.classification["OBJECT"][1].path)]
     assert sci.group == "SYNTH_A" and sci.exposures == (2,)
-    # one cube per target, of its three exposures
-    post = plan["muse_scipost@SYNTH_B"]
-    assert len(post.raw["PIXTABLE_OBJECT"]) == 6 and post.group == "SYNTH_B"
-    assert post.output_dir == str(pathlib.Path(plan.output_dir, "muse_scipost", "SYNTH_B"))
+    # one cube per target, of its three exposures: muse_scipost of each exposure (of
+    # its 2 IFUs), muse_exp_align over their images, muse_exp_combine of their pixel
+    # tables with the offsets (issue 20.2)
+    posts = [plan[f"muse_scipost@SYNTH_B/exp{i}"] for i in (1, 2, 3)]
+    for i, post in enumerate(posts, 1):
+        assert post.raw["PIXTABLE_OBJECT"] == [plan[f"muse_scibasic@SYNTH_B/exp{i}[{k}]"]
+                                               for k in IFUS]
+        assert post.param["astrometry"] is True and "individual" in post.param["save"]
+    align = plan["muse_exp_align@SYNTH_B"]
+    assert align.raw == {"IMAGE_FOV": posts}
+    combine = plan["muse_exp_combine@SYNTH_B"]
+    assert combine.raw == {"PIXTABLE_REDUCED": posts}
+    assert combine.calib == {"OFFSET_LIST": [align]} and combine.group == "SYNTH_B"
+    assert combine.output_dir == str(pathlib.Path(plan.output_dir, "muse_exp_combine",
+                                                  "SYNTH_B"))
+    # the sky is modelled: SKY_LINES and the LSF of each IFU (issue 20.1)
+    assert posts[0].param["skymethod"] == "model"
+    lsf = {s.unit: s for s in steps if s.recipe == "muse_lsf" and "SYNTH_B" in s.groups}
+    assert posts[0].calib["LSF_PROFILE"] == [lsf[k] for k in IFUS]
+    assert [os.path.basename(p) for p in posts[0].calib["SKY_LINES"]] == ["SKY_LINES.fits"]
     # calibrations of two nights are told apart by the start of their raw frames
     assert {s.label for s in steps if s.recipe == "muse_illum"} == {
         "muse_illum@2024-01-02T00:57:36", "muse_illum@2024-01-03T00:57:36"}
@@ -254,7 +271,8 @@ def test_dry_run_prints_the_report_and_draws_the_graph(dataset, capsys):
     assert "group SYNTH_A: 3 exposures" in text and "group SYNTH_B: 3 exposures" in text
     assert "not n0_BIAS_2x2_01.fits, n0_BIAS_2x2_02.fits, n0_BIAS_2x2_03.fits: binx is 2" in text
     assert "the same calibrations as SYNTH_A_OBJECT_01.fits" in text
-    assert "muse_scipost@SYNTH_B" in text
+    assert "muse_exp_combine@SYNTH_B" in text and "muse_scipost@SYNTH_B/exp3" in text
+    assert "sky: skymethod=model: the sky lines fitted with the LSF of each slice" in text
     graph = out / "graph.png"
     assert f"graph: {graph}" in text and graph.read_bytes()[:4] == b"\x89PNG"
 
@@ -349,7 +367,8 @@ def test_an_interrupted_reduction_goes_on_where_it_stopped(real_dataset, tmp_pat
     plan = R.reduce(real_dataset, output_dir=out, dry_run=True)
     assert sorted(s.recipe for s in plan.steps) == sorted(
         ["muse_bias", "muse_flat", "muse_wavecal", "muse_lsf", "muse_lsf"]
-        + ["muse_illum", "muse_twilight", "muse_scipost"] * 2 + ["muse_scibasic"] * 6)
+        + ["muse_illum", "muse_twilight", "muse_exp_align", "muse_exp_combine"] * 2
+        + ["muse_scibasic", "muse_scipost"] * 6)
     assert plan.reused() == {}
     # the first run, interrupted once 5 steps have their products
     proc = _reduce_command(real_dataset, out, tmp_path / "cache-1", tmp_path / "work")
@@ -383,4 +402,5 @@ def test_an_interrupted_reduction_goes_on_where_it_stopped(real_dataset, tmp_pat
         on_disk = {p.name for p in pathlib.Path(step.output_dir).glob("*.fits")}
         assert on_disk == {os.path.basename(p) for p, _, _ in after[step.label][1:]}, step.label
     for target in ("SYNTH_A", "SYNTH_B"):
-        assert f"{target}: DATACUBE_FINAL: {out / 'muse_scipost' / target}" in stdout, stdout[-2000:]
+        assert f"{target}: DATACUBE_FINAL: {out / 'muse_exp_combine' / target}" in stdout, \
+            stdout[-2000:]
