@@ -231,6 +231,22 @@ def test_each_master_is_made_once_for_every_exposure_that_uses_it(plan):
                 or fnmatch.fnmatch(n, "n0_FLAT_*")}
 
 
+def test_flux_branch_of_several_exposures_reuses_the_alignment(dataset):
+    """Issue 20.2 with the flux branch: each exposure's flux-calibrated muse_scipost,
+    combined with the OFFSET_LIST of the uncalibrated ones (flux calibration does
+    not move a star); the group's final cube is that combination."""
+    red = R.reduce(dataset, output_dir=dataset / "flux", dry_run=True, flux=True)
+    for target in ("SYNTH_A", "SYNTH_B"):
+        flux = [red[f"muse_scipost_flux@{target}/exp{i}"] for i in (1, 2, 3)]
+        standard = flux[0].calib["STD_RESPONSE"]
+        assert standard[0].recipe == "muse_standard"
+        assert all(f.calib["STD_RESPONSE"] == standard for f in flux)
+        combine = red[f"muse_exp_combine_flux@{target}"]
+        assert combine.raw == {"PIXTABLE_REDUCED": flux}
+        assert combine.calib == {"OFFSET_LIST": [red[f"muse_exp_align@{target}"]]}
+    assert [s.name for s in red.steps if "align" in s.name] == ["muse_exp_align"] * 2
+
+
 def test_a_single_exposure_keeps_the_plain_names(tmp_path):
     """One group, one exposure: the names and folders of before (issue 5)."""
     from test_reduce import night

@@ -1404,11 +1404,14 @@ def write_dithered(directory: str | pathlib.Path, *, ifus: Iterable[int] = (1,),
                    seed: int = 0, compress: bool = True, mjd: float = 60000.0,
                    processes: int = 1) -> dict[str, list[pathlib.Path]]:
     """Write the smallest data set of one target observed in dithered exposures:
-    3 BIAS, 3 FLAT, one ARC of each lamp, and the three 600 s OBJECT exposures of
-    `DITHERS` (header pointings) of the star field `STAR_FIELD`, each at its true
-    pointing (`POINTING_ERRORS`), over the night sky's continuum and lines; with the
-    static tables. No dark, twilight, illumination flat or standard: the cascade
-    takes them when present, and leaves them out here to stay short.
+    3 BIAS, 3 FLAT, one ARC of each lamp, 3 twilight flats (SKYFLAT: muse_twilight
+    corrects the sky's illumination gradient, `_field_gradient`, which the lamp flats
+    do not have; left in, the gradient would stay in the sky-subtracted cube), and
+    the three 600 s OBJECT exposures of `DITHERS` (header pointings) of the star
+    field `STAR_FIELD`, each at its true pointing (`POINTING_ERRORS`), over the night
+    sky's continuum and lines; with the static tables. No dark, illumination flat or
+    standard: the cascade takes them when present, and leaves them out here to stay
+    short.
 
     Returns
     -------
@@ -1425,7 +1428,7 @@ def write_dithered(directory: str | pathlib.Path, *, ifus: Iterable[int] = (1,),
     d = pathlib.Path(directory)
     t = {k: mjd + v for k, v in _SCHEDULE.items()}
     jobs: list[tuple] = []
-    for tag, n in (("BIAS", 3), ("FLAT", 3)):
+    for tag, n in (("BIAS", 3), ("FLAT", 3), ("SKYFLAT", 3)):
         header = _template(t[tag], n)
         jobs += [(d / tag.lower() / f"{tag}_{i + 1:02d}.fits", tag, t[tag] + i * 120 / 86400,
                   None, i, header, {}) for i in range(n)]
