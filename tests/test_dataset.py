@@ -247,6 +247,27 @@ def test_flux_branch_of_several_exposures_reuses_the_alignment(dataset):
     assert [s.name for s in red.steps if "align" in s.name] == ["muse_exp_align"] * 2
 
 
+def test_an_astrometric_solution_goes_to_the_exposures_cubes(tmp_path):
+    """Issue 20.3: an ASTROMETRY_WCS among the files (muse_astrometry's product: its
+    WCS in the primary header, PRO CATG ASTROMETRY_WCS) goes to each exposure's
+    muse_scipost, whose cubes muse_exp_align and muse_exp_combine put together."""
+    from astropy.io import fits
+
+    synthetic.write_dataset(tmp_path, ifus=IFUS, headers_only=True, lingain=False)
+    header = fits.Header()
+    for key, value in {"INSTRUME": "MUSE", "HIERARCH ESO PRO CATG": "ASTROMETRY_WCS",
+                       "CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRPIX1": 0.0,
+                       "CRPIX2": 0.0, "CD1_1": -0.2 / 3600, "CD2_2": 0.2 / 3600,
+                       "CD1_2": 0.0, "CD2_1": 0.0}.items():
+        header[key] = value
+    wcs = tmp_path / "raw" / "static" / "ASTROMETRY_WCS.fits"
+    fits.PrimaryHDU(header=header).writeto(wcs)
+    red = R.reduce(tmp_path, output_dir=tmp_path / "reduced", dry_run=True)
+    for target in ("SYNTH_A", "SYNTH_B"):
+        for i in (1, 2, 3):
+            assert red[f"muse_scipost@{target}/exp{i}"].calib["ASTROMETRY_WCS"] == [str(wcs)]
+
+
 def test_a_single_exposure_keeps_the_plain_names(tmp_path):
     """One group, one exposure: the names and folders of before (issue 5)."""
     from test_reduce import night

@@ -28,7 +28,8 @@ if TYPE_CHECKING:  # the plan is passed in: no import of the workflow layer
 
 __all__ = ["workflow"]
 
-_STATIC = ("LINE_CATALOG", "GEOMETRY_TABLE", "SKY_LINES", "EXTINCT_TABLE", "STD_FLUX_TABLE")
+_STATIC = ("LINE_CATALOG", "GEOMETRY_TABLE", "SKY_LINES", "EXTINCT_TABLE", "STD_FLUX_TABLE",
+           "ASTROMETRY_WCS")
 
 
 @dataclasses.dataclass
@@ -107,7 +108,10 @@ def workflow(plan: Plan, assoc: Association, *, flux: bool | None = None) -> Non
             raise ValueError(f"flux=True needs {', '.join(missing) or 'a science frame'}")
     if tag is None:
         return
-    offsets = _cube(plan, tag, frames, ifus, sky, {}, "")
+    # the astrometric solution, where the association has one, for the cubes of
+    # several exposures (one exposure's cube keeps the field's linear WCS)
+    astrometry = {"ASTROMETRY_WCS": static["ASTROMETRY_WCS"]} if len(frames) > 1 else {}
+    offsets = _cube(plan, tag, frames, ifus, sky, astrometry, "")
     if flux:
         std = {k: plan.call("muse_scibasic", {"STD": first.paths("STD", k),
                                               "ILLUM": group.illum},
@@ -119,7 +123,7 @@ def workflow(plan: Plan, assoc: Association, *, flux: bool | None = None) -> Non
                                     "STD_FLUX_TABLE": static["STD_FLUX_TABLE"]})
         _cube(plan, tag, frames, ifus, sky,
               {"EXTINCT_TABLE": static["EXTINCT_TABLE"], "STD_RESPONSE": standard,
-               "STD_TELLURIC": standard}, "_flux", offsets=offsets)
+               "STD_TELLURIC": standard, **astrometry}, "_flux", offsets=offsets)
 
 
 def _sky(plan: Plan, assoc: Association, static: dict, lsf: dict, ifus: tuple) -> dict:
