@@ -14,7 +14,8 @@ emission lines (goal 2 %); and the brief's 0.2 pixel for the offsets.
 Measured on 2026-12-01 (2 busy cores; ``pytest tests/test_cubes.py -s``): [OI] 5577
 left at 0.50 % of its flux (4.1 % without the twilight flats: the sky's +-3 %
 illumination gradient), the continuum beside it at 0.8 %, offsets within 0.027"
-(0.13 pixel), stars of the combined image within 0.07 pixel; the module ~10 min.
+(0.13 pixel), stars of the combined image within 0.07 pixel; the module 391 s (the
+reduction 366 s of it).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from cpldask import workflow as R
 from cpldask.instruments.muse import synthetic
 
 pytestmark = [pytest.mark.requires_cpl, pytest.mark.muse, pytest.mark.slow,
-              # the data (~1.5 min) and 13 calls, ~10 min at a load of 5 on 2 cores
+              # the data and 13 calls: 6.5 min at a load of 4.5 on 2 cores
               pytest.mark.timeout(2400)]
 
 #: the strongest line of the synthetic night sky (synthetic._SKY_LINES)
