@@ -9,7 +9,7 @@ the [OI] 5577 line of the night sky). The bounds are the MUSE pipeline's
 specifications, as Weilbacher et al. 2020 (A&A 641, A28, Sect. 1: "The data
 processing pipeline for the MUSE instrument") list them [W20]: images reconstructed
 to better than 1/4 pixel, sky subtraction to better than 5 % of the sky outside the
-emission lines (goal 2 %); and the brief's 0.2 pixel for the offsets.
+emission lines (goal 2 %); and issue 20's 0.2 pixel for the offsets.
 
 Measured on 2026-12-01 (2 busy cores; ``pytest tests/test_cubes.py -s``): [OI] 5577
 left at 0.50 % of its flux (4.1 % without the twilight flats: the sky's +-3 %
