@@ -37,7 +37,7 @@ import pathlib
 import time
 
 import common
-from common import log, median, row
+from common import PeakRSS, log, median, row
 
 SLOTS = 2
 
@@ -74,6 +74,7 @@ def run(ctx: common.Context) -> dict:
     for k in counts:
         raw, ifus = exposure(ctx, k)
         walls: dict[str, list] = {}
+        peaks: dict[str, list] = {}
         bounds = []
         for rep in range(reps):
             base = ctx.scratch(f"cascade-{k}-{rep}")
@@ -81,34 +82,14 @@ def run(ctx: common.Context) -> dict:
             order = variants[rep % len(variants):] + variants[:rep % len(variants)]
             for name in order:
                 log(f"cascade {k} IFUs rep {rep + 1}/{reps}: {name} ({len(plan.steps)} calls)")
-                if name.startswith("cpldask"):
-                    workers = 1 if name == "cpldask 1 worker" else None
-                    with ctx.cluster(SLOTS, n_workers=workers):
-                        red = red_mod.reduce(raw, ifus=ifus,
-                                             output_dir=base / name.replace(" ", "-"),
-                                             dry_run=True)
-                        t0 = time.perf_counter()
-                        red.submit().wait()
-                        wall = time.perf_counter() - t0
-                        extra["steps"][f"{k}-{name}-{rep}"] = {
-                            r["step"]: [round(r["start"], 2), round(r["end"], 2)]
-                            for r in red.rows() if r["start"] is not None}
-                elif name == "python-cpl threaded":
-                    t0 = time.perf_counter()
-                    run_threaded(plan, base / "python-cpl-threaded", SLOTS)
-                    wall = time.perf_counter() - t0
-                else:
-                    times = run_sequential(plan, base / "python-cpl-serial")
-                    wall = times.pop("total")
-                    cp = critical_path(plan, times)
-                    bound = max(cp, sum(times.values()) / SLOTS)
-                    bounds.append(bound)
-                    extra["steps"][f"{k}-serial-{rep}"] = {s: round(t, 2) for s, t in times.items()}
-                    extra["critical_path"][f"{k}-{rep}"] = {
-                        "critical_path_s": cp, "total_s": sum(times.values()),
-                        "lower_bound_s": bound}
+                # the whole process tree's memory (workers and recipe processes), every
+                # 0.5 s: recipes hold their peak for seconds
+                with PeakRSS(0.5, tree=True) as memory:
+                    wall = run_variant(ctx, name, raw, ifus, plan, base, k, rep, extra, bounds)
                 walls.setdefault(name, []).append(wall)
-                log(f"cascade {k} IFUs rep {rep + 1}/{reps}: {name} {wall:.1f} s")
+                peaks.setdefault(name, []).append(memory.peak / 2**30)
+                log(f"cascade {k} IFUs rep {rep + 1}/{reps}: {name} {wall:.1f} s, "
+                    f"peak memory {memory.peak / 2**30:.1f} GiB")
         walls["lower bound"] = bounds
         rows.append(row(f"{k} IFUs ({len(plan.steps)} calls): wall", "s", walls,
                         ratio_of=("cpldask", "python-cpl serial")))
@@ -117,12 +98,47 @@ def run(ctx: common.Context) -> dict:
                         {n: [w / lb for w in ws] for n, ws in walls.items()
                          if n != "lower bound"},
                         ratio_of=("cpldask", "python-cpl threaded")))
+        rows.append(row(f"{k} IFUs: peak memory of the process tree", "GiB", peaks,
+                        ratio_of=("cpldask", "python-cpl serial")))
         mine = [v for key, v in extra["critical_path"].items() if key.startswith(f"{k}-")]
         notes.append(f"{k} IFUs: critical path {median([v['critical_path_s'] for v in mine]):.0f}"
                      f" s, work / {SLOTS} cores "
                      f"{median([v['total_s'] for v in mine]) / SLOTS:.0f} s (serial step times)")
     return common.result("cascade", {"ifus": counts, "reps": reps, "slots": SLOTS}, rows,
                          notes=notes, extra=extra)
+
+
+def run_variant(ctx: common.Context, name: str, raw, ifus, plan, base: pathlib.Path,
+                k: int, rep: int, extra: dict, bounds: list) -> float:
+    """Run one variant of the cascade; return its wall (s). Step times go to ``extra``,
+    the serial run's lower bound to ``bounds``."""
+    from cpldask import workflow as red_mod
+
+    if name.startswith("cpldask"):
+        workers = 1 if name == "cpldask 1 worker" else None
+        with ctx.cluster(SLOTS, n_workers=workers):
+            red = red_mod.reduce(raw, ifus=ifus, output_dir=base / name.replace(" ", "-"),
+                                 dry_run=True)
+            t0 = time.perf_counter()
+            red.submit().wait()
+            wall = time.perf_counter() - t0
+            extra["steps"][f"{k}-{name}-{rep}"] = {
+                r["step"]: [round(r["start"], 2), round(r["end"], 2)]
+                for r in red.rows() if r["start"] is not None}
+        return wall
+    if name == "python-cpl threaded":
+        t0 = time.perf_counter()
+        run_threaded(plan, base / "python-cpl-threaded", SLOTS)
+        return time.perf_counter() - t0
+    times = run_sequential(plan, base / "python-cpl-serial")
+    wall = times.pop("total")
+    cp = critical_path(plan, times)
+    bound = max(cp, sum(times.values()) / SLOTS)
+    bounds.append(bound)
+    extra["steps"][f"{k}-serial-{rep}"] = {s: round(t, 2) for s, t in times.items()}
+    extra["critical_path"][f"{k}-{rep}"] = {
+        "critical_path_s": cp, "total_s": sum(times.values()), "lower_bound_s": bound}
+    return wall
 
 
 def critical_path(plan, times: dict[str, float]) -> float:

@@ -186,28 +186,44 @@ def rss() -> int:
     return psutil.Process().memory_info().rss
 
 
-class PeakRSS:
-    """Samples this process's RSS every ``interval`` seconds while in the block."""
+def pss_tree() -> int:
+    """Memory of this process and all its descendants: the sum of their proportional
+    set sizes (a page shared by k processes counts 1/k in each: forked recipe
+    processes share the libraries and their parent's pages, which an RSS sum would
+    count once per process)."""
+    me = psutil.Process()
+    total = 0
+    for p in [me, *me.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            total += p.memory_full_info().pss
+    return total
 
-    def __init__(self, interval: float = 0.02):
+
+class PeakRSS:
+    """Samples this process's RSS every ``interval`` seconds while in the block;
+    with ``tree``, the memory of its whole process tree (`pss_tree`: workers and
+    recipe processes included)."""
+
+    def __init__(self, interval: float = 0.02, *, tree: bool = False):
         self.interval, self.peak, self.start = interval, 0, 0
         self._stop = threading.Event()
+        self._measure = pss_tree if tree else rss
 
     def __enter__(self):
-        self.start = self.peak = rss()
+        self.start = self.peak = self._measure()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
 
     def _sample(self):
         while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, rss())
+            self.peak = max(self.peak, self._measure())
 
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, rss())
-        self.end = rss()
+        self.peak = max(self.peak, self._measure())
+        self.end = self._measure()
 
 
 class Timer:

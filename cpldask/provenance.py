@@ -19,7 +19,7 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Iterable
 
-from . import _cache, _call, _hashing
+from . import _cache, _hashing
 
 if TYPE_CHECKING:
     from .recipe import Recipe
@@ -86,6 +86,10 @@ def to_prov(results: Iterable[Result]) -> dict:
 
 def _hash_of(path: str) -> str:
     """The content hash of a file (it names the file as a PROV entity)."""
+    # imported here: _call needs python-cpl, and a dry run (Reduction.reused, which
+    # reads the records) must work without it
+    from . import _call
+
     return _call._checksum(path)
 
 

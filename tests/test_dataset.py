@@ -299,6 +299,7 @@ def test_plan_returns_the_step_of_an_identical_call(tmp_path):
     assert one.output_dir == str(tmp_path / "x_bias" / "2023-02-25T12:00:00" / "unit01")
 
 
+@pytest.mark.requires_python_cpl  # the CLI imports cpldask.recipe
 def test_dry_run_prints_the_report_and_draws_the_graph(dataset, capsys):
     from cpldask._cli import handle_args
 
@@ -326,13 +327,16 @@ ARCHIVE_CALLS = (("muse_bias", "n0_BIAS_0", {}),
 
 @pytest.fixture(scope="module")
 def real_dataset(tmp_path_factory, recipe_path) -> pathlib.Path:
-    """The data set with pixels for IFU 1 (muse_twilight needs it), without the LINGAIN
-    series (muse_lingain takes 2.2 GB for one IFU); night 0's archive masters are the
-    products of the real recipes on its raw sets, made here first."""
+    """Night 0 of the data set with pixels for IFU 1 (muse_twilight needs it), without
+    the LINGAIN series (muse_lingain takes 2.2 GB for one IFU); night 0's archive
+    masters are the products of the real recipes on its raw sets, made here first.
+    One night, not two: the real reduction then has 11 calls instead of 25; the
+    second night's association and the masters shared by both targets are checked on
+    the header-only data set above."""
     import cpldask
 
     d = tmp_path_factory.mktemp("real-dataset")
-    files = synthetic.write_dataset(d, ifus=(1,), lingain=False, processes=2)
+    files = synthetic.write_dataset(d, ifus=(1,), lingain=False, processes=2, nights=(0,))
     made = tmp_path_factory.mktemp("archive-made")
     results = {}
     for recipe, prefix, calib in ARCHIVE_CALLS:
@@ -387,8 +391,8 @@ def _state(step) -> list | None:
 @pytest.mark.requires_cpl
 @pytest.mark.muse
 @pytest.mark.slow
-# the data (~1 min), night 0's masters (~1 min) and 17 recipe calls: ~20 min at a
-# load of 7 on 2 cores, more than the suite's 1200 s
+# the data (~1 min), night 0's masters (~1 min) and 11 recipe calls (7 before the
+# exposures were combined, issue 20): more than 8 min at a load of 7 on 2 cores
 @pytest.mark.timeout(3600)
 def test_an_interrupted_reduction_goes_on_where_it_stopped(real_dataset, tmp_path):
     """Issue 19.4 and 19.5: ``cpldask reduce`` is interrupted (SIGINT, as Ctrl-C) once
@@ -402,16 +406,16 @@ def test_an_interrupted_reduction_goes_on_where_it_stopped(real_dataset, tmp_pat
 
     out = tmp_path / "reduced"
     plan = R.reduce(real_dataset, output_dir=out, dry_run=True)
+    # night 0's archive masters stand in for muse_bias, muse_flat and muse_wavecal
     assert sorted(s.recipe for s in plan.steps) == sorted(
-        ["muse_bias", "muse_flat", "muse_wavecal", "muse_lsf", "muse_lsf"]
-        + ["muse_illum", "muse_twilight", "muse_exp_align", "muse_exp_combine"] * 2
-        + ["muse_scibasic", "muse_scipost"] * 6)
+        ["muse_lsf", "muse_illum", "muse_twilight", "muse_exp_align", "muse_exp_combine"]
+        + ["muse_scibasic", "muse_scipost"] * 3)
     assert plan.reused() == {}
-    # the first run, interrupted once 5 steps have their products
+    # the first run, interrupted once 3 steps have their products
     proc = _reduce_command(real_dataset, out, tmp_path / "cache-1", tmp_path / "work")
     deadline = time.monotonic() + 1800
-    while sum(_state(s) is not None for s in plan.steps) < 5:
-        assert time.monotonic() < deadline, "5 steps not finished in 30 min"
+    while sum(_state(s) is not None for s in plan.steps) < 3:
+        assert time.monotonic() < deadline, "3 steps not finished in 30 min"
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=1.0)
         assert proc.returncode is None, proc.communicate()
@@ -420,7 +424,7 @@ def test_an_interrupted_reduction_goes_on_where_it_stopped(real_dataset, tmp_pat
     assert proc.returncode == 130 and "interrupted" in err, err
     before = {s.label: _state(s) for s in plan.steps}
     finished = {label for label, state in before.items() if state is not None}
-    assert 5 <= len(finished) < len(plan.steps), finished
+    assert 3 <= len(finished) < len(plan.steps), finished
     # the dry run says what is left: the forecast matches the records
     assert set(R.reduce(real_dataset, output_dir=out, dry_run=True).reused()) == finished
     # the same command again, with an empty cache
@@ -438,6 +442,4 @@ def test_an_interrupted_reduction_goes_on_where_it_stopped(real_dataset, tmp_pat
     for step in plan.steps:
         on_disk = {p.name for p in pathlib.Path(step.output_dir).glob("*.fits")}
         assert on_disk == {os.path.basename(p) for p, _, _ in after[step.label][1:]}, step.label
-    for target in ("SYNTH_A", "SYNTH_B"):
-        assert f"{target}: DATACUBE_FINAL: {out / 'muse_exp_combine' / target}" in stdout, \
-            stdout[-2000:]
+    assert f"DATACUBE_FINAL: {out / 'muse_exp_combine'}" in stdout, stdout[-2000:]

@@ -1571,7 +1571,7 @@ class DatasetFrame:
 
 
 def dataset_frames(*, mjd: float = 60310.0, ifus: Iterable[int] = (1, 2),
-                   lingain: bool = True) -> list[DatasetFrame]:
+                   lingain: bool = True, nights: Iterable[int] = (0, 1)) -> list[DatasetFrame]:
     """The raw frames of `write_dataset`, in time order.
 
     Two nights (n0, n1) that start at ``mjd`` and ``mjd + 1`` (UTC; 60310 is
@@ -1583,9 +1583,11 @@ def dataset_frames(*, mjd: float = 60310.0, ifus: Iterable[int] = (1, 2),
     in WFM-NOAO-N on night 0, SYNTH_B in WFM-AO-N on night 1. Besides: a LINGAIN
     series on night 0, and sets a reduction must not take: 2x2-binned biases on night
     0, biases five days before night 0 (outside the 3-day validity), and an
-    incomplete set of 2 biases on the morning after night 1.
+    incomplete set of 2 biases on the morning after night 1. ``nights`` keeps the
+    frames of those nights only (the sets tied to a night go with it).
     """
     ifus = tuple(ifus)
+    nights = tuple(nights)
     minute = 1.0 / 1440.0
     out: list[DatasetFrame] = []
 
@@ -1599,7 +1601,7 @@ def dataset_frames(*, mjd: float = 60310.0, ifus: Iterable[int] = (1, 2),
             out.append(DatasetFrame(name, kind, start + i * step, set_name, i, exptime,
                                     {**tpl, "ESO TPL EXPNO": i + 1}, opts))
 
-    for night in (0, 1):
+    for night in nights:
         day = mjd + night
         n = f"n{night}"
         science = next(t for t in DATASET_TARGETS if t[2] == night)
@@ -1632,11 +1634,13 @@ def dataset_frames(*, mjd: float = 60310.0, ifus: Iterable[int] = (1, 2),
                         "ESO OBS NAME": f"{target}_ob", **where},
                 # a star field: muse_exp_align aligns the exposures on its stars
                 {"stars": stars, "target": target}))
-    frames("n0_BIAS_2x2", "BIAS", 3, mjd + 0.74,
-           header={"ESO DET BINX": 2, "ESO DET BINY": 2})
-    frames("old_BIAS", "BIAS", 3, mjd - 5.0 + 0.75)
-    frames("n1_BIAS_short", "BIAS", 2, mjd + 1.0 + 1.30)
-    if lingain:
+    if 0 in nights:
+        frames("n0_BIAS_2x2", "BIAS", 3, mjd + 0.74,
+               header={"ESO DET BINX": 2, "ESO DET BINY": 2})
+        frames("old_BIAS", "BIAS", 3, mjd - 5.0 + 0.75)
+    if 1 in nights:
+        frames("n1_BIAS_short", "BIAS", 2, mjd + 1.0 + 1.30)
+    if lingain and 0 in nights:
         tpl = "MUSE_wfm_cal_detlin"
         frames("n0_LINGAIN_OFF", "LINGAIN_LAMP_OFF", 2, mjd + 0.80, header={"ESO TPL ID": tpl})
         for p, texp in enumerate(LINGAIN_EXPTIMES):
@@ -1678,7 +1682,8 @@ def master_name(pro_catg: str, ifu: int) -> str:
 def write_dataset(directory: str | pathlib.Path, *, ifus: Iterable[int] = (1, 2),
                   seed: int = 0, compress: bool = True, mjd: float = 60310.0,
                   headers_only: bool = False, lingain: bool = True,
-                  processes: int = 1) -> dict[str, pathlib.Path]:
+                  processes: int = 1, nights: Iterable[int] = (0, 1)
+                  ) -> dict[str, pathlib.Path]:
     """Write a MUSE data set of two nights, two targets with three dithered exposures
     each, calibrations of WFM-NOAO and WFM-AO mixed (`dataset_frames`), the static
     tables, and what else a folder of downloads holds: a frame of another instrument
@@ -1694,6 +1699,8 @@ def write_dataset(directory: str | pathlib.Path, *, ifus: Iterable[int] = (1, 2)
         classification and association, no pixels (tests that need no recipe).
     processes : int
         Write full frames in this many processes.
+    nights : iterable of int
+        Only the frames of these nights (0, 1); the other files are always written.
 
     Returns
     -------
@@ -1709,7 +1716,7 @@ def write_dataset(directory: str | pathlib.Path, *, ifus: Iterable[int] = (1, 2)
     ifus = tuple(ifus)
     d = pathlib.Path(directory)
     todo = [(d, f, ifus, seed, compress, headers_only)
-            for f in dataset_frames(mjd=mjd, ifus=ifus, lingain=lingain)]
+            for f in dataset_frames(mjd=mjd, ifus=ifus, lingain=lingain, nights=nights)]
     if processes > 1 and not headers_only:
         import multiprocessing
 
