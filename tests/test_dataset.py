@@ -185,7 +185,8 @@ def test_each_master_is_made_once_for_every_exposure_that_uses_it(plan):
     assert {r: sorted(u, key=str) for r, u in count.items()} == {
         "muse_bias": [1, 2], "muse_flat": [1, 2], "muse_wavecal": [1, 2],
         "muse_illum": [None, None], "muse_twilight": [None, None], "muse_lingain": [1, 2],
-        "muse_scibasic": [1] * 6 + [2] * 6, "muse_scipost": [None, None],
+        "muse_scibasic": [1] * 6 + [2] * 6, "muse_scipost": [None] * 6,
+        "muse_exp_align": [None, None], "muse_exp_combine": [None, None],
         "muse_lsf": [1, 1, 2, 2]}
     # no two steps are the same call, and each has a label and folder of its own
     assert len({s.label for s in steps}) == len({s.output_dir for s in steps}) == len(steps)
@@ -200,10 +201,26 @@ def test_each_master_is_made_once_for_every_exposure_that_uses_it(plan):
     assert [os.path.basename(p) for p in sci.calib["MASTER_BIAS"]] == ["n0_MASTER_BIAS-01.fits"]
     assert sci.raw["OBJECT"] == [str(plan.classification["OBJECT"][1].path)]
     assert sci.group == "SYNTH_A" and sci.exposures == (2,)
-    # one cube per target, of its three exposures
-    post = plan["muse_scipost@SYNTH_B"]
-    assert len(post.raw["PIXTABLE_OBJECT"]) == 6 and post.group == "SYNTH_B"
-    assert post.output_dir == str(pathlib.Path(plan.output_dir, "muse_scipost", "SYNTH_B"))
+    # one cube per target, of its three exposures: muse_scipost of each exposure (of
+    # its 2 IFUs), muse_exp_align over their images, muse_exp_combine of their pixel
+    # tables with the offsets (issue 20.2)
+    posts = [plan[f"muse_scipost@SYNTH_B/exp{i}"] for i in (1, 2, 3)]
+    for i, post in enumerate(posts, 1):
+        assert post.raw["PIXTABLE_OBJECT"] == [plan[f"muse_scibasic@SYNTH_B/exp{i}[{k}]"]
+                                               for k in IFUS]
+        assert post.param["astrometry"] is True and "individual" in post.param["save"]
+    align = plan["muse_exp_align@SYNTH_B"]
+    assert align.raw == {"IMAGE_FOV": posts}
+    combine = plan["muse_exp_combine@SYNTH_B"]
+    assert combine.raw == {"PIXTABLE_REDUCED": posts}
+    assert combine.calib == {"OFFSET_LIST": [align]} and combine.group == "SYNTH_B"
+    assert combine.output_dir == str(pathlib.Path(plan.output_dir, "muse_exp_combine",
+                                                  "SYNTH_B"))
+    # the sky is modelled: SKY_LINES and the LSF of each IFU (issue 20.1)
+    assert posts[0].param["skymethod"] == "model"
+    lsf = {s.unit: s for s in steps if s.recipe == "muse_lsf" and "SYNTH_B" in s.groups}
+    assert posts[0].calib["LSF_PROFILE"] == [lsf[k] for k in IFUS]
+    assert [os.path.basename(p) for p in posts[0].calib["SKY_LINES"]] == ["SKY_LINES.fits"]
     # calibrations of two nights are told apart by the start of their raw frames
     assert {s.label for s in steps if s.recipe == "muse_illum"} == {
         "muse_illum@2024-01-02T00:57:36", "muse_illum@2024-01-03T00:57:36"}
@@ -212,6 +229,43 @@ def test_each_master_is_made_once_for_every_exposure_that_uses_it(plan):
                 if isinstance(p, str)}
     assert not {n for n in raw_used if fnmatch.fnmatch(n, "n0_BIAS_0*")
                 or fnmatch.fnmatch(n, "n0_FLAT_*")}
+
+
+def test_flux_branch_of_several_exposures_reuses_the_alignment(dataset):
+    """Issue 20.2 with the flux branch: each exposure's flux-calibrated muse_scipost,
+    combined with the OFFSET_LIST of the uncalibrated ones (flux calibration does
+    not move a star); the group's final cube is that combination."""
+    red = R.reduce(dataset, output_dir=dataset / "flux", dry_run=True, flux=True)
+    for target in ("SYNTH_A", "SYNTH_B"):
+        flux = [red[f"muse_scipost_flux@{target}/exp{i}"] for i in (1, 2, 3)]
+        standard = flux[0].calib["STD_RESPONSE"]
+        assert standard[0].recipe == "muse_standard"
+        assert all(f.calib["STD_RESPONSE"] == standard for f in flux)
+        combine = red[f"muse_exp_combine_flux@{target}"]
+        assert combine.raw == {"PIXTABLE_REDUCED": flux}
+        assert combine.calib == {"OFFSET_LIST": [red[f"muse_exp_align@{target}"]]}
+    assert [s.name for s in red.steps if "align" in s.name] == ["muse_exp_align"] * 2
+
+
+def test_an_astrometric_solution_goes_to_the_exposures_cubes(tmp_path):
+    """Issue 20.3: an ASTROMETRY_WCS among the files (muse_astrometry's product: its
+    WCS in the primary header, PRO CATG ASTROMETRY_WCS) goes to each exposure's
+    muse_scipost, whose cubes muse_exp_align and muse_exp_combine put together."""
+    from astropy.io import fits
+
+    synthetic.write_dataset(tmp_path, ifus=IFUS, headers_only=True, lingain=False)
+    header = fits.Header()
+    for key, value in {"INSTRUME": "MUSE", "HIERARCH ESO PRO CATG": "ASTROMETRY_WCS",
+                       "CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRPIX1": 0.0,
+                       "CRPIX2": 0.0, "CD1_1": -0.2 / 3600, "CD2_2": 0.2 / 3600,
+                       "CD1_2": 0.0, "CD2_1": 0.0}.items():
+        header[key] = value
+    wcs = tmp_path / "raw" / "static" / "ASTROMETRY_WCS.fits"
+    fits.PrimaryHDU(header=header).writeto(wcs)
+    red = R.reduce(tmp_path, output_dir=tmp_path / "reduced", dry_run=True)
+    for target in ("SYNTH_A", "SYNTH_B"):
+        for i in (1, 2, 3):
+            assert red[f"muse_scipost@{target}/exp{i}"].calib["ASTROMETRY_WCS"] == [str(wcs)]
 
 
 def test_a_single_exposure_keeps_the_plain_names(tmp_path):
@@ -255,7 +309,8 @@ def test_dry_run_prints_the_report_and_draws_the_graph(dataset, capsys):
     assert "group SYNTH_A: 3 exposures" in text and "group SYNTH_B: 3 exposures" in text
     assert "not n0_BIAS_2x2_01.fits, n0_BIAS_2x2_02.fits, n0_BIAS_2x2_03.fits: binx is 2" in text
     assert "the same calibrations as SYNTH_A_OBJECT_01.fits" in text
-    assert "muse_scipost@SYNTH_B" in text
+    assert "muse_exp_combine@SYNTH_B" in text and "muse_scipost@SYNTH_B/exp3" in text
+    assert "sky: skymethod=model: the sky lines fitted with the LSF of each slice" in text
     graph = out / "graph.png"
     assert f"graph: {graph}" in text and graph.read_bytes()[:4] == b"\x89PNG"
 
@@ -275,9 +330,9 @@ def real_dataset(tmp_path_factory, recipe_path) -> pathlib.Path:
     """Night 0 of the data set with pixels for IFU 1 (muse_twilight needs it), without
     the LINGAIN series (muse_lingain takes 2.2 GB for one IFU); night 0's archive
     masters are the products of the real recipes on its raw sets, made here first.
-    One night, not two: the real reduction then has 7 calls instead of 17 (~5 instead
-    of ~12 min of CI); the second night's association and the masters shared by both
-    targets are checked on the header-only data set above."""
+    One night, not two: the real reduction then has 11 calls instead of 25; the
+    second night's association and the masters shared by both targets are checked on
+    the header-only data set above."""
     import cpldask
 
     d = tmp_path_factory.mktemp("real-dataset")
@@ -336,8 +391,8 @@ def _state(step) -> list | None:
 @pytest.mark.requires_cpl
 @pytest.mark.muse
 @pytest.mark.slow
-# the data (~1 min), night 0's masters (~1 min) and 7 recipe calls: ~8 min at a
-# load of 7 on 2 cores; the suite's 1200 s would be close
+# the data (~1 min), night 0's masters (~1 min) and 11 recipe calls (7 before the
+# exposures were combined, issue 20): more than 8 min at a load of 7 on 2 cores
 @pytest.mark.timeout(3600)
 def test_an_interrupted_reduction_goes_on_where_it_stopped(real_dataset, tmp_path):
     """Issue 19.4 and 19.5: ``cpldask reduce`` is interrupted (SIGINT, as Ctrl-C) once
@@ -353,7 +408,8 @@ def test_an_interrupted_reduction_goes_on_where_it_stopped(real_dataset, tmp_pat
     plan = R.reduce(real_dataset, output_dir=out, dry_run=True)
     # night 0's archive masters stand in for muse_bias, muse_flat and muse_wavecal
     assert sorted(s.recipe for s in plan.steps) == sorted(
-        ["muse_lsf", "muse_illum", "muse_twilight", "muse_scipost"] + ["muse_scibasic"] * 3)
+        ["muse_lsf", "muse_illum", "muse_twilight", "muse_exp_align", "muse_exp_combine"]
+        + ["muse_scibasic", "muse_scipost"] * 3)
     assert plan.reused() == {}
     # the first run, interrupted once 3 steps have their products
     proc = _reduce_command(real_dataset, out, tmp_path / "cache-1", tmp_path / "work")
@@ -386,4 +442,4 @@ def test_an_interrupted_reduction_goes_on_where_it_stopped(real_dataset, tmp_pat
     for step in plan.steps:
         on_disk = {p.name for p in pathlib.Path(step.output_dir).glob("*.fits")}
         assert on_disk == {os.path.basename(p) for p, _, _ in after[step.label][1:]}, step.label
-    assert f"DATACUBE_FINAL: {out / 'muse_scipost'}" in stdout, stdout[-2000:]
+    assert f"DATACUBE_FINAL: {out / 'muse_exp_combine'}" in stdout, stdout[-2000:]

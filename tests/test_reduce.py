@@ -264,7 +264,10 @@ def test_graph_of_two_ifus(tmp_path):
     assert twilight.calib["WAVECAL_TABLE"] == [red["muse_wavecal[1]"], red["muse_wavecal[2]"]]
     scipost = red["muse_scipost"]
     assert scipost.raw == {"PIXTABLE_OBJECT": [red["muse_scibasic[1]"], red["muse_scibasic[2]"]]}
-    assert scipost.param == {"save": "cube", "skymethod": "none", "astrometry": False}
+    # the sky modelled with the lines of SKY_LINES and each IFU's LSF (issue 20.1)
+    assert scipost.param == {"save": "cube", "skymethod": "model", "astrometry": False}
+    assert scipost.calib["LSF_PROFILE"] == [red["muse_lsf[1]"], red["muse_lsf[2]"]]
+    assert [os.path.basename(p) for p in scipost.calib["SKY_LINES"]] == ["SKY_LINES.fits"]
     assert scipost.output_dir == str(tmp_path / "out" / "muse_scipost")
     assert "muse_standard" not in labels  # 2 IFUs: no flux branch by default
     # every step comes after its inputs (the order of submission)
@@ -285,7 +288,7 @@ def test_flux_branch_with_three_ifus_and_switches(tmp_path):
     flux = red["muse_scipost_flux"]
     assert flux.calib["STD_RESPONSE"] == [red["muse_standard"]]
     assert flux.calib["LSF_PROFILE"] == [red[f"muse_lsf[{k}]"] for k in (1, 2, 3)]
-    assert "skymethod" not in flux.param
+    assert flux.param["skymethod"] == "model"
     assert "muse_standard" not in [s.name for s in R.reduce(
         tmp_path, output_dir=tmp_path / "out", dry_run=True, flux=False).steps]
     two = R.reduce(tmp_path, ifus=(1, 2), output_dir=tmp_path / "out", dry_run=True, flux=True)
@@ -293,6 +296,28 @@ def test_flux_branch_with_three_ifus_and_switches(tmp_path):
     tuned = R.reduce(tmp_path, ifus=(1,), output_dir=tmp_path / "out", dry_run=True,
                      params={"muse_scipost": {"skymethod": "model"}})
     assert tuned["muse_scipost"].param["skymethod"] == "model"
+
+
+def test_sky_subtraction_is_chosen_by_the_rules(tmp_path):
+    """Issue 20.1: skymethod=model where SKY_LINES and muse_lsf's LSF_PROFILE are at
+    hand; without SKY_LINES, simple (it needs no input); a skymethod in the
+    parameters stays. The choice and its reason are in the association report."""
+    night(tmp_path, ifus=(1,), std=False)
+    model = R.reduce(tmp_path, output_dir=tmp_path / "out", dry_run=True)
+    assert model["muse_scipost"].param["skymethod"] == "model"
+    assert ("note: sky: skymethod=model: the sky lines fitted with the LSF of each slice"
+            in model.association_report())
+    os.remove(tmp_path / "static" / "SKY_LINES.fits")
+    simple = R.reduce(tmp_path, output_dir=tmp_path / "out", dry_run=True)
+    post = simple["muse_scipost"]
+    assert post.param["skymethod"] == "simple"
+    assert "SKY_LINES" not in post.calib and "LSF_PROFILE" not in post.calib
+    assert ("skymethod=simple: the sky spectrum of the darkest part of the field, "
+            "subtracted as it is (no SKY_LINES)") in simple.association_report()
+    none = R.reduce(tmp_path, output_dir=tmp_path / "out", dry_run=True,
+                    params={"muse_scipost": {"skymethod": "none"}})
+    assert none["muse_scipost"].param["skymethod"] == "none"
+    assert "sky: skymethod=none, as the parameters say" in none.association_report()
 
 
 def test_twilight_left_out_without_ifu_1_or_skyflat(tmp_path):
@@ -349,7 +374,10 @@ def test_reduction_products_cube_and_star(demo_run):
         # the slices fill the field: the cube is finite wherever they are
         assert np.isfinite(cube).mean() > 0.999
         white = np.nanmean(cube, axis=0)
-        assert np.isfinite(white).all() and np.nanmedian(white) > 0
+        # the sky is subtracted (skymethod=model, issue 20.1): what is left of it is
+        # small against the star
+        assert np.isfinite(white).all()
+        assert abs(np.nanmedian(white)) < 0.01 * np.nanmax(white)
     with fits.open(fov_path) as hdul:
         image, header = hdul["DATA"].data, hdul["DATA"].header
     assert image.shape == (24, 301)

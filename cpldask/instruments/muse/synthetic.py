@@ -45,7 +45,9 @@ __all__ = [
     # writers
     "primary_header", "write_raw", "write_bias", "write_arcs", "write_lingain", "write_object",
     "write_line_catalog", "write_geometry_table", "write_sky_lines",
-    "write_extinct_table", "write_std_flux_table", "make_exposure",
+    "write_extinct_table", "write_std_flux_table", "make_exposure", "write_dithered",
+    # dithered exposures of a star field
+    "STAR_FIELD", "EMPTY_SKY_X", "POINTING_ERRORS", "field_shift", "star_field",
     # a data set of two nights
     "DatasetFrame", "dataset_frames", "write_dataset", "install_master", "master_name",
     "DATASET_TARGETS", "DATASET_MASTERS", "DITHERS", "WFM_AO_TEMPLATE",
@@ -54,7 +56,8 @@ __all__ = [
 #: Version of the files this module writes: raised whenever their headers or
 #: pixels change, so that data made once and kept (the demo, the benchmarks)
 #: are made anew. 2: DPR TECH IFU, documented template IDs, TPL START/NEXP.
-VERSION = 2
+#: 3: star fields (`star_field`), the data set's dithers with pointing errors.
+VERSION = 3
 
 # --------------------------------------------------------------------------
 # Detector geometry (one IFU = one CCD = one FITS image extension "CHANnn").
@@ -502,7 +505,14 @@ STAR_FIELD_X = 30.0
 
 #: Night-sky emission lines (air wavelengths [A]) and their integrated flux
 #: [e- per CCD pixel column in the default 600 s OBJECT]; ``group`` follows
-#: SKY_LINES: one group per species/band.
+#: SKY_LINES: one group per species/band. The wavelengths are measured ones: the
+#: [OI] 5577/6300/6364, NaI D and OH Meinel-band lines as Osterbrock et al.
+#: 1996 (PASP 108, 277,
+#: "Night-sky high-resolution spectral atlas of OH and O2 emission lines") list
+#: them, in air. ESO's own SKY_LINES table (sky_lines.fits of the pipeline's static
+#: calibrations, Debian's cpl-plugin-muse-calib, which downloads them from ESO) is
+#: not on this machine to compare with. The fluxes are this generator's choice
+#: (the strongest line, the one tests measure, is [OI] 5577).
 _SKY_LINES: tuple[tuple[str, int, float, float], ...] = (
     ("OI", 0, 5577.338, 6000.0),
     ("NaI", 1, 5889.950, 800.0), ("NaI", 1, 5895.924, 600.0),
@@ -568,20 +578,41 @@ def _illum_sky(ifu: int, rng: np.random.Generator, opt: Mapping[str, Any]) -> np
     sky = _spectrum_rows(lambda lam: 40.0 * scale * (lam / 6000.0) ** 0) + lines
     img = maps.profile * sky
     img *= _field_gradient(maps)
-    star_flux = float(opt.get("star_flux", 0.0))
-    if star_flux > 0:
-        sx, sy = opt["star_xy"]
-        sigma = STAR_FWHM / (2.0 * np.sqrt(2.0 * np.log(2.0)))
-        # Flux per CCD pixel: PSF surface brightness at the field position the
-        # pipeline will assign, times the pixel's field area (75/78 x 1).
-        r2 = (maps.field_x - np.float32(sx)) ** 2 + (maps.field_y - np.float32(sy)) ** 2
-        r2[np.isnan(r2)] = np.float32(1e9)        # outside slices: no light
-        psf = np.exp(r2 * np.float32(-0.5 / sigma ** 2))
-        psf *= np.float32(SKY_SLICE_WIDTH / SLICE_WIDTH / (2 * np.pi * sigma ** 2))
-        psf *= maps.profile
-        img += psf * (np.float32(star_flux * scale) * _spectrum_rows(_star_spectrum))
+    # one star (star_flux at star_xy), or a field of them (stars: (x, y, flux) each)
+    stars = list(opt.get("stars") or ())
+    if float(opt.get("star_flux", 0.0)) > 0:
+        stars.append((*opt["star_xy"], float(opt["star_flux"])))
+    if stars:
+        psf = np.zeros_like(maps.profile)
+        for sx, sy, flux in stars:
+            psf += _psf(maps, sx, sy, flux * scale)
+        img += psf * _spectrum_rows(_star_spectrum)
     img *= _prnu(ifu, int(opt.get("seed", 0)))
     return img
+
+
+def _psf(maps: CcdMaps, x: float, y: float, flux: float) -> np.ndarray:
+    """A Gaussian star of `STAR_FWHM` at field position (x, y) with ``flux`` (e- per
+    CCD row, summed over the PSF), per CCD pixel: the PSF's surface brightness at the
+    field position the pipeline will assign, times the pixel's field area (75/78 x 1).
+    Only the slices within 5 sigma of the star are computed (a slice's field y is
+    one value)."""
+    sigma = STAR_FWHM / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+    out = np.zeros_like(maps.profile)
+    near = np.abs(maps.field_y[NY // 2] - np.float32(y)) < 5 * sigma + 1  # columns
+    cols = np.flatnonzero(near)
+    if cols.size == 0:
+        return out
+    # the slices tilt by 1.5 pixels over the CCD (slice_edges): a margin
+    lo, hi = max(cols.min() - 3, 0), min(cols.max() + 4, NX)
+    fx, fy = maps.field_x[:, lo:hi], maps.field_y[:, lo:hi]
+    r2 = (fx - np.float32(x)) ** 2 + (fy - np.float32(y)) ** 2
+    r2[np.isnan(r2)] = np.float32(1e9)        # outside slices: no light
+    psf = np.exp(r2 * np.float32(-0.5 / sigma ** 2))
+    psf *= np.float32(flux * SKY_SLICE_WIDTH / SLICE_WIDTH / (2 * np.pi * sigma ** 2))
+    psf *= maps.profile[:, lo:hi]
+    out[:, lo:hi] = psf
+    return out
 
 
 def _illum_twilight(ifu: int, rng: np.random.Generator, opt: Mapping[str, Any]) -> np.ndarray:
@@ -886,6 +917,7 @@ def write_raw(path: str | pathlib.Path, kind: str, *, ifus: Iterable[int] = (1,)
           (e- at the continuum peak);
         - ``OBJECT``, ``STD``: ``star_flux`` (e- per CCD row at 6000 A per
           600 s; 0 for none), ``star_xy`` (field position, 0.2" pixels),
+          ``stars`` (more stars: (x, y, star_flux) each, see `star_field`),
           ``target`` (``ESO OBS TARG NAME``).
     dark_rate : float
         Dark current [e-/pixel/hour].
@@ -1368,6 +1400,75 @@ def make_exposure(directory: str | pathlib.Path, *, ifus: Iterable[int] = (1, 2)
     return out
 
 
+def write_dithered(directory: str | pathlib.Path, *, ifus: Iterable[int] = (1,),
+                   seed: int = 0, compress: bool = True, mjd: float = 60000.0,
+                   processes: int = 1) -> dict[str, list[pathlib.Path]]:
+    """Write the smallest data set of one target observed in dithered exposures:
+    3 BIAS, 3 FLAT, one ARC of each lamp, 3 twilight flats (SKYFLAT: muse_twilight
+    corrects the sky's illumination gradient, `_field_gradient`, which the lamp flats
+    do not have; left in, the gradient would stay in the sky-subtracted cube), and
+    the three 600 s OBJECT exposures of `DITHERS` (header pointings) of the star
+    field `STAR_FIELD`, each at its true pointing (`POINTING_ERRORS`), over the night
+    sky's continuum and lines; with the static tables. No dark, illumination flat or
+    standard: the cascade takes them when present, and leaves them out here to stay
+    short.
+
+    Returns
+    -------
+    dict
+        Tag -> files, as `make_exposure`.
+
+    Examples
+    --------
+    >>> files = write_dithered("/tmp/dithered", ifus=(1,))   # doctest: +SKIP
+    >>> [p.name for p in files["OBJECT"]]                      # doctest: +SKIP
+    ['OBJECT_01.fits', 'OBJECT_02.fits', 'OBJECT_03.fits']
+    """
+    ifus = tuple(ifus)
+    d = pathlib.Path(directory)
+    t = {k: mjd + v for k, v in _SCHEDULE.items()}
+    jobs: list[tuple] = []
+    for tag, n in (("BIAS", 3), ("FLAT", 3), ("SKYFLAT", 3)):
+        header = _template(t[tag], n)
+        jobs += [(d / tag.lower() / f"{tag}_{i + 1:02d}.fits", tag, t[tag] + i * 120 / 86400,
+                  None, i, header, {}) for i in range(n)]
+    header = _template(t["ARC"], 3)
+    jobs += [(d / "arc" / f"ARC_{lamp}.fits", "ARC", t["ARC"] + i * 120 / 86400, None, i,
+              header, {"lamp": lamp}) for i, lamp in enumerate(("HgCd", "Ne", "Xe"))]
+    base_ra, base_dec = pointing(t["OBJECT"], 600.0)
+    for i in range(len(DITHERS)):
+        where, stars = _dithered(base_ra, base_dec, i, ifus)
+        jobs.append((d / "object" / f"OBJECT_{i + 1:02d}.fits", "OBJECT",
+                     t["OBJECT"] + i * 700 / 86400, 600.0, i,
+                     {**_template(t["OBJECT"], len(DITHERS)), "ESO TPL EXPNO": i + 1,
+                      "OBJECT": "SYNTH_FIELD", **where},
+                     {"stars": stars, "target": "SYNTH_FIELD"}))
+    todo = [(path, kind, dict(ifus=ifus, seed=seed, compress=compress, mjd=m, exptime=e,
+                              index=i, header=h, options=o))
+            for path, kind, m, e, i, h, o in jobs]
+    if processes > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(processes) as pool:
+            paths = pool.map(_write_raw_job, todo, chunksize=1)
+    else:
+        paths = [_write_raw_job(job) for job in todo]
+    out: dict[str, list[pathlib.Path]] = {}
+    for (_, kind, _), path in zip(todo, paths):
+        out.setdefault(kind, []).append(path)
+    static = d / "static"
+    out["LINE_CATALOG"] = [write_line_catalog(static / "LINE_CATALOG.fits")]
+    out["GEOMETRY_TABLE"] = [write_geometry_table(static / "GEOMETRY_TABLE.fits")]
+    out["SKY_LINES"] = [write_sky_lines(static / "SKY_LINES.fits")]
+    out["EXTINCT_TABLE"] = [write_extinct_table(static / "EXTINCT_TABLE.fits")]
+    return out
+
+
+def _write_raw_job(job: tuple) -> pathlib.Path:
+    path, kind, kwargs = job
+    return write_raw(path, kind, **kwargs)
+
+
 # --------------------------------------------------------------------------
 # A data set of two nights, as an archive request delivers it.
 # --------------------------------------------------------------------------
@@ -1376,9 +1477,73 @@ def make_exposure(directory: str | pathlib.Path, *, ifus: Iterable[int] = (1, 2)
 #: the name of ESO's observing template for laser-assisted WFM observations.
 WFM_AO_TEMPLATE = "MUSE_wfm-ao_obs_genericoffsetLGS"
 
-#: Dither offsets (RA, DEC) [arcsec] of the three exposures of a target, small
-#: against the 60" field so that muse_scipost combines them into one cube.
-DITHERS = ((0.0, 0.0), (0.6, 0.6), (-0.6, 0.6))
+#: Dither offsets (east, north) on the sky [arcsec] of the three exposures of a
+#: target, as the headers give them (RA, DEC): small against the 60" field, and
+#: small in y (north), where one IFU covers 2.4" only, so that the stars of
+#: `star_field` stay on the field of one IFU.
+DITHERS = ((0.0, 0.0), (0.8, 0.2), (-0.6, -0.2))
+#: The telescope's pointing error of each exposure (east, north) [arcsec]: where it
+#: really pointed minus what the header says. The first exposure is the reference
+#: (muse_exp_align gives offsets relative to it); the others are off by 0.5" or so,
+#: as the VLT's blind pointing is (a few tenths of an arcsec after an offset).
+#: muse_exp_align is to measure these from the stars.
+POINTING_ERRORS = ((0.0, 0.0), (0.5, -0.1), (-0.3, 0.15))
+
+#: A field of stars, for muse_exp_align (it wants at least 5 sources, its
+#: ``--srcmin``): (x offset [0.2" pixels] from the field centre, y offset from the
+#: middle of the IFUs' field, flux in units of `STAR_FLUX_OBJECT`). Away from the
+#: slicer-stack borders (x = -75, 0, 75) and from each other by > 4 FWHM; close to
+#: the middle in y, where a dither of a few tenths of an arcsec keeps them on one
+#: IFU's 12 pixels. x = 75 ... 150 holds no star: an empty region of sky.
+STAR_FIELD = ((-135.0, 0.5, 1.0), (-110.0, -0.5, 0.6), (-88.0, 0.0, 0.8),
+              (-55.0, 0.5, 0.5), (-30.0, -0.5, 1.2), (-10.0, 0.0, 0.4),
+              (15.0, 0.5, 0.7), (50.0, -0.5, 0.9))
+#: Field x [0.2" pixels] of the starless region of `STAR_FIELD` (with a margin of
+#: 3 FWHM to the nearest star).
+EMPTY_SKY_X = (70.0, 145.0)
+
+
+def field_shift(east: float, north: float) -> tuple[float, float]:
+    """How far [0.2" field pixels] the sky moves on the field when the telescope
+    points ``east``, ``north`` [arcsec] away.
+
+    With the position angle 0 of these frames the pipeline's default astrometry has
+    east to the left (``CD1_1 < 0``) and north up, the header's RA/DEC at the
+    middle of the field (muse_wcs.c, muse_wcs_create_default and
+    muse_wcs_position_celestial): a star at a fixed place on the sky moves right
+    (+x) when the telescope moves east, and down when it moves north.
+
+    Examples
+    --------
+    >>> field_shift(0.2, 0.4)
+    (1.0, -2.0)
+    """
+    return east / 0.2, -north / 0.2
+
+
+def star_field(ifus: Iterable[int], shift: tuple[float, float] = (0.0, 0.0),
+               ) -> list[tuple[float, float, float]]:
+    """The stars of `STAR_FIELD` as ``options["stars"]`` of `write_raw`: (x, y, flux)
+    at field positions [0.2" pixels] about the middle of ``ifus``, moved by
+    ``shift`` (`field_shift` of a pointing).
+
+    Examples
+    --------
+    >>> star_field((1,))[0]
+    (-135.0, 138.5, 20000.0)
+    """
+    _, y0 = star_position(ifus)
+    return [(x + shift[0], y0 + y + shift[1], f * STAR_FLUX_OBJECT) for x, y, f in STAR_FIELD]
+
+
+def _dithered(base_ra: float, base_dec: float, i: int, ifus: tuple) -> tuple[dict, list]:
+    """RA/DEC header keywords of exposure ``i`` of `DITHERS` (the nominal pointing)
+    and its stars (at the true pointing: with `POINTING_ERRORS`)."""
+    (de, dn), (ee, en) = DITHERS[i], POINTING_ERRORS[i]
+    # an offset east of e arcsec is e / cos(DEC) in RA
+    header = {"RA": round(base_ra + de / 3600.0 / np.cos(np.radians(base_dec)), 7),
+              "DEC": round(base_dec + dn / 3600.0, 7)}
+    return header, star_field(ifus, field_shift(de + ee, dn + en))
 
 #: Targets: (OBS TARG NAME, INS MODE, night, OBS ID).
 DATASET_TARGETS = (("SYNTH_A", "WFM-NOAO-N", 0, 2001), ("SYNTH_B", "WFM-AO-N", 1, 2002))
@@ -1459,20 +1624,16 @@ def dataset_frames(*, mjd: float = 60310.0, ifus: Iterable[int] = (1, 2),
         target, _, _, obs_id = science
         base_ra, base_dec = pointing(day + 1.05, 600.0)
         tpl = "MUSE_wfm-noao_obs_offset" if science[1] == "WFM-NOAO-N" else WFM_AO_TEMPLATE
-        star = star_position(ifus)
-        for i, (dra, ddec) in enumerate(DITHERS):
+        for i in range(len(DITHERS)):
             start = day + 1.05 + i * 700.0 / 86400.0
+            where, stars = _dithered(base_ra, base_dec, i, ifus)
             out.append(DatasetFrame(
                 f"{target}_OBJECT_{i + 1:02d}.fits", "OBJECT", start, f"{n}_{target}", i,
                 600.0, {**_template(day + 1.05, 3), "ESO TPL EXPNO": i + 1, **mode,
                         "ESO TPL ID": tpl, "OBJECT": target, "ESO OBS ID": obs_id,
-                        "ESO OBS NAME": f"{target}_ob",
-                        "RA": round(base_ra + dra / 3600.0, 6),
-                        "DEC": round(base_dec + ddec / 3600.0, 6)},
-                # the sky moves on the field opposite to the telescope (0.2" pixels);
-                # the combined cube's star is not checked
-                {"star_flux": STAR_FLUX_OBJECT, "target": target,
-                 "star_xy": (star[0] - dra / 0.2, star[1] - ddec / 0.2)}))
+                        "ESO OBS NAME": f"{target}_ob", **where},
+                # a star field: muse_exp_align aligns the exposures on its stars
+                {"stars": stars, "target": target}))
     if 0 in nights:
         frames("n0_BIAS_2x2", "BIAS", 3, mjd + 0.74,
                header={"ESO DET BINX": 2, "ESO DET BINY": 2})

@@ -2,7 +2,9 @@
 
 Per IFU muse_bias -> muse_dark -> muse_flat -> muse_wavecal -> muse_lsf, muse_illum
 and muse_twilight over all IFUs, per exposure and IFU muse_scibasic, then
-muse_scipost over the pixel tables of the group's exposures, and with enough IFUs
+muse_scipost with the sky subtraction the rules choose (``sky``): of a single
+exposure one cube; of several, one muse_scipost per exposure, muse_exp_align over
+their images and muse_exp_combine into one cube of the group. With enough IFUs
 and a STD frame the flux branch (muse_standard -> muse_scipost with STD_RESPONSE):
 the Reflex/EDPS chain of the MUSE pipeline user manual (its "data reduction cascade"
 chapter), with the tags of each recipe's ``esorex --man-page``. With a LINGAIN series,
@@ -26,7 +28,8 @@ if TYPE_CHECKING:  # the plan is passed in: no import of the workflow layer
 
 __all__ = ["workflow"]
 
-_STATIC = ("LINE_CATALOG", "GEOMETRY_TABLE", "SKY_LINES", "EXTINCT_TABLE", "STD_FLUX_TABLE")
+_STATIC = ("LINE_CATALOG", "GEOMETRY_TABLE", "SKY_LINES", "EXTINCT_TABLE", "STD_FLUX_TABLE",
+           "ASTROMETRY_WCS")
 
 
 @dataclasses.dataclass
@@ -55,7 +58,7 @@ def workflow(plan: Plan, assoc: Association, *, flux: bool | None = None) -> Non
 
     The calls are made stage by stage (all IFUs' biases, then all darks, ...), which is
     also the order Dask prefers among calls that are ready, so the science path to the
-    cube goes first and muse_lsf (needed by the flux branch only) fills idle slots.
+    cube goes first.
     """
     ifus = assoc.units  # MUSE's units are its IFUs
     cfg = plan.settings
@@ -66,27 +69,21 @@ def workflow(plan: Plan, assoc: Association, *, flux: bool | None = None) -> Non
     first, group = assoc.exposures[0], chains[0]
     lingain(plan, first, ifus)
 
-    sci: dict[int, list] = {k: [] for k in ifus}
+    # the pixel tables of each science frame (one per exposure, but for a
+    # single-frame group), by IFU
     tag = assoc.science[0].tag if assoc.science else None
+    frames: list[dict[int, Any]] = []
     for exp, chain in zip(assoc.exposures, chains):
-        for frame in exp.science:  # one exposure each, but for a single-frame group
-            for k in ifus:
-                sci[k].append(plan.call("muse_scibasic", {tag: [frame.path],
+        for frame in exp.science:
+            frames.append({k: plan.call("muse_scibasic", {tag: [frame.path],
                                                           "ILLUM": chain.illum},
                                         unit=k, calib=chain.basic(k, static),
-                                        param={"nifu": k}))
-    # several exposures make one cube only once their pixel tables are projected to
-    # the sky: muse_xcombine_tables refuses others (muse/muse_xcombine.c), and
-    # astrometry=false skips the projection. Without an ASTROMETRY_WCS (optional [MAN])
-    # muse_scipost then takes its default astrometry of the mode (muse_postproc.c).
-    combine = {"astrometry": True} if len(assoc.science) > 1 else {}
-    if tag is not None:
-        plan.call("muse_scipost", {f"PIXTABLE_{tag}": [p for k in ifus for p in sci[k]]},
-                  param=combine)
+                                        param={"nifu": k})
+                           for k in ifus})
 
-    # muse_lsf is off the path to the cube (only the flux branch needs it). Each call
-    # gets the WAVECAL_TABLE of every IFU (it takes its own, as muse_twilight does), so
-    # it becomes ready together with muse_twilight, which has the higher priority and
+    # muse_lsf, for the sky model and the flux branch. Each call gets the
+    # WAVECAL_TABLE of every IFU (it takes its own, as muse_twilight does), so it
+    # becomes ready together with muse_twilight, which has the higher priority and
     # starts first. Given only its own table, an lsf call became ready as soon as its
     # wavecal was done, and Dask's greedy placement started both lsf calls of a 2-core
     # machine ahead of twilight, which then ran alone with a core idle.
@@ -99,6 +96,7 @@ def workflow(plan: Plan, assoc: Association, *, flux: bool | None = None) -> Non
                                       + [group.wavecal[j] for j in ifus if j != k],
                                       "LINE_CATALOG": static["LINE_CATALOG"]},
                                param={"nifu": k})
+    sky = _sky(plan, assoc, static, lsf, ifus)
 
     needed = ("STD", "STD_FLUX_TABLE", "EXTINCT_TABLE")
     if flux is None:
@@ -108,7 +106,13 @@ def workflow(plan: Plan, assoc: Association, *, flux: bool | None = None) -> Non
         missing = [t for t in needed if t not in first] + (["ARC (muse_lsf)"] if not lsf else [])
         if missing or not assoc.science:
             raise ValueError(f"flux=True needs {', '.join(missing) or 'a science frame'}")
-    if flux and assoc.science:
+    if tag is None:
+        return
+    # the astrometric solution, where the association has one, for the cubes of
+    # several exposures (one exposure's cube keeps the field's linear WCS)
+    astrometry = {"ASTROMETRY_WCS": static["ASTROMETRY_WCS"]} if len(frames) > 1 else {}
+    offsets = _cube(plan, tag, frames, ifus, sky, astrometry, "")
+    if flux:
         std = {k: plan.call("muse_scibasic", {"STD": first.paths("STD", k),
                                               "ILLUM": group.illum},
                             unit=k, calib=group.basic(k, static), param={"nifu": k},
@@ -117,12 +121,71 @@ def workflow(plan: Plan, assoc: Association, *, flux: bool | None = None) -> Non
         standard = plan.call("muse_standard", {"PIXTABLE_STD": [std[k] for k in ifus]},
                              calib={"EXTINCT_TABLE": static["EXTINCT_TABLE"],
                                     "STD_FLUX_TABLE": static["STD_FLUX_TABLE"]})
-        plan.call("muse_scipost", {f"PIXTABLE_{tag}": [p for k in ifus for p in sci[k]]},
-                  calib={"EXTINCT_TABLE": static["EXTINCT_TABLE"],
-                         "STD_RESPONSE": standard, "STD_TELLURIC": standard,
-                         "SKY_LINES": static["SKY_LINES"],
-                         "LSF_PROFILE": [lsf[k] for k in ifus]},
-                  param=combine, name="muse_scipost_flux")
+        _cube(plan, tag, frames, ifus, sky,
+              {"EXTINCT_TABLE": static["EXTINCT_TABLE"], "STD_RESPONSE": standard,
+               "STD_TELLURIC": standard, **astrometry}, "_flux", offsets=offsets)
+
+
+def _sky(plan: Plan, assoc: Association, static: dict, lsf: dict, ifus: tuple) -> dict:
+    """The sky subtraction of muse_scipost: the first rule of the rules' ``sky`` list
+    whose inputs the reduction has (a static table, or LSF_PROFILE from muse_lsf), as
+    ``{"param": {...}, "calib": {...}}``; the choice and its reason become a note of
+    the first exposure's association (the report shows it). A ``skymethod`` set in the parameters (the rules' or
+    ``reduce(params=...)``) is kept as it is."""
+    have = {t: v for t, v in static.items() if v}
+    if lsf:
+        have["LSF_PROFILE"] = [lsf[k] for k in ifus]
+    chosen = None
+    for rule in plan.settings.get("sky") or ():
+        if all(t in have for t in rule.get("needs", ())):
+            chosen = rule
+            break
+    if chosen is None:
+        return {"param": {}, "calib": {}}
+    given = (plan.settings.get("parameters", {}).get("muse_scipost") or {}).get("skymethod")
+    if given is not None:
+        needs = {t for r in plan.settings["sky"] for t in r.get("needs", ()) if t in have}
+        chosen = {"skymethod": given, "needs": sorted(needs)}
+        note = f"sky: skymethod={given}, as the parameters say"
+    else:
+        missing = [t for r in plan.settings["sky"] if r is not chosen
+                   for t in r.get("needs", ()) if t not in have]
+        note = (f"sky: skymethod={chosen['skymethod']}: {chosen.get('because', '')}"
+                + (f" (no {', '.join(sorted(set(missing)))})" if missing else ""))
+    notes = assoc.exposures[0].notes
+    if note not in notes:
+        notes.append(note)
+    return {"param": {"skymethod": chosen["skymethod"]},
+            "calib": {t: have[t] for t in chosen.get("needs", ())}}
+
+
+def _cube(plan: Plan, tag: str, frames: list[dict], ifus: tuple, sky: dict,
+          calib: dict, suffix: str, *, offsets: Any = None) -> Any:
+    """The cube of a group: one muse_scipost of its one exposure; of several, one
+    muse_scipost per exposure (each cube's IMAGE_FOV and its fully reduced pixel
+    table, PIXTABLE_REDUCED), muse_exp_align over their images (``offsets`` when
+    given: the alignment of the uncalibrated cubes, which flux calibration does
+    not change) and muse_exp_combine of the pixel tables with its OFFSET_LIST: the
+    combination of the MUSE pipeline manual's "exposure combination" [its
+    man pages]. Returns the muse_exp_align step (None for one exposure)."""
+    calib = {**calib, **sky["calib"]}
+    if len(frames) == 1:
+        plan.call("muse_scipost", {f"PIXTABLE_{tag}": [frames[0][k] for k in ifus]},
+                  calib=calib, param=sky["param"], name="muse_scipost" + suffix)
+        return None
+    # exposures are aligned on the sky: muse_exp_align needs each image's celestial
+    # WCS, which astrometry=false leaves out. Without an ASTROMETRY_WCS (optional
+    # [MAN]) muse_scipost takes its default astrometry of the mode (muse_postproc.c).
+    param = {**sky["param"], "astrometry": True,
+             "save": plan.settings.get("save_per_exposure", "cube,individual")}
+    cubes = [plan.call("muse_scipost", {f"PIXTABLE_{tag}": [f[k] for k in ifus]},
+                       calib=calib, param=param, name="muse_scipost" + suffix)
+             for f in frames]
+    if offsets is None:
+        offsets = plan.call("muse_exp_align", {"IMAGE_FOV": cubes})
+    plan.call("muse_exp_combine", {"PIXTABLE_REDUCED": cubes},
+              calib={"OFFSET_LIST": offsets}, name="muse_exp_combine" + suffix)
+    return offsets
 
 
 def _calibrations(plan: Plan, a: Association, ifus: tuple, static: dict) -> _Chain:
