@@ -86,6 +86,9 @@ class SlotsMixin:
     cores_per_slot: int = 1
     layout: dict = {}
     """How the slots map onto a job (system, slots_per_job, cores_per_slot, ...)."""
+    offers: list = []
+    """What the workers of each job template offer (Dask worker resources, MEMORY
+    and CORES), known before any job has started: calls are checked against it."""
     adaptive: Adaptive | None = None
     """The adaptive scaler of the last :meth:`adapt` (None: never adapted)."""
 

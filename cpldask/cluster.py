@@ -155,6 +155,15 @@ def _resolve(system, slots_per_job, cores_per_slot, memory_per_slot, walltime,
     if life is not None:  # before the user's own arguments: theirs win
         extra = ["--lifetime", f"{int(life[0])}s", "--lifetime-stagger",
                  f"{int(life[1])}s", *extra]
+    # what a job's worker offers calls that state their needs (resources=, an
+    # instrument's rules): the memory and cores the job reserves
+    offers = {"MEMORY": float(spj * mem), "CORES": float(spj * cps)}
+    if "--resources" not in extra:
+        extra += ["--resources", ",".join(f"{k}={v:.0f}" for k, v in offers.items())]
+    else:  # the user's own: what they say is offered
+        given = extra[extra.index("--resources") + 1] if extra[-1] != "--resources" else ""
+        offers = {k.strip(): float(v) for k, v in
+                  (item.split("=", 1) for item in given.split(",") if "=" in item)}
     prologue = list(kw.pop("job_script_prologue", None)
                     or dask.config.get(f"{jq}.job-script-prologue", None) or [])
     prologue.append(f"export OMP_NUM_THREADS={cps}")
@@ -196,7 +205,7 @@ def _resolve(system, slots_per_job, cores_per_slot, memory_per_slot, walltime,
         del kw["walltime"]
     layout = {"system": system, "slots_per_job": spj, "cores_per_slot": cps,
               "memory_per_slot": mem, "walltime": wall_s,
-              "lifetime": life[0] if life else None}
+              "lifetime": life[0] if life else None, "offers": offers}
     return system, layout, kw
 
 
@@ -330,6 +339,7 @@ def jobqueue(system: str | None = None, *, slots: int | None = None,
         cluster.slots_per_job = layout["slots_per_job"]
         cluster.cores_per_slot = layout["cores_per_slot"]
         cluster.layout = layout
+        cluster.offers = [layout["offers"]]  # before any job has started
         # (the client takes the cluster's own security, TLS included)
         cluster.client = distributed.Client(cluster, set_as_default=set_as_default)
         if adaptive:
