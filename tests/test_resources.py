@@ -101,6 +101,22 @@ def test_the_muse_rules_state_what_each_step_needs():
     assert memory["muse_scipost"] > memory["muse_bias"]
 
 
+def test_each_step_of_a_plan_carries_what_its_rules_say_it_needs(tmp_path):
+    from cpldask import workflow
+    from cpldask.instruments.muse import synthetic
+
+    synthetic.write_dataset(tmp_path / "raw", ifus=(1, 2), headers_only=True)
+    red = workflow.reduce(tmp_path / "raw", output_dir=tmp_path / "out", dry_run=True)
+    by_name = {s.name: s.resources for s in red.steps}
+    assert by_name["muse_scipost"] == {"memory": "2 GiB"}
+    assert by_name.get("muse_twilight", {"memory": "3 GiB"}) == {"memory": "3 GiB"}
+    assert {s.name for s in red.steps if not s.resources} <= {"muse_lingain",
+                                                              "muse_standard"}
+    plan = workflow.Plan(tmp_path, {"resources": {"x_big": {"memory": "9 GiB"}}})
+    assert plan.call("x_big", {"RAW": ["/a.fits"]}).resources == {"memory": "9 GiB"}
+    assert plan.call("x_small", {"RAW": ["/a.fits"]}).resources == {}
+
+
 # -- CPL: two worker sizes behind one scheduler ---------------------------------------
 #: the small worker's recipes may use this much address space (RLIMIT_AS): the test
 #: recipe's 100 MB fit, its 2000 MB do not (test_failures.test_memory_limit: a recipe
