@@ -26,6 +26,7 @@ allowed.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import math
@@ -420,6 +421,44 @@ def check_resources(client: distributed.Client, resources: dict, recipe: str, *,
                 f"worker --resources '{name}=...'), or ask for less with resources=")
         out[name] = amount
     return out
+
+
+_histories: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # client -> History
+
+
+def expected_duration(client: distributed.Client, provenance: dict) -> float | None:
+    """The expected wall time (s) of a call (its client-side provenance) from earlier
+    runs of the same recipe, parameters and inputs (the product cache's records, read
+    once per client: :class:`cpldask._estimate.History`), on a cluster whose workers'
+    jobs end (a cpldask batch cluster with a lifetime); else None, and nothing read."""
+    layout = getattr(getattr(client, "cluster", None), "layout", None) or {}
+    if not layout.get("lifetime"):
+        return None
+    from ._estimate import Features, History
+
+    with _lock:
+        history = _histories.get(client)
+        if history is None:
+            history = _histories[client] = History.from_disk(
+                cache_dir=_config.cache_dir())
+    return history.expected(Features.of(provenance))
+
+
+def learn_duration(client: distributed.Client, result) -> None:
+    """Let the history of :func:`expected_duration` learn the wall time of ``result``
+    (a :class:`~cpldask.Result`) when it has run, if the client keeps one."""
+    history = _histories.get(client)
+    if history is None:
+        return
+
+    def learn(res) -> None:
+        from ._estimate import Run
+
+        if res.status == "finished":
+            with contextlib.suppress(Exception):  # (a lost record teaches nothing)
+                history.add(Run.of(res.provenance))
+
+    result.add_done_callback(learn)
 
 
 def dashboard_link(*, page: str = "status") -> str | None:

@@ -90,6 +90,9 @@ class CallSpec:
     # set on the second run of a call that died for memory (cpldask.worker.task):
     # where and why it died; the provenance of its products keeps it
     memory_retry: dict | None = dataclasses.field(default=None, compare=False)
+    # the expected wall time (s) of the call from earlier runs (cpldask._estimate),
+    # where workers' jobs end: a worker whose job ends sooner does not start it
+    expected: float | None = dataclasses.field(default=None, compare=False)
 
 
 @dataclasses.dataclass(frozen=True)

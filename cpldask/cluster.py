@@ -153,9 +153,6 @@ def _resolve(system, slots_per_job, cores_per_slot, memory_per_slot, walltime,
 
     extra = [str(a) for a in kw.pop("worker_extra_args", None)
              or dask.config.get(f"{jq}.worker-extra-args", None) or []]
-    if life is not None:  # before the user's own arguments: theirs win
-        extra = ["--lifetime", f"{int(life[0])}s", "--lifetime-stagger",
-                 f"{int(life[1])}s", *extra]
     # what a job's worker offers calls that state their needs (resources=, an
     # instrument's rules): the memory and cores the job reserves
     offers = {"MEMORY": float(spj * mem), "CORES": float(spj * cps)}
@@ -168,6 +165,14 @@ def _resolve(system, slots_per_job, cores_per_slot, memory_per_slot, walltime,
     prologue = list(kw.pop("job_script_prologue", None)
                     or dask.config.get(f"{jq}.job-script-prologue", None) or [])
     prologue.append(f"export OMP_NUM_THREADS={cps}")
+    if life is not None:
+        # when the worker should be gone: the lifetime from the job's start, give or
+        # take the stagger (so that jobs started together do not all leave at once).
+        # Not dask's --lifetime, which retires the worker at that moment and kills
+        # the recipes it runs: cpldask.worker.jobend drains it (the JobEnd plugin)
+        span = 2 * int(life[1]) + 1
+        prologue.append(f"export CPLDASK_JOB_END=$(( $(date +%s) + {int(life[0])} "
+                        f"+ RANDOM % {span} - {int(life[1])} ))")
     if _cfg("limit-memory", limit_memory):
         # the worker limits each recipe's address space to a slot's memory, so that
         # a recipe too big for this node fails here (and runs again on a bigger
@@ -247,9 +252,9 @@ def job_script(system: str | None = None, **kwargs) -> str:
     Takes the same arguments as :func:`options`.
     """
     system = str(_cfg("system", system)).lower()
+    kw = _job_options(system, **kwargs)  # (an unknown system is refused here)
     cls = _cluster_class(system).job_cls
-    return cls("tcp://<scheduler>:8786", name="<worker-name>",
-               **_job_options(system, **kwargs)).job_script()
+    return cls("tcp://<scheduler>:8786", name="<worker-name>", **kw).job_script()
 
 
 def add_pool(cluster, name: str, *, jobs: int = 1, slots_per_job: int | None = None,
@@ -422,6 +427,10 @@ def jobqueue(system: str | None = None, *, slots: int | None = None,
         cluster.offers = [layout["offers"]]  # before any job has started
         # (the client takes the cluster's own security, TLS included)
         cluster.client = distributed.Client(cluster, set_as_default=set_as_default)
+        # workers of jobs that end drain before they do (cpldask.worker.jobend)
+        from .worker.jobend import JobEnd
+
+        cluster.client.register_plugin(JobEnd(), name=JobEnd.name)
         if adaptive:
             cluster.adapt_slots(minimum, max(minimum, slots))
         elif minimum:

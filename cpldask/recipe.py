@@ -504,6 +504,7 @@ class Recipe:
                      described=call.spec.provenance)
         if call.spec.slots is None:
             _cluster.track_unguarded(call.client, res)
+        _cluster.learn_duration(call.client, res)  # (where jobs end: see CallSpec.expected)
         if not background:
             res.result()
         return res
@@ -588,6 +589,7 @@ class Recipe:
             work_max_age=_config.seconds(_config.get("work-dir-max-age")),
             cache_dir=str(_config.cache_dir()) if _config.get("cache.enabled", cache) else None,
             cache_key=content, provenance=provenance, slots=slots, submitted=time.time(),
+            expected=_cluster.expected_duration(client, provenance),
             log_level=max(log_threshold(logname), loglevel or 0), logname=logname,
             loglevel=loglevel or 0, live_level=_config.log_level("live-log-level"))
         # the recipe's and the call's resources are strict; its needs (a workflow

@@ -488,3 +488,74 @@ def test_scale_back_to_zero_jobs(slurm_cluster):
     TIMINGS["scale 2->0 jobs"] = time.monotonic() - t
     time.sleep(3)  # nothing comes back by itself
     assert squeue() == []
+
+
+# -- nodes of different sizes (issue 21.3) -------------------------------------------
+def partitions() -> dict[str, str]:
+    """``{partition: MaxMemPerNode}`` of this SLURM (``UNLIMITED`` or MB)."""
+    out = subprocess.run(["scontrol", "show", "partition", "-o"], capture_output=True,
+                         text=True, check=True, timeout=30).stdout
+    return {re.search(r"PartitionName=(\S+)", line).group(1):
+            re.search(r"MaxMemPerNode=(\S+)", line).group(1)
+            for line in out.splitlines() if line.strip()}
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_two_node_sizes_each_call_goes_where_it_fits(slurm, test_recipe, any_fits,
+                                                     tmp_path_factory):
+    """Partition small (jobs of at most 2 GB) and big model two node sizes: a cluster
+    of small jobs with a pool of one big job behind its scheduler. A call that needs
+    3 GiB runs in the big job; one that dies for memory in a small job (its recipes
+    limited to the job's 1.5 GiB) runs once more in the big one, and says so."""
+    parts = partitions()
+    assert parts.get("debug") == "UNLIMITED" and parts.get("small") == "2048"
+    assert "big" in parts
+    assert squeue() == []
+    logs = tmp_path_factory.mktemp("sizes-logs")
+    cluster = cpldask.cluster.slurm(slots=1, minimum_slots=1, adapt=False,
+                                    memory_per_slot="1500 MiB", walltime="00:10:00",
+                                    queue="small", limit_memory=True,
+                                    log_directory=str(logs))
+    try:
+        pool = cpldask.cluster.add_pool(cluster, "big", jobs=1, memory_per_slot="4 GiB",
+                                        queue="big", walltime="00:10:00",
+                                        log_directory=str(logs))
+        client = cluster.client
+        client.wait_for_workers(2, timeout=120)
+        out = subprocess.run(["squeue", "-h", "-o", "%i %P %m"], capture_output=True,
+                             text=True, check=True, timeout=30).stdout
+        print("\n[squeue]\n" + out)
+        by_partition = {line.split()[1]: line.split()[0] for line in out.splitlines()}
+        assert set(by_partition) == {"small", "big"}
+        assert pool.job_ids == [by_partition["big"]]
+        workers = {info["name"]: (address, info["resources"])
+                   for address, info in client.scheduler_info()["workers"].items()}
+        (small, small_offers), = [v for k, v in workers.items() if not k.startswith("big")]
+        big, big_offers = workers["big-0"]
+        assert small_offers == {"MEMORY": 1500 * 2**20, "CORES": 1}
+        assert big_offers == {"MEMORY": 4 * 2**30, "CORES": 1}
+
+        needs_big = test_recipe(any_fits, resources={"memory": "3 GiB"},
+                                param={"value": 21.0}, env={"RUN": RUN})
+        assert needs_big.record.worker == big
+        with pytest.raises(ValueError, match="no worker offers 8.00 GiB of MEMORY"):
+            test_recipe(any_fits, resources={"memory": "8 GiB"})
+
+        out_dir = tmp_path_factory.mktemp("sizes-out")
+        with pytest.warns(cpl.errors.MemoryRetryWarning, match="died for memory") as got:
+            with dask.annotate(workers=[small]):
+                res = test_recipe(any_fits, param={"alloc": 2000, "value": 22.0},
+                                  env={"RUN": RUN}, output_dir=out_dir)
+            wait_until(lambda: got.list, 10, "the warning")
+        print(f"[warning] {got.list[0].message}")
+        assert res.record.worker == big
+        retry = json.loads((out_dir / "PRODUCT_0000.provenance.json").read_text())[
+            "memory_retry"]
+        print(f"[provenance memory_retry] {json.dumps(retry)}")
+        assert retry["worker"] == small and retry["limit"] == 1500 * 2**20
+        assert "could not allocate 2000 MB" in retry["error"]
+    finally:
+        cluster.close()
+        wait_until(lambda: squeue() == [], 60, "the jobs to leave the queue")

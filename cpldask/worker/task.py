@@ -37,7 +37,7 @@ import time
 
 from .. import _cache, _compat, _hashing, _logs, errors
 from .._spec import CallSpec, FileInput, MemoryInput, ProductRef, RunRecord
-from . import forkserver, install, runner
+from . import forkserver, install, jobend, runner
 
 
 #: how often a waiting worker thread looks for a cancel or a time-out (seconds)
@@ -358,6 +358,7 @@ def _run(spec: CallSpec, frames, inputs: list[_Input]) -> RunRecord:
                 products = [install.product_of(tag, pathlib.Path(path)) for tag, path in pairs]
                 report = _served_report(done)
         if hit is None and done is None:
+            jobend.refuse_if_late(spec)  # not started where the job ends first
             with _slot(spec):
                 products, report = _execute(spec, frames, call_dir, base, server, library)
         prov = _provenance(spec, inputs, key, report,
