@@ -110,3 +110,29 @@ def test_a_call_that_would_not_finish_in_time_goes_to_another_worker(test_recipe
         left_at = time.time()
         assert again.record.worker == staying
         assert left_at < end, "it left before its job's end: it drained at once"
+
+
+def test_a_call_lost_with_its_worker_runs_again_and_the_summary_counts_it(
+        test_recipe, any_fits):
+    import os
+    import signal
+
+    from cpldask._cli._batch import ran_again
+    from cpldask._progress import Job
+    from helpers import recipe_pids
+
+    with _cluster(time.time() + 3600, lifetime=False) as cluster, \
+            _start(cluster) as client:
+        ending = _addresses(client)["ending"]
+        before = recipe_pids("cpldask_test")
+        with dask.annotate(workers=[ending], allow_other_workers=True):
+            res = test_recipe(any_fits, param={"sleep": 8.0, "value": 3.0},
+                              threaded=True)
+        wait_until(lambda: recipe_pids("cpldask_test") - before, 30, "the recipe to start")
+        # the job is killed (as by its walltime): the worker process dies at once
+        pid = client.run(os.getpid, workers=[ending])[ending]
+        os.kill(pid, signal.SIGKILL)
+        assert res.record.worker != ending  # run again, on the other worker
+        assert ran_again([Job("lost", res)]) == (
+            "1 call ran again after its worker was lost (a job ended or was killed: "
+            "1 time)")
