@@ -559,3 +559,52 @@ def test_two_node_sizes_each_call_goes_where_it_fits(slurm, test_recipe, any_fit
     finally:
         cluster.close()
         wait_until(lambda: squeue() == [], 60, "the jobs to leave the queue")
+
+
+# -- jobs that end (issue 21.2) ------------------------------------------------------
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_a_job_ended_by_its_walltime_mid_call_loses_it_and_it_runs_again(
+        slurm, test_recipe, any_fits, tmp_path_factory):
+    """A one-minute job runs a recipe that takes longer (no earlier run of it: its
+    duration is unknown, so the job's worker takes it). SLURM ends the job at its
+    walltime; the call runs again in the other (ten-minute) job, and the scheduler's
+    count of lost calls, which the run's summary prints, says so."""
+    from cpldask import _dashboard
+    from cpldask._cli._batch import ran_again
+    from cpldask._progress import Job
+
+    assert squeue() == []
+    logs = tmp_path_factory.mktemp("walltime-logs")
+    cluster = cpldask.cluster.slurm(slots=1, minimum_slots=1, adapt=False,
+                                    memory_per_slot="1 GiB", walltime="00:01:00",
+                                    lifetime_stagger="0s", log_directory=str(logs))
+    try:
+        pool = cpldask.cluster.add_pool(cluster, "long", jobs=1, memory_per_slot="1 GiB",
+                                        walltime="00:10:00", log_directory=str(logs))
+        client = cluster.client
+        client.wait_for_workers(2, timeout=120)
+        workers = {info["name"]: a for a, info in client.scheduler_info()["workers"].items()}
+        long_worker = workers.pop("long-0")
+        (short_worker,) = workers.values()
+        (short_job,) = set(squeue()) - set(pool.job_ids)
+        t = time.monotonic()
+        with dask.annotate(workers=[short_worker], allow_other_workers=True):
+            res = test_recipe(any_fits, param={"sleep": 100.0, "value": 31.0},
+                              env={"RUN": RUN}, threaded=True)
+        wait_until(lambda: short_job not in squeue(), 150, "the walltime to end the job")
+        TIMINGS["walltime job: submitted -> ended"] = time.monotonic() - t
+        assert res.record.worker == long_worker
+        TIMINGS["walltime job: call done (run again)"] = time.monotonic() - t
+        assert _dashboard.lost_calls(client, [res.key]) == {res.key: 1}
+        line = ran_again([Job("walltime", res)])
+        print(f"\n[summary] cpldask: {line}")
+        assert line.startswith("1 call ran again after its worker was lost")
+        job_log = "\n".join(p.read_text(errors="replace") for p in logs.glob(f"*{short_job}*"))
+        print(f"[job {short_job} log] " + "\n".join(
+            ln for ln in job_log.splitlines() if "TIME LIMIT" in ln or "CANCELLED" in ln))
+        assert "DUE TO TIME LIMIT" in job_log
+    finally:
+        cluster.close()
+        wait_until(lambda: squeue() == [], 60, "the jobs to leave the queue")
