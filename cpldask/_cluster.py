@@ -399,16 +399,20 @@ def check_resources(client: distributed.Client, resources: dict, recipe: str, *,
     """The resources a call can ask for on this cluster; an error for those no
     worker can satisfy (the task would wait forever).
 
-    ``strict=False`` (needs from an instrument's rules): a name that no worker offers
-    at all is dropped (a cluster of workers started without resources does not model
-    sizes: any worker takes the call); one offered, but by no worker in that amount,
-    is still an error.
+    ``strict=False`` (needs from an instrument's rules): a need that every worker
+    meets is dropped, and so is one no worker offers at all (a cluster of workers
+    started without resources does not model sizes): such a need would choose no
+    worker, and a task with resources loses the scheduler's queuing
+    (``worker-saturation``: a call goes to a worker only for a free thread), which
+    on the embedded cluster made a cascade slower. One offered, but by no worker in
+    that amount, is still an error.
     """
     offers = offered_resources(client)
     out = {}
     for name, amount in resources.items():
         offered = [o.get(name, 0) for o in offers]
-        if not strict and not any(name in o for o in offers):
+        if not strict and (not any(name in o for o in offers)
+                           or all(o >= amount for o in offered)):
             continue
         if not any(o >= amount for o in offered):
             largest = max(offered, default=0)

@@ -29,9 +29,12 @@ How recipe *slots* (recipes running at once) map onto jobs:
   ``slots_per_job * memory_per_slot`` memory from the batch system;
 * its job script exports ``OMP_NUM_THREADS=cores_per_slot``: recipe processes inherit
   it (unless ``cpldask.omp-num-threads`` or a call's ``env`` says otherwise);
-* its worker retires gracefully (``--lifetime``) a margin before the walltime, so its
-  results move to other workers before the batch system kills the job; a recipe
-  still running then is re-run elsewhere;
+* its worker leaves a margin before the walltime (``CPLDASK_JOB_END``,
+  :mod:`cpldask.worker.jobend`): it takes no call that would not finish by then,
+  lets its running recipes end, moves its results to other workers and leaves; a
+  recipe still running when the batch system kills the job is re-run elsewhere;
+* it offers its memory and cores to calls that state their needs (Dask worker
+  resources MEMORY and CORES); :func:`add_pool` adds jobs of another size;
 * the cluster adapts between ``minimum_slots`` and ``slots`` (``adapt=True``), or
   holds a fixed number of jobs (``adapt=False``; ``scale_slots``);
   :func:`cpldask.Recipe.set_maxthreads` (and the CLI's ``--slots``) scales it to ``n``

@@ -87,6 +87,8 @@ def test_a_need_no_worker_can_meet_is_refused_naming_the_fix(sized_client):
     # one it models but cannot meet is still refused
     assert check_resources(sized_client, {"GPU": 1.0, "CORES": 2.0}, "r",
                            strict=False) == {"CORES": 2.0}
+    # one every worker meets chooses no worker: dropped (the task keeps Dask's queuing)
+    assert check_resources(sized_client, {"MEMORY": 2.0**29}, "r", strict=False) == {}
     with pytest.raises(ValueError, match="CORES=4"):
         check_resources(sized_client, {"CORES": 4.0}, "r", strict=False)
 
@@ -157,6 +159,9 @@ def test_each_call_goes_only_where_it_fits(two_sizes, test_recipe, any_fits):
     assert {r.record.worker for r in fits_both} <= {small, big}
     with pytest.raises(ValueError, match="no worker offers 16.00 GiB of MEMORY"):
         test_recipe(any_fits, resources={"memory": "16 GiB"})
+    # a workflow step's needs (Recipe.needs, from the rules) choose the same way
+    test_recipe.needs = {"memory": "2 GiB"}
+    assert test_recipe(any_fits, param={"value": 30.0}).record.worker == big
 
 
 @pytest.mark.requires_cpl
