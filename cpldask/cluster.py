@@ -302,8 +302,11 @@ def add_pool(cluster, name: str, *, jobs: int = 1, slots_per_job: int | None = N
     offers = _resolve(system, slots_per_job, cores_per_slot, memory_per_slot, walltime,
                       None, None, None, None, dict(kwargs), limit_memory)[1]["offers"]
     cls = type(cluster).job_cls
-    made = [cls(cluster.scheduler_address, name=f"{name}-{i}", security=cluster.security,
-                **kw) for i in range(int(jobs))]
+    # the cluster's TLS certificates, if it has any (a Security without them would
+    # give the worker "--tls-ca-file None")
+    security = cluster.security if getattr(cluster.security, "tls_ca_file", None) else None
+    made = [cls(cluster.scheduler_address, name=f"{name}-{i}", security=security, **kw)
+            for i in range(int(jobs))]
 
     async def start():
         for job in made:
