@@ -9,15 +9,22 @@
 #   * apt-get install slurm-wlm + munge (skipped when already installed)
 #   * creates the munge key if absent (owner munge, mode 0400)
 #   * writes /etc/slurm/slurm.conf: one node (this host, CPUs/RealMemory from
-#     `slurmd -C`), one partition `debug`, select/cons_tres + CR_Core_Memory so
-#     several small jobs share the node, proctrack/linuxproc + task/none so no
-#     cgroups are needed
+#     `slurmd -C`), the partition `debug` (the default), select/cons_tres +
+#     CR_Core_Memory so several small jobs share the node, proctrack/linuxproc +
+#     task/none so no cgroups are needed; and two partitions on the same node
+#     that model two node sizes (docs/slurm.md, "Nodes of different sizes"):
+#     `small` (a job may ask for at most SLURM_SMALL_MEM_MB, MaxMemPerNode) and
+#     `big` (the whole node)
+#   * on a SLURM already running whose slurm.conf lacks them (written by an
+#     older version of this script), rewrites it and runs `scontrol reconfigure`:
+#     running jobs and the `debug` partition are not touched
 #   * starts munged (as user munge), slurmctld, slurmd (detached, PID files in
 #     /var/run), then polls `sinfo` until the node is idle (timeout 60 s).
 #
 # Environment overrides:
 #   SLURM_START_TIMEOUT   seconds to wait for the node to become idle (60)
 #   SLURM_MEM_RESERVE_MB  MB subtracted from `slurmd -C` RealMemory (>=5%, min 256)
+#   SLURM_SMALL_MEM_MB    memory limit of a job in partition `small` (2048)
 #   SLURM_WAIT_SCHED      1 (default): also wait for the first scheduler cycle
 #                         (~3 s after slurmctld starts); 0: return once idle
 #
@@ -53,11 +60,18 @@ if command -v sinfo >/dev/null 2>&1 &&
     st=$(node_state)
     case "$st" in
         idle|mix|mixed|alloc|allocated|comp|completing)
-            log "already running (node state: $st)"
-            exit 0 ;;
+            if grep -q '^PartitionName=big ' "$CONF" 2>/dev/null; then
+                log "already running (node state: $st)"
+                exit 0
+            fi
+            # an older slurm.conf without the two sizes: add them below, then
+            # reconfigure the running daemons (jobs keep running)
+            log "already running (node state: $st); adding partitions small and big"
+            RECONFIGURE=1 ;;
+        *)
+            log "daemons running but node state is '${st:-?}'; restarting"
+            "$(dirname "$0")/slurm-stop.sh" || true ;;
     esac
-    log "daemons running but node state is '${st:-?}'; restarting"
-    "$(dirname "$0")/slurm-stop.sh" || true
 fi
 
 # --- packages ---------------------------------------------------------------
@@ -115,6 +129,9 @@ REALMEM=$(( MEM - RESERVE ))
 # Default memory per CPU for jobs that don't ask for --mem (otherwise a job
 # without --mem would take the whole node's memory with CR_Core_Memory).
 DEFMEM=$(( REALMEM / CPUS ))
+# the small node size: a job in partition small may ask for this much at most
+SMALLMEM=${SLURM_SMALL_MEM_MB:-2048}
+[ "$SMALLMEM" -le "$REALMEM" ] || SMALLMEM=$(( REALMEM / 2 ))
 # the node name must resolve; on normal Debian hosts it is in /etc/hosts
 if ! getent hosts "$NODE" >/dev/null 2>&1; then
     log "warning: '$NODE' does not resolve; adding it to /etc/hosts as 127.0.0.1"
@@ -167,6 +184,9 @@ TCPTimeout=2
 # nodes / partitions
 NodeName=${NODE} NodeAddr=127.0.0.1 CPUs=${CPUS} SocketsPerBoard=${SOCKETS} CoresPerSocket=${CORES} ThreadsPerCore=${THREADS} RealMemory=${REALMEM} State=UNKNOWN
 PartitionName=debug Nodes=${NODE} Default=YES MaxTime=INFINITE State=UP DefMemPerCPU=${DEFMEM}
+# two node sizes on the one node (cpldask's tests of workers of different sizes)
+PartitionName=small Nodes=${NODE} MaxTime=INFINITE State=UP DefMemPerCPU=$(( SMALLMEM < DEFMEM ? SMALLMEM : DEFMEM )) MaxMemPerNode=${SMALLMEM}
+PartitionName=big Nodes=${NODE} MaxTime=INFINITE State=UP DefMemPerCPU=${DEFMEM}
 EOF
 if ! cmp -s "$NEWCONF" "$CONF"; then
     [ -f "$CONF" ] && cp -p "$CONF" "$CONF.bak"
@@ -174,6 +194,15 @@ if ! cmp -s "$NEWCONF" "$CONF"; then
     log "wrote $CONF (node $NODE: CPUs=$CPUS RealMemory=$REALMEM of $MEM MB)"
 fi
 rm -f "$NEWCONF"
+if [ "${RECONFIGURE:-0}" = 1 ]; then
+    scontrol reconfigure
+    for _ in $(seq 1 50); do
+        sinfo -h -p big -o %P 2>/dev/null | grep -q big && break
+        sleep 0.2
+    done
+    log "reconfigured: partitions $(sinfo -h -o %P | tr '\n' ' ')after $(elapsed) s"
+    exit 0
+fi
 
 # --- start daemons ----------------------------------------------------------
 if pid_alive "$MUNGE_PID" munged; then

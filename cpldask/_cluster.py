@@ -26,6 +26,7 @@ allowed.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import math
@@ -35,6 +36,7 @@ import uuid
 import weakref
 
 import dask.config
+import dask.utils
 import distributed
 from distributed.deploy.spec import SpecCluster
 
@@ -126,6 +128,7 @@ def _start_embedded() -> distributed.Client:
         cluster = _embedded_cluster(n_workers, per_worker, security)
     client = distributed.Client(cluster, set_as_default=True, security=security)
     _embedded.update(cluster=cluster, client=client, slots=slots, per_worker=per_worker,
+                     offers=_embedded_offers(n_workers, per_worker),
                      threads=n_workers * per_worker, target=n_workers * per_worker,
                      unguarded=weakref.WeakSet())
     atexit.register(close)  # before distributed's own hooks: no "lost task" warnings
@@ -158,15 +161,25 @@ def _embedded_cluster(n_workers: int, per_worker: int,
                  "options": {"host": host, "port": 0, "protocol": protocol,
                              "security": security, "dashboard": True,
                              "dashboard_address": _config.get("local.dashboard-address")}}
-    total = distributed.system.MEMORY_LIMIT
     worker = {"cls": SubprocessNanny,
               "options": {"env": _worker_env(security),
                           "worker_kwargs": {"nthreads": per_worker, "host": host,
-                                            "memory_limit": total // n_workers,
+                                            "memory_limit": int(_embedded_offers(
+                                                n_workers, per_worker)[MEMORY]),
+                                            "resources": _embedded_offers(n_workers,
+                                                                          per_worker),
                                             "silence_logs": logging.WARNING}}}
     return SpecCluster(scheduler=scheduler, workers={i: worker for i in range(n_workers)},
                        worker=worker, security=security, silence_logs=logging.WARNING,
                        name="cpldask")
+
+
+def _embedded_offers(n_workers: int, per_worker: int) -> dict[str, float]:
+    """What each worker of the embedded cluster offers: its share of the machine's
+    memory and its threads as CORES (a call asking for more waits for no worker: it
+    is refused on the client)."""
+    return {MEMORY: float(distributed.system.MEMORY_LIMIT // n_workers),
+            CORES: float(per_worker)}
 
 
 def _worker_env(security: distributed.Security | None) -> dict[str, str]:
@@ -337,16 +350,119 @@ def recipe_slots(client: distributed.Client) -> int:
     return max(1, threads)
 
 
-def check_resources(client: distributed.Client, resources: dict, recipe: str) -> None:
-    """Refuse resource annotations no worker can satisfy: the task would wait forever."""
-    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+#: The resource names cpldask gives a meaning to (Dask's worker resources are free
+#: names; these are the ones cpldask's workers offer and its rules ask for): MEMORY in
+#: bytes (a call may say ``"8 GiB"``), CORES in cores. A call holds what it asks for
+#: while it runs, so a worker offering MEMORY=16 GiB runs two 8 GiB calls at once.
+MEMORY, CORES = "MEMORY", "CORES"
+
+
+def call_resources(resources: dict | None, recipe: str) -> dict[str, float]:
+    """The resources a call asks for, as Dask's worker resources: ``memory`` and
+    ``cores`` (any case) become MEMORY (bytes; ``"8 GiB"`` allowed) and CORES; other
+    names are kept as they are (a site's own, e.g. ``GPU``).
+
+    Examples
+    --------
+    >>> call_resources({"memory": "2 GiB", "cores": 4}, "muse_scipost")
+    {'MEMORY': 2147483648.0, 'CORES': 4.0}
+    """
+    out: dict[str, float] = {}
+    for name, value in (resources or {}).items():
+        canon = str(name).upper() if str(name).upper() in (MEMORY, CORES) else str(name)
+        try:
+            amount = float(_config.nbytes(value) if canon == MEMORY else value)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{recipe}: resources={{{name!r}: {value!r}}} is not an "
+                             f"amount; give a number (memory also as '8 GiB')") from err
+        if not amount >= 0:
+            raise ValueError(f"{recipe}: resources={{{name!r}: {value!r}}} must be >= 0")
+        out[canon] = amount
+    return out
+
+
+def offered_resources(client: distributed.Client) -> list[dict]:
+    """What each worker of the client's cluster offers (Dask worker resources): the
+    workers connected now and those its cluster will start (the embedded cluster's
+    worker spec; a cpldask batch cluster's job templates, which offer nothing before
+    the first job starts)."""
+    offers = [dict(w.get("resources") or {})
+              for w in client.scheduler_info(n_workers=-1)["workers"].values()]
+    if client is _embedded.get("client"):
+        offers.append(dict(_embedded.get("offers") or {}))
+    offers.extend(getattr(getattr(client, "cluster", None), "offers", None) or [])
+    return offers
+
+
+def check_resources(client: distributed.Client, resources: dict, recipe: str, *,
+                    strict: bool = True) -> dict[str, float]:
+    """The resources a call can ask for on this cluster; an error for those no
+    worker can satisfy (the task would wait forever).
+
+    ``strict=False`` (needs from an instrument's rules): a need that every worker
+    meets is dropped, and so is one no worker offers at all (a cluster of workers
+    started without resources does not model sizes): such a need would choose no
+    worker, and a task with resources loses the scheduler's queuing
+    (``worker-saturation``: a call goes to a worker only for a free thread), which
+    on the embedded cluster made a cascade slower. One offered, but by no worker in
+    that amount, is still an error.
+    """
+    offers = offered_resources(client)
+    out = {}
     for name, amount in resources.items():
-        offered = [w.get("resources", {}).get(name, 0) for w in workers]
+        offered = [o.get(name, 0) for o in offers]
+        if not strict and (not any(name in o for o in offers)
+                           or all(o >= amount for o in offered)):
+            continue
         if not any(o >= amount for o in offered):
+            largest = max(offered, default=0)
+            what = (f"{dask.utils.format_bytes(amount)} of MEMORY" if name == MEMORY
+                    else f"{name}={amount:g}")
+            has = (dask.utils.format_bytes(largest) if name == MEMORY else f"{largest:g}")
             raise ValueError(
-                f"{recipe}: no worker offers {name}={amount:g} (largest: "
-                f"{max(offered, default=0):g}); start workers with --resources "
-                f"'{name}=...' or drop the resources= option")
+                f"{recipe}: no worker offers {what} (the largest offers {has}); start "
+                f"workers that do (cpldask.cluster.slurm(memory_per_slot=...), dask "
+                f"worker --resources '{name}=...'), or ask for less with resources=")
+        out[name] = amount
+    return out
+
+
+_histories: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # client -> History
+
+
+def expected_duration(client: distributed.Client, provenance: dict) -> float | None:
+    """The expected wall time (s) of a call (its client-side provenance) from earlier
+    runs of the same recipe, parameters and inputs (the product cache's records, read
+    once per client: :class:`cpldask._estimate.History`), on a cluster whose workers'
+    jobs end (a cpldask batch cluster with a lifetime); else None, and nothing read."""
+    layout = getattr(getattr(client, "cluster", None), "layout", None) or {}
+    if not layout.get("lifetime"):
+        return None
+    from ._estimate import Features, History
+
+    with _lock:
+        history = _histories.get(client)
+        if history is None:
+            history = _histories[client] = History.from_disk(
+                cache_dir=_config.cache_dir())
+    return history.expected(Features.of(provenance))
+
+
+def learn_duration(client: distributed.Client, result) -> None:
+    """Let the history of :func:`expected_duration` learn the wall time of ``result``
+    (a :class:`~cpldask.Result`) when it has run, if the client keeps one."""
+    history = _histories.get(client)
+    if history is None:
+        return
+
+    def learn(res) -> None:
+        from ._estimate import Run
+
+        if res.status == "finished":
+            with contextlib.suppress(Exception):  # (a lost record teaches nothing)
+                history.add(Run.of(res.provenance))
+
+    result.add_done_callback(learn)
 
 
 def dashboard_link(*, page: str = "status") -> str | None:

@@ -219,3 +219,33 @@ def worker_request(worker, address: str, op: str, **msg):
         return await getattr(worker.rpc(address), op)(**msg)
 
     return asyncio.run_coroutine_threadsafe(call(), worker.loop.asyncio_loop)
+
+
+# -- a batch job's worker that drains before its job ends (cpldask.worker.jobend) -----
+# Written against distributed 2026.8. A worker leaves through the scheduler's
+# retire_workers (a public Scheduler handler; Worker.scheduler is the worker's rpc to
+# it): with close_workers=False, remove=False it only marks the worker
+# closing_gracefully (no new tasks; the running ones go on, unlike a paused worker,
+# which distributed's memory monitor un-pauses) and moves its results elsewhere. The
+# count of running tasks is in the worker's state machine (Worker.state). If these
+# change, the drain test of tests/test_failures.py fails.
+def executing_count(worker) -> int:
+    """How many tasks ``worker`` is running now."""
+    return int(worker.state.executing_count)
+
+
+def worker_closing_gracefully(worker) -> bool:
+    """Whether ``worker`` is marked closing_gracefully (it takes no new task)."""
+    from distributed.core import Status
+
+    return worker.status == Status.closing_gracefully
+
+
+async def retire_this_worker(worker, *, close: bool, reason: str) -> None:
+    """Ask the scheduler to retire ``worker``: its results move to other workers; with
+    ``close`` it is then removed and closed (its Nanny too: the job's process ends)."""
+    import time
+
+    await worker.scheduler.retire_workers(workers=[worker.address], close_workers=close,
+                                          remove=close,
+                                          stimulus_id=f"{reason}-{time.time()}")

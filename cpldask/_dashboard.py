@@ -85,6 +85,7 @@ class Run:
     products: list = dataclasses.field(default_factory=list)  # [tag, path]
     cache_hit: bool = False
     error: str | None = None
+    lost: int = 0  # times its worker left while it ran (it was run again)
 
 
 class RecipeRuns(SchedulerPlugin):
@@ -134,6 +135,9 @@ class RecipeRuns(SchedulerPlugin):
         if run is None:
             return
         now = time.time()
+        if start == "processing" and finish == "released" and run.worker \
+                and self.scheduler is not None and run.worker not in self.scheduler.workers:
+            run.lost += 1  # its worker left (job ended, killed) while it ran
         if finish == "processing":  # running only once a worker thread takes it
             run.state, run.processing, run.began, run.ended = "queued", now, None, None
             run.waiting_for_slot = False
@@ -313,6 +317,24 @@ def install(client) -> None:
                        "install cpldask where the scheduler runs, or set "
                        "cpldask.dashboard.runs-page to false", client.scheduler.address,
                        type(err).__name__, err)
+
+
+def lost_calls(client, keys) -> dict[str, int]:
+    """How often each of these calls was lost with its worker (a batch job that ended
+    or was killed while it ran) and run again: ``{key: times}``, those lost at least
+    once; empty where the scheduler has no page of recipe runs."""
+    if not has_page(client):
+        return {}
+
+    def count(dask_scheduler, keys):
+        plugin = dask_scheduler.plugins.get(NAME)
+        runs = {**plugin.history, **plugin.runs} if plugin is not None else {}
+        return {k: runs[k].lost for k in keys if k in runs and runs[k].lost}
+
+    try:
+        return client.run_on_scheduler(count, keys=[str(k) for k in keys])
+    except Exception:  # noqa: BLE001  (a summary line is not worth a failure)
+        return {}
 
 
 def has_page(client) -> bool:

@@ -32,7 +32,7 @@ from distributed.deploy.spec import ProcessInterface
 
 
 __all__ = ["SLURMCluster", "PBSCluster", "SGECluster", "LSFCluster", "CLUSTERS",
-           "SlotsMixin", "ClosingJob"]
+           "SlotsMixin", "ClosingJob", "Pool"]
 
 
 def _cfg(key: str, value=None):
@@ -86,6 +86,9 @@ class SlotsMixin:
     cores_per_slot: int = 1
     layout: dict = {}
     """How the slots map onto a job (system, slots_per_job, cores_per_slot, ...)."""
+    offers: list = []
+    """What the workers of each job template offer (Dask worker resources, MEMORY
+    and CORES), known before any job has started: calls are checked against it."""
     adaptive: Adaptive | None = None
     """The adaptive scaler of the last :meth:`adapt` (None: never adapted)."""
 
@@ -151,12 +154,50 @@ class SlotsMixin:
         return out
 
     def close(self, timeout: float | None = None):
-        """Close the client, cancel every job and stop the scheduler."""
+        """Close the client, cancel every job (those of its pools too) and stop the
+        scheduler."""
+        for pool in list(getattr(self, "pools", ())):
+            with suppress(Exception):
+                pool.close()
         client, self.client = self.client, None
         if client is not None and client.status not in ("closed", "closing"):
             with suppress(Exception):
                 client.close()
         return super().close(timeout)
+
+
+class Pool:
+    """Jobs of another size whose workers join a cluster's scheduler: a second node
+    type (more memory, another partition or queue) beside the cluster's own jobs.
+
+    Made by :func:`cpldask.cluster.add_pool`. It holds a fixed number of jobs (the
+    cluster's adaptive scaler neither starts nor stops them); :meth:`close` cancels
+    them, as closing the cluster does.
+    """
+
+    def __init__(self, cluster: SlotsMixin, name: str, jobs: list, offers: dict):
+        self.cluster, self.name, self.jobs, self.offers = cluster, name, jobs, offers
+
+    @property
+    def job_ids(self) -> list[str]:
+        """The batch job ids of the pool's jobs."""
+        return [str(job.job_id) for job in self.jobs if job.job_id]
+
+    def close(self) -> None:
+        """Cancel the pool's jobs."""
+        async def cancel():
+            for job in self.jobs:
+                await job.close()
+
+        jobs, self.jobs = self.jobs, []
+        if jobs and self.cluster.status.name not in ("closed",):
+            self.jobs = jobs
+            self.cluster.sync(cancel)
+            self.jobs = []
+        with suppress(ValueError):
+            self.cluster.pools.remove(self)
+        with suppress(ValueError):
+            self.cluster.offers.remove(self.offers)
 
 
 class SLURMCluster(SlotsMixin, dask_jobqueue.SLURMCluster):

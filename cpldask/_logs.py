@@ -35,7 +35,7 @@ __all__ = ["send", "send_run_event", "listen_to_logs", "log_threshold", "LiveLog
 
 # -- worker end ------------------------------------------------------------------------
 def send(recipe: str, entries: list, *, threshold: int = logging.NOTSET,
-         warning: str | None = None) -> None:
+         warning: str | None = None, category: str = "cache") -> None:
     """Publish ``entries`` (``(logger name, level, function, message, created)``) of
     the call of ``recipe`` this worker thread runs, and a product-cache ``warning``,
     to the client, which hands those of at least ``threshold`` to logging. Outside a
@@ -48,7 +48,7 @@ def send(recipe: str, entries: list, *, threshold: int = logging.NOTSET,
     msg: dict = {"recipe": recipe, "key": _compat.running_task_key(), "entries": entries,
                  "threshold": threshold}
     if warning is not None:
-        msg["warning"] = warning
+        msg.update(warning=warning, category=category)
     worker.log_event(LOG_TOPIC, msg)
 
 
@@ -132,10 +132,13 @@ def _replay_event(event: tuple) -> None:
         live.extend(entries)
     threshold = msg.get("threshold", logging.NOTSET)
     replay([e for e in entries if e[1] >= threshold])
-    if msg.get("warning"):  # the cache was not used (see cpldask.worker.task._warn)
-        from .errors import CacheWarning  # python-cpl's exceptions: only when needed
+    if msg.get("warning"):  # the cache was not used (see cpldask.worker.task._warn),
+        # or a recipe that died for memory runs again on a bigger worker
+        from . import errors  # python-cpl's exceptions: only when needed
 
-        warnings.warn(msg["warning"], CacheWarning, stacklevel=2)
+        category = errors.MemoryRetryWarning if msg.get("category") == "memory" \
+            else errors.CacheWarning
+        warnings.warn(msg["warning"], category, stacklevel=2)
 
 
 def replay(entries) -> None:

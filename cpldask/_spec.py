@@ -87,6 +87,12 @@ class CallSpec:
     logname: str = dataclasses.field(default="", compare=False)
     # python-cpl's loglevel: messages below it are left out of the call's log
     loglevel: int = dataclasses.field(default=0, compare=False)
+    # set on the second run of a call that died for memory (cpldask.worker.task):
+    # where and why it died; the provenance of its products keeps it
+    memory_retry: dict | None = dataclasses.field(default=None, compare=False)
+    # the expected wall time (s) of the call from earlier runs (cpldask._estimate),
+    # where workers' jobs end: a worker whose job ends sooner does not start it
+    expected: float | None = dataclasses.field(default=None, compare=False)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,9 +29,12 @@ How recipe *slots* (recipes running at once) map onto jobs:
   ``slots_per_job * memory_per_slot`` memory from the batch system;
 * its job script exports ``OMP_NUM_THREADS=cores_per_slot``: recipe processes inherit
   it (unless ``cpldask.omp-num-threads`` or a call's ``env`` says otherwise);
-* its worker retires gracefully (``--lifetime``) a margin before the walltime, so its
-  results move to other workers before the batch system kills the job; a recipe
-  still running then is re-run elsewhere;
+* its worker leaves a margin before the walltime (``CPLDASK_JOB_END``,
+  :mod:`cpldask.worker.jobend`): it takes no call that would not finish by then,
+  lets its running recipes end, moves its results to other workers and leaves; a
+  recipe still running when the batch system kills the job is re-run elsewhere;
+* it offers its memory and cores to calls that state their needs (Dask worker
+  resources MEMORY and CORES); :func:`add_pool` adds jobs of another size;
 * the cluster adapts between ``minimum_slots`` and ``slots`` (``adapt=True``), or
   holds a fixed number of jobs (``adapt=False``; ``scale_slots``);
   :func:`cpldask.Recipe.set_maxthreads` (and the CLI's ``--slots``) scales it to ``n``
@@ -59,7 +62,7 @@ import distributed
 from . import _compat, _config
 from ._transfer import copy_products
 
-__all__ = ["jobqueue", "slurm", "pbs", "sge", "lsf", "options", "job_script",
+__all__ = ["jobqueue", "slurm", "pbs", "sge", "lsf", "add_pool", "options", "job_script",
            "scale_to_slots", "copy_products", "walltime_seconds", "lifetime"]
 
 SYSTEMS = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "sge": "SGECluster",
@@ -131,7 +134,8 @@ def lifetime(walltime_s: float | None, margin=None, stagger=None
 
 # -- options --------------------------------------------------------------------------
 def _resolve(system, slots_per_job, cores_per_slot, memory_per_slot, walltime,
-             lifetime_margin, lifetime_stagger, interface, job_name, kwargs):
+             lifetime_margin, lifetime_stagger, interface, job_name, kwargs,
+             limit_memory=None):
     system = str(_cfg("system", system)).lower()
     if system not in SYSTEMS:
         raise ValueError(f"cpldask.cluster: unknown batch system {system!r}; choose one "
@@ -152,12 +156,31 @@ def _resolve(system, slots_per_job, cores_per_slot, memory_per_slot, walltime,
 
     extra = [str(a) for a in kw.pop("worker_extra_args", None)
              or dask.config.get(f"{jq}.worker-extra-args", None) or []]
-    if life is not None:  # before the user's own arguments: theirs win
-        extra = ["--lifetime", f"{int(life[0])}s", "--lifetime-stagger",
-                 f"{int(life[1])}s", *extra]
+    # what a job's worker offers calls that state their needs (resources=, an
+    # instrument's rules): the memory and cores the job reserves
+    offers = {"MEMORY": float(spj * mem), "CORES": float(spj * cps)}
+    if "--resources" not in extra:
+        extra += ["--resources", ",".join(f"{k}={v:.0f}" for k, v in offers.items())]
+    else:  # the user's own: what they say is offered
+        given = extra[extra.index("--resources") + 1] if extra[-1] != "--resources" else ""
+        offers = {k.strip(): float(v) for k, v in
+                  (item.split("=", 1) for item in given.split(",") if "=" in item)}
     prologue = list(kw.pop("job_script_prologue", None)
                     or dask.config.get(f"{jq}.job-script-prologue", None) or [])
     prologue.append(f"export OMP_NUM_THREADS={cps}")
+    if life is not None:
+        # when the worker should be gone: the lifetime from the job's start, give or
+        # take the stagger (so that jobs started together do not all leave at once).
+        # Not dask's --lifetime, which retires the worker at that moment and kills
+        # the recipes it runs: cpldask.worker.jobend drains it (the JobEnd plugin)
+        span = 2 * int(life[1]) + 1
+        prologue.append(f"export CPLDASK_JOB_END=$(( $(date +%s) + {int(life[0])} "
+                        f"+ RANDOM % {span} - {int(life[1])} ))")
+    if _cfg("limit-memory", limit_memory):
+        # the worker limits each recipe's address space to a slot's memory, so that
+        # a recipe too big for this node fails here (and runs again on a bigger
+        # worker) rather than the batch system killing the whole job
+        prologue.append(f"export DASK_CPLDASK__WORKER_MEMORY_LIMIT={mem}")
 
     sched = dict(dask.config.get(f"{jq}.scheduler-options", None) or {})
     sched.update(kw.pop("scheduler_options", None) or {})
@@ -196,21 +219,34 @@ def _resolve(system, slots_per_job, cores_per_slot, memory_per_slot, walltime,
         del kw["walltime"]
     layout = {"system": system, "slots_per_job": spj, "cores_per_slot": cps,
               "memory_per_slot": mem, "walltime": wall_s,
-              "lifetime": life[0] if life else None}
+              "lifetime": life[0] if life else None, "offers": offers}
     return system, layout, kw
 
 
 def options(system: str | None = None, *, slots_per_job: int | None = None,
             cores_per_slot: int | None = None, memory_per_slot=None, walltime=None,
             lifetime_margin=None, lifetime_stagger=None, interface: str | None = None,
-            job_name: str | None = None, **kwargs) -> dict:
+            job_name: str | None = None, limit_memory: bool | None = None,
+            **kwargs) -> dict:
     """The keyword arguments cpldask passes to the dask-jobqueue cluster class.
 
     Takes the arguments of :func:`jobqueue` that shape a job (not ``slots``, ``adapt``);
     ``kwargs`` (any dask-jobqueue argument) are passed on.
     """
     return _resolve(system, slots_per_job, cores_per_slot, memory_per_slot, walltime,
-                    lifetime_margin, lifetime_stagger, interface, job_name, kwargs)[2]
+                    lifetime_margin, lifetime_stagger, interface, job_name, kwargs,
+                    limit_memory)[2]
+
+
+def _job_options(system: str, **kwargs) -> dict:
+    """The keyword arguments of one job (the Job class): :func:`options` without
+    those only the cluster takes."""
+    kw = options(system, **kwargs)
+    for key in ("scheduler_options", "n_workers", "security", "shared_temp_directory",
+                "silence_logs", "name", "asynchronous", "loop", "scheduler_cls",
+                "protocol"):
+        kw.pop(key, None)
+    return kw
 
 
 def job_script(system: str | None = None, **kwargs) -> str:
@@ -219,13 +255,72 @@ def job_script(system: str | None = None, **kwargs) -> str:
     Takes the same arguments as :func:`options`.
     """
     system = str(_cfg("system", system)).lower()
-    kw = options(system, **kwargs)
+    kw = _job_options(system, **kwargs)  # (an unknown system is refused here)
     cls = _cluster_class(system).job_cls
-    kw.pop("scheduler_options", None)
-    for key in ("n_workers", "security", "shared_temp_directory", "silence_logs", "name",
-                "asynchronous", "loop", "scheduler_cls", "protocol"):
-        kw.pop(key, None)
     return cls("tcp://<scheduler>:8786", name="<worker-name>", **kw).job_script()
+
+
+def add_pool(cluster, name: str, *, jobs: int = 1, slots_per_job: int | None = None,
+             cores_per_slot: int | None = None, memory_per_slot=None, walltime=None,
+             limit_memory: bool | None = None, **kwargs):
+    """Start ``jobs`` jobs of another size whose workers join ``cluster``'s scheduler.
+
+    Nodes of different sizes side by side: the cluster's own jobs are the small
+    nodes, a pool the big-memory ones (another partition or queue, more
+    ``memory_per_slot``). Every worker offers the MEMORY and CORES of its job, so a
+    call that asks for more than a small job has (``resources=``, an instrument's
+    rules) runs only in the pool, and a recipe that dies for memory in a small job
+    runs once more there. The pool holds its jobs until it or the cluster is closed.
+
+    Parameters
+    ----------
+    cluster : SLURMCluster, PBSCluster, SGECluster or LSFCluster
+        A cluster made by :func:`jobqueue` (:func:`slurm`...).
+    name : str
+        Names the pool's workers (``<name>-0``...).
+    jobs : int
+        Jobs to start (each one worker of ``slots_per_job`` slots).
+    slots_per_job, cores_per_slot, memory_per_slot, walltime, limit_memory, **kwargs
+        As for :func:`jobqueue` (``queue="bigmem"``, ``account``...); unset ones
+        from the ``cpldask.jobqueue.*`` defaults, not from the cluster.
+
+    Returns
+    -------
+    cpldask._jobqueue.Pool
+        ``.jobs``, ``.job_ids``, ``.offers`` and ``.close()``.
+
+    Examples
+    --------
+    >>> small = cpldask.cluster.slurm(slots=4, memory_per_slot="2 GiB", queue="small")
+    >>> big = cpldask.cluster.add_pool(small, "big", jobs=1, memory_per_slot="16 GiB",
+    ...                                queue="bigmem")              # doctest: +SKIP
+    """
+    system = cluster.layout["system"]
+    kw = _job_options(system, slots_per_job=slots_per_job, cores_per_slot=cores_per_slot,
+                      memory_per_slot=memory_per_slot, walltime=walltime,
+                      limit_memory=limit_memory, **kwargs)
+    offers = _resolve(system, slots_per_job, cores_per_slot, memory_per_slot, walltime,
+                      None, None, None, None, dict(kwargs), limit_memory)[1]["offers"]
+    cls = type(cluster).job_cls
+    # the cluster's TLS certificates, if it has any (a Security without them would
+    # give the worker "--tls-ca-file None")
+    security = cluster.security if getattr(cluster.security, "tls_ca_file", None) else None
+    made = [cls(cluster.scheduler_address, name=f"{name}-{i}", security=security, **kw)
+            for i in range(int(jobs))]
+
+    async def start():
+        for job in made:
+            await job  # submits the batch job (sbatch, qsub, bsub)
+
+    pool = _classes().Pool(cluster, name, made, offers)
+    cluster.pools = [*getattr(cluster, "pools", []), pool]
+    cluster.offers = [*cluster.offers, offers]
+    try:
+        cluster.sync(start)
+    except BaseException:
+        pool.close()
+        raise
+    return pool
 
 
 # -- the cluster classes (cpldask._jobqueue, imported when needed) -----------------------
@@ -267,7 +362,7 @@ def jobqueue(system: str | None = None, *, slots: int | None = None,
              cores_per_slot: int | None = None, memory_per_slot=None, walltime=None,
              adapt: bool | None = None, lifetime_margin=None, lifetime_stagger=None,
              interface: str | None = None, job_name: str | None = None,
-             set_as_default: bool = True, **kwargs):
+             limit_memory: bool | None = None, set_as_default: bool = True, **kwargs):
     """Start a dask-jobqueue cluster for recipe calls and attach a client to it.
 
     Parameters
@@ -293,6 +388,11 @@ def jobqueue(system: str | None = None, *, slots: int | None = None,
     interface : str
         Network interface of the scheduler and workers; default ``lo`` unless one is
         configured here or in ``jobqueue.<system>``.
+    limit_memory : bool
+        Limit each recipe's address space to ``memory_per_slot`` (the workers'
+        ``cpldask.worker-memory-limit``), so that a recipe too big for the job fails
+        in it and runs once more on a worker offering more MEMORY (:func:`add_pool`);
+        default ``cpldask.jobqueue.limit-memory``.
     set_as_default : bool
         Make the client the default, so cpldask calls (and ``dask.compute``) go there.
     **kwargs
@@ -314,7 +414,7 @@ def jobqueue(system: str | None = None, *, slots: int | None = None,
     """
     system, layout, kw = _resolve(system, slots_per_job, cores_per_slot, memory_per_slot,
                                   walltime, lifetime_margin, lifetime_stagger, interface,
-                                  job_name, kwargs)
+                                  job_name, kwargs, limit_memory)
     slots = int(_cfg("slots", slots))
     minimum = int(_cfg("minimum-slots", minimum_slots))
     adaptive = bool(_cfg("adapt", adapt))
@@ -330,8 +430,13 @@ def jobqueue(system: str | None = None, *, slots: int | None = None,
         cluster.slots_per_job = layout["slots_per_job"]
         cluster.cores_per_slot = layout["cores_per_slot"]
         cluster.layout = layout
+        cluster.offers = [layout["offers"]]  # before any job has started
         # (the client takes the cluster's own security, TLS included)
         cluster.client = distributed.Client(cluster, set_as_default=set_as_default)
+        # workers of jobs that end drain before they do (cpldask.worker.jobend)
+        from .worker.jobend import JobEnd
+
+        cluster.client.register_plugin(JobEnd(), name=JobEnd.name)
         if adaptive:
             cluster.adapt_slots(minimum, max(minimum, slots))
         elif minimum:

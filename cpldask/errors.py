@@ -9,6 +9,7 @@ process (:mod:`cpldask.worker.runner`).
 from __future__ import annotations
 
 import logging
+import re
 import signal as _signal
 import time
 
@@ -17,7 +18,7 @@ from cpl import CplError
 from cpl.logger import LogList
 
 __all__ = ["CplError", "RecipeCrash", "RecipeTimeout", "NoProductsError", "InputError",
-           "CacheWarning"]
+           "CacheWarning", "MemoryRetryWarning"]
 
 
 class RecipeCrash(cpl.RecipeCrash):
@@ -104,6 +105,42 @@ class CacheWarning(UserWarning):
     """The product cache could not be used for a call, which ran its recipe instead: an
     entry was damaged (and removed), the cache directory is full or read-only, or an
     input changed while the recipe ran (its products were not kept)."""
+
+
+class MemoryRetryWarning(UserWarning):
+    """A recipe died for memory on one worker and is re-run once on a worker that
+    offers more MEMORY (or could not be: the message says why and what to start)."""
+
+
+#: what CPL, the C library and the recipes say when an allocation fails: CPL's own
+#: "Could not allocate", glibc's "Cannot allocate memory" (ENOMEM), C++'s bad_alloc
+_ALLOCATION = re.compile(r"(?i)(could not|cannot|can't|unable to|failed to) allocate|"
+                         r"out of memory|memory allocation failed|bad_alloc")
+
+
+def memory_failure(report: dict, oom_kills: int = 0) -> str | None:
+    """Why the recipe process of ``report`` died for memory, or None if it did not.
+
+    Memory it is when the runner hit a MemoryError under its address-space limit, the
+    recipe's errors or log say an allocation failed, or the process was killed by
+    SIGKILL while the kernel's OOM killer killed ``oom_kills`` processes (the
+    ``oom_kill`` count of /proc/vmstat over the run).
+    """
+    kind = report.get("kind")
+    if kind == "error" and str(report.get("message", "")).startswith("out of memory"):
+        return str(report["message"])
+    texts = [str(part) for e in report.get("errors") or () for part in e]
+    texts += [str(entry[3]) for entry in report.get("log") or ()
+              if len(entry) > 3 and entry[1] >= logging.ERROR]
+    texts += [str(line) for line in report.get("backtrace") or ()]
+    if kind in ("CplError", "RecipeCrash"):
+        for text in texts:
+            if _ALLOCATION.search(text):
+                return text.strip()
+    if kind == "RecipeCrash" and report.get("signal") == int(_signal.SIGKILL) \
+            and oom_kills > 0:
+        return "killed by the kernel's out-of-memory killer (SIGKILL)"
+    return None
 
 
 def loglist(entries) -> LogList:

@@ -319,7 +319,15 @@ class Recipe:
         self.memory_limit: int | str | None = None
         """Address-space limit of the recipe process (bytes or ``"8 GiB"``)."""
         self.resources: dict = {}
-        """Dask worker resources every call needs, e.g. ``{'memory': '8 GiB'}``."""
+        """Dask worker resources every call needs, e.g. ``{'memory': '8 GiB'}``
+        (``memory``/``cores`` mean Dask's MEMORY and CORES resources, which cpldask's
+        workers offer): a call then runs only on a worker that offers them, and one
+        no worker offers is refused before it is submitted."""
+        self.needs: dict = {}
+        """What every call needs where the cluster models it, e.g. ``{'memory':
+        '2 GiB'}``: as :attr:`resources`, but a resource no worker offers at all is
+        ignored (workers started without resources take any call). An instrument's
+        rules set it per step (``workflow.resources``); ``resources`` overrides it."""
 
     # -- python-cpl's descriptive attributes ----------------------------------------
     @classmethod
@@ -465,8 +473,10 @@ class Recipe:
         timeout, memory_limit : optional
             Kill the recipe after this wall time; limit its address space.
         resources : dict, optional
-            Dask worker resources the call needs, e.g. ``{'memory': '8 GiB'}``: it
-            then runs only on workers started with enough of them.
+            Dask worker resources the call needs, e.g. ``{'memory': '8 GiB',
+            'cores': 4}`` (over :attr:`resources` and :attr:`needs`): it then runs
+            only on workers that offer enough of them; one that no worker offers is
+            a ValueError before anything is submitted.
         cache : bool, optional
             Use the product cache (default: ``cpldask.cache.enabled``): a call whose
             recipe, parameters and input contents were run before returns the
@@ -494,6 +504,7 @@ class Recipe:
                      described=call.spec.provenance)
         if call.spec.slots is None:
             _cluster.track_unguarded(call.client, res)
+        _cluster.learn_duration(call.client, res)  # (where jobs end: see CallSpec.expected)
         if not background:
             res.result()
         return res
@@ -578,13 +589,19 @@ class Recipe:
             work_max_age=_config.seconds(_config.get("work-dir-max-age")),
             cache_dir=str(_config.cache_dir()) if _config.get("cache.enabled", cache) else None,
             cache_key=content, provenance=provenance, slots=slots, submitted=time.time(),
+            expected=_cluster.expected_duration(client, provenance),
             log_level=max(log_threshold(logname), loglevel or 0), logname=logname,
             loglevel=loglevel or 0, live_level=_config.log_level("live-log-level"))
-        resources = {**self.resources, **(resources or {})}
-        resources = {name: float(_config.nbytes(v) if name == "memory" else v)
-                     for name, v in resources.items()}
+        # the recipe's and the call's resources are strict; its needs (a workflow
+        # step's, from the instrument's rules) only where the cluster models them
+        resources = _cluster.call_resources({**self.resources, **(resources or {})},
+                                            self.__name__)
         if resources:
-            _cluster.check_resources(client, resources, self.__name__)
+            resources = _cluster.check_resources(client, resources, self.__name__)
+        if self.needs:
+            resources = {**_cluster.check_resources(
+                client, _cluster.call_resources(self.needs, self.__name__),
+                self.__name__, strict=False), **resources}
         return _Call(key, spec, tuple(deps), resources, client)
 
     def _calib_frames(self, calib, raw_frames) -> list[tuple[str, Any]]:

@@ -114,11 +114,11 @@ def test_memory_limit(test_recipe, any_fits):
 
 @pytest.mark.requires_cpl
 def test_resources_route_calls_and_unknown_ones_are_refused(test_recipe, any_fits):
-    with pytest.raises(ValueError, match="no worker offers memory"):
+    with pytest.raises(ValueError, match="no worker offers 1.00 TiB of MEMORY"):
         test_recipe(any_fits, resources={"memory": "1 TiB"})
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1",
                                   dashboard_address=":0",
-                                  resources={"memory": 4e9}) as cluster, \
+                                  resources={"MEMORY": 4e9}) as cluster, \
             distributed.Client(cluster) as client:
         big = client.run(lambda dask_worker: dask_worker.address)
         res = test_recipe(any_fits, resources={"memory": "2 GB"}, param={"value": 3.0})

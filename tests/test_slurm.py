@@ -488,3 +488,123 @@ def test_scale_back_to_zero_jobs(slurm_cluster):
     TIMINGS["scale 2->0 jobs"] = time.monotonic() - t
     time.sleep(3)  # nothing comes back by itself
     assert squeue() == []
+
+
+# -- nodes of different sizes (issue 21.3) -------------------------------------------
+def partitions() -> dict[str, str]:
+    """``{partition: MaxMemPerNode}`` of this SLURM (``UNLIMITED`` or MB)."""
+    out = subprocess.run(["scontrol", "show", "partition", "-o"], capture_output=True,
+                         text=True, check=True, timeout=30).stdout
+    return {re.search(r"PartitionName=(\S+)", line).group(1):
+            re.search(r"MaxMemPerNode=(\S+)", line).group(1)
+            for line in out.splitlines() if line.strip()}
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_two_node_sizes_each_call_goes_where_it_fits(slurm, test_recipe, any_fits,
+                                                     tmp_path_factory):
+    """Partition small (jobs of at most 2 GB) and big model two node sizes: a cluster
+    of small jobs with a pool of one big job behind its scheduler. A call that needs
+    3 GiB runs in the big job; one that dies for memory in a small job (its recipes
+    limited to the job's 1.5 GiB) runs once more in the big one, and says so."""
+    parts = partitions()
+    assert parts.get("debug") == "UNLIMITED" and parts.get("small") == "2048"
+    assert "big" in parts
+    assert squeue() == []
+    logs = tmp_path_factory.mktemp("sizes-logs")
+    cluster = cpldask.cluster.slurm(slots=1, minimum_slots=1, adapt=False,
+                                    memory_per_slot="1500 MiB", walltime="00:10:00",
+                                    queue="small", limit_memory=True,
+                                    log_directory=str(logs))
+    try:
+        pool = cpldask.cluster.add_pool(cluster, "big", jobs=1, memory_per_slot="4 GiB",
+                                        queue="big", walltime="00:10:00",
+                                        log_directory=str(logs))
+        client = cluster.client
+        client.wait_for_workers(2, timeout=120)
+        out = subprocess.run(["squeue", "-h", "-o", "%i %P %m"], capture_output=True,
+                             text=True, check=True, timeout=30).stdout
+        print("\n[squeue]\n" + out)
+        by_partition = {line.split()[1]: line.split()[0] for line in out.splitlines()}
+        assert set(by_partition) == {"small", "big"}
+        assert pool.job_ids == [by_partition["big"]]
+        workers = {info["name"]: (address, info["resources"])
+                   for address, info in client.scheduler_info()["workers"].items()}
+        (small, small_offers), = [v for k, v in workers.items() if not k.startswith("big")]
+        big, big_offers = workers["big-0"]
+        assert small_offers == {"MEMORY": 1500 * 2**20, "CORES": 1}
+        assert big_offers == {"MEMORY": 4 * 2**30, "CORES": 1}
+
+        needs_big = test_recipe(any_fits, resources={"memory": "3 GiB"},
+                                param={"value": 21.0}, env={"RUN": RUN})
+        assert needs_big.record.worker == big
+        with pytest.raises(ValueError, match="no worker offers 8.00 GiB of MEMORY"):
+            test_recipe(any_fits, resources={"memory": "8 GiB"})
+
+        out_dir = tmp_path_factory.mktemp("sizes-out")
+        with pytest.warns(cpl.errors.MemoryRetryWarning, match="died for memory") as got:
+            with dask.annotate(workers=[small]):
+                res = test_recipe(any_fits, param={"alloc": 2000, "value": 22.0},
+                                  env={"RUN": RUN}, output_dir=out_dir)
+            wait_until(lambda: got.list, 10, "the warning")
+        print(f"[warning] {got.list[0].message}")
+        assert res.record.worker == big
+        retry = json.loads((out_dir / "PRODUCT_0000.provenance.json").read_text())[
+            "memory_retry"]
+        print(f"[provenance memory_retry] {json.dumps(retry)}")
+        assert retry["worker"] == small and retry["limit"] == 1500 * 2**20
+        assert "could not allocate 2000 MB" in retry["error"]
+    finally:
+        cluster.close()
+        wait_until(lambda: squeue() == [], 60, "the jobs to leave the queue")
+
+
+# -- jobs that end (issue 21.2) ------------------------------------------------------
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_a_job_ended_by_its_walltime_mid_call_loses_it_and_it_runs_again(
+        slurm, test_recipe, any_fits, tmp_path_factory):
+    """A one-minute job runs a recipe that takes longer (no earlier run of it: its
+    duration is unknown, so the job's worker takes it). SLURM ends the job at its
+    walltime; the call runs again in the other (ten-minute) job, and the scheduler's
+    count of lost calls, which the run's summary prints, says so."""
+    from cpldask import _dashboard
+    from cpldask._cli._batch import ran_again
+    from cpldask._progress import Job
+
+    assert squeue() == []
+    logs = tmp_path_factory.mktemp("walltime-logs")
+    cluster = cpldask.cluster.slurm(slots=1, minimum_slots=1, adapt=False,
+                                    memory_per_slot="1 GiB", walltime="00:01:00",
+                                    lifetime_stagger="0s", log_directory=str(logs))
+    try:
+        pool = cpldask.cluster.add_pool(cluster, "long", jobs=1, memory_per_slot="1 GiB",
+                                        walltime="00:10:00", log_directory=str(logs))
+        client = cluster.client
+        client.wait_for_workers(2, timeout=120)
+        workers = {info["name"]: a for a, info in client.scheduler_info()["workers"].items()}
+        long_worker = workers.pop("long-0")
+        (short_worker,) = workers.values()
+        (short_job,) = set(squeue()) - set(pool.job_ids)
+        t = time.monotonic()
+        with dask.annotate(workers=[short_worker], allow_other_workers=True):
+            res = test_recipe(any_fits, param={"sleep": 100.0, "value": 31.0},
+                              env={"RUN": RUN}, threaded=True)
+        wait_until(lambda: short_job not in squeue(), 150, "the walltime to end the job")
+        TIMINGS["walltime job: submitted -> ended"] = time.monotonic() - t
+        assert res.record.worker == long_worker
+        TIMINGS["walltime job: call done (run again)"] = time.monotonic() - t
+        assert _dashboard.lost_calls(client, [res.key]) == {res.key: 1}
+        line = ran_again([Job("walltime", res)])
+        print(f"\n[summary] cpldask: {line}")
+        assert line.startswith("1 call ran again after its worker was lost")
+        job_log = "\n".join(p.read_text(errors="replace") for p in logs.glob(f"*{short_job}*"))
+        print(f"[job {short_job} log] " + "\n".join(
+            ln for ln in job_log.splitlines() if "TIME LIMIT" in ln or "CANCELLED" in ln))
+        assert "DUE TO TIME LIMIT" in job_log
+    finally:
+        cluster.close()
+        wait_until(lambda: squeue() == [], 60, "the jobs to leave the queue")

@@ -276,7 +276,37 @@ def monitor(jobs: Sequence[Job], *, title: str, out: Console, err: Console,
     err.print(f"cpldask: {n['done']} done, {n['failed']} failed in "
               f"{time.monotonic() - clock:.1f} s (recipes ran {busy:.1f} s in total)",
               markup=False, highlight=False)
+    again = ran_again(jobs)
+    if again:
+        err.print(f"cpldask: {again}", markup=False, highlight=False)
     return EXIT_OK if n["failed"] == 0 else EXIT_FAILED
+
+
+def ran_again(jobs: Sequence[Job]) -> str:
+    """The summary's line on calls that ran a second time: lost with their worker (a
+    batch job ended or was killed while they ran: cpldask.retries) or, having died for
+    memory, on a bigger worker (the provenance's ``memory_retry``); "" if none did."""
+    from .. import _dashboard
+
+    results = [job.result for job in jobs if job.result is not None]
+    client = next((r.future.client for r in results if r.status != "pending"), None)
+    lost = _dashboard.lost_calls(client, [r.key for r in results]) if client else {}
+    memory = []
+    for r in results:
+        if r.status == "finished":
+            with contextlib.suppress(Exception):
+                if r.provenance.get("memory_retry"):
+                    memory.append(r)
+    parts = []
+    if lost:
+        parts.append(f"{len(lost)} call{'s' if len(lost) != 1 else ''} ran again after "
+                     f"{'their' if len(lost) != 1 else 'its'} worker was lost (a job "
+                     f"ended or was killed: {sum(lost.values())} time"
+                     f"{'s' if sum(lost.values()) != 1 else ''})")
+    if memory:
+        parts.append(f"{len(memory)} call{'s' if len(memory) != 1 else ''} ran again on "
+                     f"a bigger worker after running out of memory")
+    return "; ".join(parts)
 
 
 def _follow(tracker: Tracker, refresh: float,

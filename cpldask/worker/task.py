@@ -37,7 +37,7 @@ import time
 
 from .. import _cache, _compat, _hashing, _logs, errors
 from .._spec import CallSpec, FileInput, MemoryInput, ProductRef, RunRecord
-from . import fetch, forkserver, install, runner
+from . import fetch, forkserver, install, jobend, runner
 
 
 #: how often a waiting worker thread looks for a cancel or a time-out (seconds)
@@ -48,7 +48,90 @@ def run_recipe(spec: CallSpec, *deps) -> RunRecord:
     """Run the call ``spec``; ``deps`` are the upstream outcomes it references."""
     fetched = fetch.Fetched()
     frames = _resolve(spec, deps, fetched)
-    return _run(spec, frames, _hash_inputs(spec, frames, deps), fetched)
+    try:
+        return _run(spec, frames, _hash_inputs(spec, frames, deps), fetched)
+    except _OutOfMemory as oom:
+        return _on_bigger_worker(spec, deps, oom)
+
+
+class _OutOfMemory(Exception):
+    """The recipe died for memory (``why``); ``error`` is what the call raises if it
+    cannot run again on a bigger worker."""
+
+    def __init__(self, error: Exception, why: str, limit: int | None):
+        super().__init__(why)
+        self.error, self.why, self.limit = error, why, limit
+
+
+def _oom_kills() -> int:
+    """The kernel's count of processes its out-of-memory killer killed (0 where
+    /proc/vmstat does not say)."""
+    try:
+        with open("/proc/vmstat") as f:
+            for line in f:
+                if line.startswith("oom_kill "):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _worker_memory_limit() -> int | None:
+    """``cpldask.worker-memory-limit`` as this worker's configuration has it: the
+    address-space limit of the recipes it runs (a small node's share)."""
+    import dask.config
+    import dask.utils
+
+    value = dask.config.get("cpldask.worker-memory-limit", None)
+    if value is None:
+        return None
+    return int(value) if isinstance(value, (int, float)) else dask.utils.parse_bytes(value)
+
+
+def _on_bigger_worker(spec: CallSpec, deps, oom: _OutOfMemory) -> RunRecord:
+    """Run a call whose recipe died for memory once more, on a worker that offers more
+    MEMORY than this one (the smallest such), and tell the user. Its products'
+    provenance says so (``memory_retry``). Not when the call set its own
+    ``memory_limit`` (the limit is the call's, not the worker's), nor twice, nor when
+    no worker offers more: then the call fails with the recipe's own error."""
+    from distributed import get_worker, worker_client
+
+    try:
+        me = get_worker().address
+    except ValueError:  # dask's threaded scheduler: no other worker
+        raise oom.error from None
+    fmt = _format_bytes
+    if spec.memory_retry is not None or spec.memory_limit is not None:
+        raise oom.error from None
+    with worker_client() as client:  # (the thread leaves the worker's pool meanwhile)
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+        mine = (workers.get(me, {}).get("resources") or {}).get("MEMORY", 0)
+        bigger = sorted(m for a, w in workers.items() if a != me
+                        for m in [(w.get("resources") or {}).get("MEMORY", 0)] if m > mine)
+        where = f"worker {me} (MEMORY {fmt(mine)})" if mine else f"worker {me}"
+        if not bigger:
+            _logs.send(spec.recipe, [], category="memory", warning=(
+                f"{spec.recipe} died for memory on {where}: {oom.why}; no worker offers "
+                f"more MEMORY, so it is not run again: start bigger workers (e.g. a "
+                f"cpldask.cluster.slurm(memory_per_slot=...) pool) and run it again"))
+            raise oom.error from None
+        retry = {"worker": me, "memory": mine, "limit": oom.limit, "error": oom.why,
+                 "to_memory": bigger[0], "key": _task_key()}
+        _logs.send(spec.recipe, [], category="memory", warning=(
+            f"{spec.recipe} died for memory on {where}: {oom.why}; it runs once more "
+            f"on a worker offering MEMORY {fmt(bigger[0])}"))
+        future = client.submit(run_recipe, dataclasses.replace(spec, memory_retry=retry),
+                               *deps, key=f"{_task_key()}-bigger",
+                               resources={"MEMORY": bigger[0]}, pure=False)
+        record = future.result()
+    record.key = retry["key"]  # the call's own task, whose outcome this is
+    return record
+
+
+def _format_bytes(n: float) -> str:
+    import dask.utils
+
+    return dask.utils.format_bytes(int(n))
 
 
 def _resolve(spec: CallSpec, deps, fetched: fetch.Fetched | None = None
@@ -290,6 +373,7 @@ def _run(spec: CallSpec, frames, inputs: list[_Input],
                 products = [install.product_of(tag, pathlib.Path(path)) for tag, path in pairs]
                 report = _served_report(done)
         if hit is None and done is None:
+            jobend.refuse_if_late(spec)  # not started where the job ends first
             with _slot(spec):
                 products, report = _execute(spec, frames, call_dir, base, server, library)
         prov = _provenance(spec, inputs, key, report,
@@ -352,7 +436,11 @@ def _execute(spec: CallSpec, frames, call_dir: pathlib.Path, base: pathlib.Path,
         _forward_log(spec, _named(spec, log[report["forwarded"]:]))
         report["log"] = _named(spec, log)
         if report["kind"] != "ok":
-            raise errors.from_report(report)
+            error = errors.from_report(report)
+            why = errors.memory_failure(report, report.get("oom_kills", 0))
+            if why is not None:
+                raise _OutOfMemory(error, why, report.get("memory_limit"))
+            raise error
         return install.collect(spec, report, call_dir), report
     except Exception as err:
         if install.disk_full(call_dir):
@@ -420,6 +508,8 @@ def _provenance(spec: CallSpec, inputs: list[_Input], key: str | None, report: d
         if i.hashes is not None:
             entry["hash"] = i.hashes if "from" in entry else i.hashes[0]
         described.append(entry)
+    if spec.memory_retry is not None:  # the first run died for memory: where, why
+        prov["memory_retry"] = dict(spec.memory_retry)
     prov.update(
         key=key, hash=_hashing.ALGORITHM, inputs=described, cache_hit=cache_hit,
         run={"host": socket.gethostname(), "worker": _worker_address(),
@@ -443,7 +533,10 @@ def _spawn(spec: CallSpec, frames, call_dir: pathlib.Path, server: "forkserver.F
            "recipe_path": list(spec.recipe_path), "recipe_file": spec.recipe_file,
            "params": [list(p) for p in spec.params],
            "raw": raw, "calib": calib,
-           "call_dir": str(call_dir), "memory_limit": spec.memory_limit}
+           "call_dir": str(call_dir),
+           # the call's own limit, or this worker's (a small node's), the lower
+           "memory_limit": min((m for m in (spec.memory_limit, _worker_memory_limit())
+                                if m is not None), default=None)}
     job_file = call_dir / ".cpldask-job.json"
     job_file.write_text(json.dumps(job))
     env = forkserver.recipe_env(spec.omp_threads, dict(spec.env))
@@ -458,21 +551,28 @@ def _spawn(spec: CallSpec, frames, call_dir: pathlib.Path, server: "forkserver.F
         server, now = forkserver.server_for(env, spec.recipe_file)
         library_changed |= now != library
     tail = _LogTail(spec, call_dir / runner.RECIPE_LOG)
+    oom_kills = _oom_kills()
     try:
         _wait(proc, spec, tail)
     finally:
         proc.kill()
+    oom_kills = _oom_kills() - oom_kills
     report_file = call_dir / "report.json"
     if not report_file.exists():
         tail = (call_dir / runner.LOG).read_text(errors="replace")[-2000:] \
             if (call_dir / runner.LOG).exists() else ""
         if proc.returncode < 0:
-            raise errors.crash(-proc.returncode, lines=[tail]) from None
+            error = errors.crash(-proc.returncode, lines=[tail])
+            if -proc.returncode == 9 and oom_kills:  # the whole process, OOM-killed
+                raise _OutOfMemory(error, "the recipe process was killed by the "
+                                   "kernel's out-of-memory killer", job["memory_limit"])
+            raise error from None
         raise RuntimeError(f"{spec.recipe}: the recipe process ended with status "
                            f"{proc.returncode} without a report:\n{tail}")
     report = json.loads(report_file.read_text())
     report["forwarded"] = tail.read  # entries of report["log"] the client already has
     report["library_changed"] = library_changed
+    report.update(oom_kills=oom_kills, memory_limit=job["memory_limit"])
     return report
 
 

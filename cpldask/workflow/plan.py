@@ -71,6 +71,8 @@ class Step:
     output_dir: str
     result: Any = None  # cpldask.Result once submitted
     optional_calib: tuple[str, ...] = ()
+    # what the call needs (memory, cores) from the rules' workflow.resources
+    resources: dict[str, Any] = dataclasses.field(default_factory=dict)
     env: dict[str, str] = dataclasses.field(default_factory=dict)
     group: str | None = None
     exposures: tuple[int, ...] = ()
@@ -160,6 +162,9 @@ class Plan:
         step = Step(name, recipe, unit, raw, calib, params, "",
                     optional_calib=tuple(
                         self.settings.get("optional_calibrations", {}).get(recipe, ())),
+                    resources=dict((self.settings.get("resources") or {}).get(name)
+                                   or (self.settings.get("resources") or {}).get(recipe)
+                                   or {}),
                     env=env, group=self._group if exposures else None,
                     exposures=tuple(sorted(exposures)),
                     groups=[self._group] if self._group is not None else [])
@@ -286,7 +291,7 @@ class Reduction:
         self.settings = plan.settings
         self.submitted_at: float | None = None
         self.finished_at: float | None = None
-        self._recipes: dict[str, Any] = {}
+        self._recipes: dict[tuple, Any] = {}
 
     # -- looking at the plan ------------------------------------------------------
     @property
@@ -427,10 +432,13 @@ class Reduction:
             raise RuntimeError("this reduction was already submitted")
         self.submitted_at = time.time()
         for i, step in enumerate(self.steps):
-            recipe = self._recipes.get(step.recipe)
+            # one Recipe per recipe and needs (steps of one recipe may need more)
+            which = (step.recipe, repr(sorted(step.resources.items())))
+            recipe = self._recipes.get(which)
             if recipe is None:
                 recipe = Recipe(step.recipe, threaded=True, path=recipe_path)
-                self._recipes[step.recipe] = recipe
+                recipe.needs = dict(step.resources)
+                self._recipes[which] = recipe
                 # calibrations the rules' workflow.optional_calibrations lets go
                 recipe.optional_calib |= set(step.optional_calib)
             raw = {tag: [self._input(v) for v in values] for tag, values in step.raw.items()}
