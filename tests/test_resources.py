@@ -29,6 +29,7 @@ def test_memory_and_cores_become_dask_resources():
         call_resources({"memory": -1}, "muse_scipost")
 
 
+@pytest.mark.requires_python_cpl  # cpldask.errors holds python-cpl's exception classes
 def test_memory_failures_are_told_apart_from_other_failures():
     from cpldask.errors import memory_failure
 
