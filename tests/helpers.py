@@ -309,6 +309,14 @@ def _namespace_script(private: pathlib.Path, visible: list[str], command: list[s
     return "\n".join(lines)
 
 
+def _under_tmp(*paths) -> list[str]:
+    """Those of ``paths`` that lie under /tmp (resolved), with no one inside another."""
+    tmp = os.path.realpath("/tmp")
+    found = sorted({os.path.realpath(str(p)) for p in paths})
+    found = [p for p in found if p.startswith(tmp + os.sep)]
+    return [p for p in found if not any(p != q and p.startswith(q + os.sep) for q in found)]
+
+
 @contextlib.contextmanager
 def isolated_cluster(base: pathlib.Path, visible: list[str], *, n: int = 2,
                      threads: int = 1):
@@ -318,6 +326,10 @@ def isolated_cluster(base: pathlib.Path, visible: list[str], *, n: int = 2,
     ``(client, [worker addresses], [private dirs as the test process sees them])``."""
     import distributed
 
+    # the checkout and the Python environment, wherever they are: a CI clone or its
+    # venvs under /tmp would be hidden by the private /tmp (the worker's exec failed)
+    visible = sorted({*visible, *_under_tmp(_ROOT, sys.prefix, sys.base_prefix,
+                                            os.path.dirname(os.path.realpath(sys.executable)))})
     cluster = distributed.LocalCluster(n_workers=0, processes=False, protocol="tcp://",
                                        host="127.0.0.1", dashboard_address=":0")
     procs, privates = [], []
