@@ -77,3 +77,32 @@ def test_the_libraries_a_recipe_loads(testrecipe_dir):
     libs = _hashing.shared_libraries(str(testrecipe_dir / "cpldask_test.so"))
     names = {os.path.basename(p).split(".so")[0] for p in libs}
     assert {"libcplcore", "libcplui", "libcpldfs", "libc"} <= names
+
+
+def _installed(tmp_path, name: str, data: bytes, since: float, out):
+    from cpldask._spec import Product
+    from cpldask.worker import install
+
+    call = tmp_path / f"call{time.monotonic_ns()}"
+    call.mkdir()
+    (call / name).write_bytes(data)
+    product = Product("PRODUCT", str(call / name), len(data), {})
+    [got] = install.install_products([product], out, since, provenance={})
+    return got.path
+
+
+def test_a_product_installed_again_with_the_same_bytes_is_not_copied(tmp_path):
+    """A lost result recomputed from the cache installs the bytes it installed before
+    into the same output_dir: it points at that file again, with no numbered copy
+    (the report test after the chaos test found MASTER_BIAS-01-1.fits); a concurrent
+    call's different bytes still get a numbered name of their own."""
+    out = tmp_path / "out"
+    out.mkdir()
+    since = time.time() - 1.0  # both calls made before the first install
+    first = _installed(tmp_path, "P.fits", b"x" * 2880, since, out)
+    again = _installed(tmp_path, "P.fits", b"x" * 2880, since, out)
+    other = _installed(tmp_path, "P.fits", b"y" * 2880, since, out)
+    assert again == first == str(out / "P.fits")
+    assert other == str(out / "P-1.fits")
+    assert sorted(p.name for p in out.glob("*.fits")) == ["P-1.fits", "P.fits"]
+    assert (out / "P.fits").read_bytes() == b"x" * 2880

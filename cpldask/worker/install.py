@@ -67,6 +67,21 @@ def collect(spec: CallSpec, report: dict, call_dir: pathlib.Path) -> list[Produc
     return products
 
 
+def _same_bytes(dest: pathlib.Path, info: dict) -> bool:
+    """Whether ``dest`` holds exactly the product described by ``info`` (size, hash).
+
+    A lost result recomputed from the cache (its worker was killed) installs the very
+    bytes it installed before: the result then points at that file again instead of
+    a numbered copy of it (the report and python-cpl users see one product). A
+    product of another call, or a re-run of the recipe (other DATE keywords), differs.
+    """
+    try:
+        return (dest.stat().st_size == info["size"]
+                and _hashing.file_hash(str(dest)) == info["hash"])
+    except OSError:
+        return False
+
+
 def install_products(products: list[Product], output_dir: pathlib.Path, since: float, *,
              provenance: dict) -> list[Product]:
     """Move finished products into ``output_dir``.
@@ -74,7 +89,8 @@ def install_products(products: list[Product], output_dir: pathlib.Path, since: f
     A product replaces a file of the same name only if that file was installed before
     this call was made (``since``; python-cpl's documented overwrite by a later call).
     A file installed after that belongs to a concurrent call: this product then gets a
-    numbered name instead, so every result keeps pointing at its own bytes. The
+    numbered name instead, so every result keeps pointing at its own bytes, unless
+    that file holds these very bytes already (:func:`_same_bytes`). The
     directory lock makes the check and the rename one step for all writers.
     """
     # each product's size and hash go into the record, so that a run of the same call
@@ -87,13 +103,19 @@ def install_products(products: list[Product], output_dir: pathlib.Path, since: f
         for p in products:
             src = pathlib.Path(p.path)
             dest = output_dir / src.name
-            n = 0
+            n, same = 0, False
             while dest.exists() and dest.stat().st_mtime >= since:
+                same = _same_bytes(dest, info[src.name])
+                if same:  # this very product already (see _same_bytes): no copy
+                    break
                 n += 1
                 dest = output_dir / f"{src.stem}-{n}{src.suffix}"
-            os.replace(src, dest)
-            now = time.time()
-            os.utime(dest, (now, now))  # the install time tells later calls who came first
+            if same:
+                src.unlink()
+            else:
+                os.replace(src, dest)
+                now = time.time()
+                os.utime(dest, (now, now))  # the install time tells later calls who came first
             installed.append(dataclasses.replace(p, path=str(dest)))
         if installed:  # the provenance record lives beside the products
             stem = pathlib.Path(installed[0].path).stem
