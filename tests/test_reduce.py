@@ -507,7 +507,7 @@ def test_workers_killed_at_random_moments_change_nothing(demo_run, tmp_path):
     later, for three values of n. Dask re-runs what was lost; the cube and every
     master calibration must equal the clean run's in DATA, STAT and DQ, and the cache
     hold complete entries only. (Lost results of the clean run, held by the fixture,
-    are recomputed too: from the cache, into numbered copies beside the originals.)"""
+    are recomputed too: from the cache, into the same files, not numbered copies.)"""
     import dask
     import random
     import signal
