@@ -26,6 +26,10 @@ The lower bound of the wall on 2 cores is ``max(critical path, total / 2)``, fro
 durations of the calls in the serial run (longest path through the graph, and all the
 work spread perfectly over both cores).
 
+``--set cascade.data=targets`` runs the same on the two-target data set of
+issue 19 instead (:func:`targets`: 2 IFUs, two nights, 2 x 3 dithered exposures
+combined per target).
+
 Planning (classification, association) is done once and not timed; every variant
 writes its products to a directory of its own.
 """
@@ -57,6 +61,26 @@ def exposure(ctx: common.Context, n_ifus: int) -> tuple[pathlib.Path, tuple[int,
     return raw, ifus
 
 
+def targets(ctx: common.Context) -> tuple[pathlib.Path, tuple[int, ...]]:
+    """The synthetic data set of issue 19 on IFUs 1-2 (made once): two nights, two
+    targets with three dithered exposures each (SYNTH_A in WFM-NOAO, SYNTH_B in
+    WFM-AO), each night's calibrations, standards, a HAWK-I file and a corrupt flat
+    (:func:`synthetic.write_dataset`). Reduced, it is one graph of both targets: each
+    night's masters, per exposure muse_scibasic and muse_scipost, per target
+    muse_exp_align and muse_exp_combine (issue 20 part 5)."""
+    from cpldask.instruments.muse import synthetic
+
+    ifus = (1, 2)
+    raw = ctx.data_dir / "targets-2ifu"
+    stamp = raw / ".bench-targets.json"
+    want = {"ifus": list(ifus), "seed": 0, "synthetic": synthetic.VERSION}
+    if not (stamp.exists() and json.loads(stamp.read_text()) == want):
+        log(f"writing the synthetic data set of IFUs {ifus} to {raw} (once)")
+        synthetic.write_dataset(raw, ifus=ifus, seed=0, lingain=False, processes=2)
+        stamp.write_text(json.dumps(want))
+    return raw, ifus
+
+
 def run(ctx: common.Context) -> dict:
     if ctx.quick and not ctx.cascade and "cascade.ifus" not in ctx.options:
         raise NotImplementedError("the cascade is left out of --quick (add --cascade)")
@@ -71,8 +95,15 @@ def run(ctx: common.Context) -> dict:
     if "python-cpl serial" not in variants:  # it gives the step times of the lower bound
         variants.append("python-cpl serial")
     rows, extra, notes = [], {"steps": {}, "critical_path": {}}, []
+    # --set cascade.data=targets: the two-target data set instead (2 IFUs)
+    data = ctx.options.get("cascade.data", "exposure")
+    if data not in ("exposure", "targets"):
+        raise ValueError(f"cascade.data={data!r}: 'exposure' or 'targets'")
+    if data == "targets":
+        counts = [2]
     for k in counts:
-        raw, ifus = exposure(ctx, k)
+        raw, ifus = exposure(ctx, k) if data == "exposure" else targets(ctx)
+        what = f"{k} IFUs" if data == "exposure" else "2 targets x 3 exposures, 2 IFUs"
         walls: dict[str, list] = {}
         peaks: dict[str, list] = {}
         bounds = []
@@ -81,27 +112,27 @@ def run(ctx: common.Context) -> dict:
             plan = red_mod.reduce(raw, ifus=ifus, output_dir=base / "plan", dry_run=True)
             order = variants[rep % len(variants):] + variants[:rep % len(variants)]
             for name in order:
-                log(f"cascade {k} IFUs rep {rep + 1}/{reps}: {name} ({len(plan.steps)} calls)")
+                log(f"cascade {what} rep {rep + 1}/{reps}: {name} ({len(plan.steps)} calls)")
                 # the whole process tree's memory (workers and recipe processes), every
                 # 0.5 s: recipes hold their peak for seconds
                 with PeakRSS(0.5, tree=True) as memory:
                     wall = run_variant(ctx, name, raw, ifus, plan, base, k, rep, extra, bounds)
                 walls.setdefault(name, []).append(wall)
                 peaks.setdefault(name, []).append(memory.peak / 2**30)
-                log(f"cascade {k} IFUs rep {rep + 1}/{reps}: {name} {wall:.1f} s, "
+                log(f"cascade {what} rep {rep + 1}/{reps}: {name} {wall:.1f} s, "
                     f"peak memory {memory.peak / 2**30:.1f} GiB")
         walls["lower bound"] = bounds
-        rows.append(row(f"{k} IFUs ({len(plan.steps)} calls): wall", "s", walls,
+        rows.append(row(f"{what} ({len(plan.steps)} calls): wall", "s", walls,
                         ratio_of=("cpldask", "python-cpl serial")))
         lb = median(bounds)
-        rows.append(row(f"{k} IFUs: wall / lower bound", "",
+        rows.append(row(f"{what}: wall / lower bound", "",
                         {n: [w / lb for w in ws] for n, ws in walls.items()
                          if n != "lower bound"},
                         ratio_of=("cpldask", "python-cpl threaded")))
-        rows.append(row(f"{k} IFUs: peak memory of the process tree", "GiB", peaks,
+        rows.append(row(f"{what}: peak memory of the process tree", "GiB", peaks,
                         ratio_of=("cpldask", "python-cpl serial")))
         mine = [v for key, v in extra["critical_path"].items() if key.startswith(f"{k}-")]
-        notes.append(f"{k} IFUs: critical path {median([v['critical_path_s'] for v in mine]):.0f}"
+        notes.append(f"{what}: critical path {median([v['critical_path_s'] for v in mine]):.0f}"
                      f" s, work / {SLOTS} cores "
                      f"{median([v['total_s'] for v in mine]) / SLOTS:.0f} s (serial step times)")
     return common.result("cascade", {"ifus": counts, "reps": reps, "slots": SLOTS}, rows,
