@@ -708,6 +708,7 @@ class Association:
                 lines.append(f"  calibrations of the {tag} frames:")
                 for sub_tag, by_unit in sub.choices.items():
                     lines += ["  " + line for line in _report_tag(sub_tag, by_unit, unit_name)]
+                lines += [f"    note: {n}" for n in sub.notes]
             lines += [f"  note: {n}" for n in exp.notes]
         return "\n".join(lines)
 
