@@ -308,16 +308,22 @@ def test_a_standard_of_another_night_gets_that_nights_calibrations(std_next_nigh
         assert flat.calib["MASTER_BIAS"] == [bias]
     (illum,) = std.raw["ILLUM"]
     assert sorted(illum.groups) == ["SYNTH_A", "SYNTH_B"]
-    twilight = std.calib["TWILIGHT_CUBE"][0]
+    # night 0's twilight flats are calibrated with what is nearest to them (night 0's
+    # archive masters, 5.8 h before): SYNTH_A's muse_twilight, not one of their own
+    (twilight,) = std.calib["TWILIGHT_CUBE"]
     assert [os.path.basename(p) for p in twilight.raw["SKYFLAT"]] == [
         f"n0_SKYFLAT_0{i}.fits" for i in (1, 2, 3)]
+    assert red["muse_scibasic@SYNTH_A/exp1[1]"].calib["TWILIGHT_CUBE"] == [twilight]
+    assert [os.path.basename(p) for p in twilight.calib["MASTER_BIAS"]] == [
+        f"n0_MASTER_BIAS-0{k}.fits" for k in (1, 2, 3)]
     # every identical call is one step: 3 muse_bias per night that reduces biases
     # (night 1; night 0's master stands in), flats of night 1 in both modes
     count = {}
     for s in red.steps:
         count[s.recipe] = count.get(s.recipe, 0) + 1
     assert count["muse_bias"] == 3 and count["muse_flat"] == 6 and count["muse_wavecal"] == 6
-    assert count["muse_illum"] == 2 and count["muse_standard"] == 1
+    assert count["muse_illum"] == count["muse_twilight"] == 2
+    assert count["muse_standard"] == 1
     idents = {(s.recipe, s.unit, repr(s.raw), repr(s.calib), repr(s.param)) for s in red.steps}
     assert len(idents) == len(red.steps)
     # SYNTH_B has no standard of its mode: the report says so, and no flux branch
@@ -327,6 +333,10 @@ def test_a_standard_of_another_night_gets_that_nights_calibrations(std_next_nigh
     assert "STD: none usable for IFU(s) 1-3: 1 STD frame(s), none usable: mode is " \
            "'WFM-NOAO-N', not 'WFM-AO-N'" in text
     assert "  calibrations of the STD frames:\n    BIAS: n1_BIAS_01.fits" in text
+    assert "    calibrations of the SKYFLAT frames:\n      BIAS: not reduced, the " \
+           "archive MASTER_BIAS stands in" in text
+    assert {r["for"] for r in a.rows()} == {None, "STD", "STD/SKYFLAT", "SKYFLAT",
+                                            "LINGAIN_LAMP_ON"}
 
 
 def test_the_report_says_why_the_flux_branch_did_not_run(tmp_path):

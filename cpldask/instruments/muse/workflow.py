@@ -11,11 +11,13 @@ chapter), with the tags of each recipe's ``esorex --man-page``. With a LINGAIN s
 muse_lingain per IFU beside it. Named by ``workflow.function`` in this package's
 rules.yaml.
 
-Each exposure gets the calibration chain of its own association; the plan makes an
-identical call once, so exposures (and groups) that share calibrations share the
-steps. An archive master calibration the association chose (MASTER_BIAS,
-MASTER_FLAT with TRACE_TABLE, WAVECAL_TABLE, MASTER_DARK, TWILIGHT_CUBE) is passed
-to the later steps in place of the step that would make it.
+Each exposure gets the calibration chain of its own association, and so do the
+standard star and the twilight flats (the calibrations associated to their own
+frames, the rules' ``own_calibrations``); the plan makes an identical call once, so
+exposures (and groups) that share calibrations share the steps. An archive master
+calibration the association chose (MASTER_BIAS, MASTER_FLAT with TRACE_TABLE,
+WAVECAL_TABLE, MASTER_DARK, TWILIGHT_CUBE) is passed to the later steps in place of
+the step that would make it.
 """
 
 from __future__ import annotations
@@ -242,13 +244,19 @@ def _calibrations(plan: Plan, a: Association, ifus: tuple, static: dict) -> _Cha
     twilight = a.paths("TWILIGHT_CUBE") or None
     needs = plan.settings.get("twilight_needs_ifu")
     if twilight is None and "SKYFLAT" in a and (needs is None or needs in ifus):
+        # calibrated with those associated to the twilight flats themselves (the
+        # rules' own_calibrations; else the exposure's): the same flats give the
+        # same step whichever exposure or standard star they are chosen for
+        sub = a.own.get("SKYFLAT")
+        t = _calibrations(plan, sub, ifus, static) if sub is not None else \
+            _Chain(bias, dark, flat, trace, wavecal, illum, None)
         twilight = plan.call(
-            "muse_twilight", {"SKYFLAT": a.paths("SKYFLAT"), "ILLUM": illum},
-            calib={"MASTER_BIAS": [bias[k] for k in ifus],
-                   "MASTER_DARK": [dark[k] for k in ifus if k in dark],
-                   "MASTER_FLAT": [flat[k] for k in ifus],
-                   "TRACE_TABLE": [trace[k] for k in ifus],
-                   "WAVECAL_TABLE": [wavecal[k] for k in ifus],
+            "muse_twilight", {"SKYFLAT": a.paths("SKYFLAT"), "ILLUM": t.illum},
+            calib={"MASTER_BIAS": [t.bias[k] for k in ifus],
+                   "MASTER_DARK": [t.dark[k] for k in ifus if k in t.dark],
+                   "MASTER_FLAT": [t.flat[k] for k in ifus],
+                   "TRACE_TABLE": [t.trace[k] for k in ifus],
+                   "WAVECAL_TABLE": [t.wavecal[k] for k in ifus],
                    "GEOMETRY_TABLE": static["GEOMETRY_TABLE"]})
     elif twilight is None and "SKYFLAT" in a:
         note = (f"muse_twilight left out: it needs IFU {needs} among the reduced IFUs "
