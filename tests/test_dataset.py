@@ -354,25 +354,49 @@ def test_the_report_says_why_the_flux_branch_did_not_run(tmp_path):
         R.reduce(tmp_path, output_dir=tmp_path / "reduced", dry_run=True, flux=True)
 
 
-def test_an_astrometric_solution_goes_to_the_exposures_cubes(tmp_path):
-    """Issue 20.3: an ASTROMETRY_WCS among the files (muse_astrometry's product: its
-    WCS in the primary header, PRO CATG ASTROMETRY_WCS) goes to each exposure's
-    muse_scipost, whose cubes muse_exp_align and muse_exp_combine put together."""
+def _astrometry_wcs(path: pathlib.Path) -> pathlib.Path:
+    """muse_astrometry's product as the archive delivers it: its WCS in the primary
+    header, PRO CATG ASTROMETRY_WCS [MAN muse_astrometry]."""
     from astropy.io import fits
 
-    synthetic.write_dataset(tmp_path, ifus=IFUS, headers_only=True, lingain=False)
     header = fits.Header()
     for key, value in {"INSTRUME": "MUSE", "HIERARCH ESO PRO CATG": "ASTROMETRY_WCS",
                        "CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRPIX1": 0.0,
                        "CRPIX2": 0.0, "CD1_1": -0.2 / 3600, "CD2_2": 0.2 / 3600,
                        "CD1_2": 0.0, "CD2_1": 0.0}.items():
         header[key] = value
-    wcs = tmp_path / "raw" / "static" / "ASTROMETRY_WCS.fits"
-    fits.PrimaryHDU(header=header).writeto(wcs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fits.PrimaryHDU(header=header).writeto(path)
+    return path
+
+
+def test_an_astrometric_solution_goes_to_the_exposures_cubes(tmp_path):
+    """Issue 20.3: an ASTROMETRY_WCS among the files goes to each exposure's
+    muse_scipost, whose cubes muse_exp_align and muse_exp_combine put together."""
+    synthetic.write_dataset(tmp_path, ifus=IFUS, headers_only=True, lingain=False)
+    wcs = _astrometry_wcs(tmp_path / "raw" / "static" / "ASTROMETRY_WCS.fits")
     red = R.reduce(tmp_path, output_dir=tmp_path / "reduced", dry_run=True)
     for target in ("SYNTH_A", "SYNTH_B"):
         for i in (1, 2, 3):
             assert red[f"muse_scipost@{target}/exp{i}"].calib["ASTROMETRY_WCS"] == [str(wcs)]
+
+
+def test_one_exposure_is_calibrated_with_an_astrometric_solution_when_present(tmp_path):
+    """Issue 20.3: a single exposure's cube takes the ASTROMETRY_WCS too, with
+    astrometry=true ("if false, skip any astrometric calibration, even if one was
+    passed" [MAN muse_scipost]); without one it keeps the linear WCS of the field
+    (astrometry=false, which the tests of star positions read)."""
+    from test_reduce import night
+
+    night(tmp_path / "raw", ifus=(1, 2, 3))
+    red = R.reduce(tmp_path / "raw", output_dir=tmp_path / "out", dry_run=True)
+    assert red["muse_scipost"].param["astrometry"] is False
+    assert "ASTROMETRY_WCS" not in red["muse_scipost"].calib
+    wcs = _astrometry_wcs(tmp_path / "raw" / "ASTROMETRY_WCS.fits")
+    red = R.reduce(tmp_path / "raw", output_dir=tmp_path / "out", dry_run=True)
+    for name in ("muse_scipost", "muse_scipost_flux"):
+        assert red[name].param["astrometry"] is True, name
+        assert red[name].calib["ASTROMETRY_WCS"] == [str(wcs)], name
 
 
 def test_a_single_exposure_keeps_the_plain_names(tmp_path):

@@ -115,9 +115,10 @@ def workflow(plan: Plan, assoc: Association, *, flux: bool | None = None) -> Non
             raise ValueError(f"flux=True, but {why_not or 'there is no science frame'}")
     if tag is None:
         return
-    # the astrometric solution, where the association has one, for the cubes of
-    # several exposures (one exposure's cube keeps the field's linear WCS)
-    astrometry = {"ASTROMETRY_WCS": static["ASTROMETRY_WCS"]} if len(frames) > 1 else {}
+    # the astrometric solution, where the association has one, for every cube (one
+    # exposure's cube without it keeps the field's linear WCS: astrometry=false)
+    astrometry = {"ASTROMETRY_WCS": static["ASTROMETRY_WCS"]} if static["ASTROMETRY_WCS"] \
+        else {}
     offsets = _cube(plan, tag, frames, ifus, sky, astrometry, "")
     if flux:
         chain = _calibrations(plan, standard_of, ifus, static)
@@ -201,8 +202,12 @@ def _cube(plan: Plan, tag: str, frames: list[dict], ifus: tuple, sky: dict,
     man pages]. Returns the muse_exp_align step (None for one exposure)."""
     calib = {**calib, **sky["calib"]}
     if len(frames) == 1:
+        # an ASTROMETRY_WCS is applied with astrometry=true only ("if false, skip any
+        # astrometric calibration, even if one was passed" [MAN muse_scipost])
+        param = {**sky["param"], **({"astrometry": True} if calib.get("ASTROMETRY_WCS")
+                                    else {})}
         plan.call("muse_scipost", {f"PIXTABLE_{tag}": [frames[0][k] for k in ifus]},
-                  calib=calib, param=sky["param"], name="muse_scipost" + suffix)
+                  calib=calib, param=param, name="muse_scipost" + suffix)
         return None
     # exposures are aligned on the sky: muse_exp_align needs each image's celestial
     # WCS, which astrometry=false leaves out. Without an ASTROMETRY_WCS (optional
