@@ -272,13 +272,15 @@ def test_a_standard_of_another_night_gets_that_nights_calibrations(std_next_nigh
     (nearer than night 0's masters of that mode), night 0's twilight flats (night 1's
     are of WFM-AO-N, SYNTH_B's mode; night 0's, 24.2 h before, are inside the 30-day
     window) and night 1's ILLUM flat (1 h after it). Night 1's biases and ILLUM flat
-    are those of SYNTH_B too: one muse_bias per IFU and one muse_illum for both."""
+    are those of SYNTH_B too: one muse_bias per IFU and one muse_illum for both; night
+    0's twilight flats are calibrated as for SYNTH_A: one muse_twilight for both."""
     red = R.reduce(std_next_night, output_dir=std_next_night / "reduced", dry_run=True)
     a, b = red.associations
     assert a.label == "SYNTH_A" and b.label == "SYNTH_B"
     for exp in a.exposures:
         assert [f.name for f in exp.frames("STD")] == ["n1_STD_01.fits"]
-        assert exp.choices["STD"][1].dt_hours > 22.0  # the next night: no window [OCA]
+    # the next night (no window for the STD [OCA]): 00:00 against 01:12, a day later
+    assert a.exposures[0].choices["STD"][1].dt_hours == pytest.approx(22.8, abs=1e-6)
     own = a.exposures[0].own["STD"]
     names = {tag: sorted(f.name for f in own.frames(tag, 1)) for tag in own.chosen}
     assert names == {
@@ -332,6 +334,7 @@ def test_a_standard_of_another_night_gets_that_nights_calibrations(std_next_nigh
     text = red.association_report()
     assert "STD: none usable for IFU(s) 1-3: 1 STD frame(s), none usable: mode is " \
            "'WFM-NOAO-N', not 'WFM-AO-N'" in text
+    assert "  STD: n1_STD_01.fits (+22.8 h)\n" in text
     assert "  calibrations of the STD frames:\n    BIAS: n1_BIAS_01.fits" in text
     assert "    calibrations of the SKYFLAT frames:\n      BIAS: not reduced, the " \
            "archive MASTER_BIAS stands in" in text
