@@ -247,25 +247,159 @@ def test_flux_branch_of_several_exposures_reuses_the_alignment(dataset):
     assert [s.name for s in red.steps if "align" in s.name] == ["muse_exp_align"] * 2
 
 
-def test_an_astrometric_solution_goes_to_the_exposures_cubes(tmp_path):
-    """Issue 20.3: an ASTROMETRY_WCS among the files (muse_astrometry's product: its
-    WCS in the primary header, PRO CATG ASTROMETRY_WCS) goes to each exposure's
-    muse_scipost, whose cubes muse_exp_align and muse_exp_combine put together."""
+@pytest.fixture(scope="module")
+def std_next_night(tmp_path_factory) -> pathlib.Path:
+    """The data set with one standard star only, taken on night 1 in WFM-NOAO-N (the
+    mode of SYNTH_A, observed on night 0); 3 IFUs, so that the flux branch runs by
+    the rules' default."""
     from astropy.io import fits
 
-    synthetic.write_dataset(tmp_path, ifus=IFUS, headers_only=True, lingain=False)
+    d = tmp_path_factory.mktemp("std-next-night")
+    synthetic.write_dataset(d, ifus=(1, 2, 3), headers_only=True)
+    (d / "raw" / "n0_STD_01.fits").unlink()
+    # cut off halfway, the corrupt flat still holds CHAN01 of 3 IFUs: out of the way
+    (d / "raw" / "n0_FLAT_broken.fits").unlink()
+    fits.setval(d / "raw" / "n1_STD_01.fits", "HIERARCH ESO INS MODE", value="WFM-NOAO-N")
+    return d
+
+
+def test_a_standard_of_another_night_gets_that_nights_calibrations(std_next_night):
+    """Issue 20.3: the STD is reduced with the calibrations nearest to the STD frame
+    itself, not the science's. Written from the headers: n1_STD_01 is at 2024-01-03
+    00:00, WFM-NOAO-N; SYNTH_A's exposures at 2024-01-02 01:12 (night 0) take night
+    0's archive masters. The STD takes night 1's afternoon biases (18:00-18:04, 5.97 h
+    before it; night 0's master is 30 h before), night 1's WFM-NOAO-N flats and arcs
+    (nearer than night 0's masters of that mode), night 0's twilight flats (night 1's
+    are of WFM-AO-N, SYNTH_B's mode; night 0's, 24.2 h before, are inside the 30-day
+    window) and night 1's ILLUM flat (1 h after it). Night 1's biases and ILLUM flat
+    are those of SYNTH_B too: one muse_bias per IFU and one muse_illum for both; night
+    0's twilight flats are calibrated as for SYNTH_A: one muse_twilight for both."""
+    red = R.reduce(std_next_night, output_dir=std_next_night / "reduced", dry_run=True)
+    a, b = red.associations
+    assert a.label == "SYNTH_A" and b.label == "SYNTH_B"
+    for exp in a.exposures:
+        assert [f.name for f in exp.frames("STD")] == ["n1_STD_01.fits"]
+    # the next night (no window for the STD [OCA]): 00:00 against 01:12, a day later
+    assert a.exposures[0].choices["STD"][1].dt_hours == pytest.approx(22.8, abs=1e-6)
+    own = a.exposures[0].own["STD"]
+    names = {tag: sorted(f.name for f in own.frames(tag, 1)) for tag in own.chosen}
+    assert names == {
+        "BIAS": ["n1_BIAS_01.fits", "n1_BIAS_02.fits", "n1_BIAS_03.fits"],
+        "FLAT": [f"n1_FLAT_WFM-NOAO-N_0{i}.fits" for i in (1, 2, 3)],
+        "ARC": [f"n1_ARC_WFM-NOAO-N_{lamp}.fits" for lamp in ("HgCd", "Ne", "Xe")],
+        "SKYFLAT": [f"n0_SKYFLAT_0{i}.fits" for i in (1, 2, 3)],
+        "ILLUMFLAT": ["n1_ILLUMFLAT_01.fits"]}
+    assert own.choices["BIAS"][1].dt_hours == pytest.approx(-(6 - 2 / 60), abs=1e-3)
+    rejected = {r.frame.name: r.reason for r in own.choices["MASTER_BIAS"][1].rejected}
+    assert "the BIAS frames are nearer" in rejected["n0_MASTER_BIAS-01.fits"]
+    rejected = {r.frame.name: r.reason for r in own.choices["SKYFLAT"][1].rejected}
+    assert rejected["n1_SKYFLAT_01.fits"] == "mode is 'WFM-AO-N', not 'WFM-NOAO-N'"
+    # the science keeps night 0's archive masters
+    sci = red["muse_scibasic@SYNTH_A/exp1[1]"]
+    assert [os.path.basename(p) for p in sci.calib["MASTER_BIAS"]] == ["n0_MASTER_BIAS-01.fits"]
+    # the STD's muse_scibasic: night 1's steps; those SYNTH_B has too are the same steps
+    for k in (1, 2, 3):
+        std = red.step("muse_scibasic_std", k)
+        assert std.raw["STD"] == [str(std_next_night / "raw" / "n1_STD_01.fits")]
+        bias = std.calib["MASTER_BIAS"][0]
+        assert bias.recipe == "muse_bias" and sorted(bias.groups) == ["SYNTH_A", "SYNTH_B"]
+        assert red[f"muse_scibasic@SYNTH_B/exp1[{k}]"].calib["MASTER_BIAS"] == [bias]
+        flat = std.calib["MASTER_FLAT"][0]
+        assert [os.path.basename(p) for p in flat.raw["FLAT"]] == [
+            f"n1_FLAT_WFM-NOAO-N_0{i}.fits" for i in (1, 2, 3)]
+        assert flat.calib["MASTER_BIAS"] == [bias]
+    (illum,) = std.raw["ILLUM"]
+    assert sorted(illum.groups) == ["SYNTH_A", "SYNTH_B"]
+    # night 0's twilight flats are calibrated with what is nearest to them (night 0's
+    # archive masters, 5.8 h before): SYNTH_A's muse_twilight, not one of their own
+    (twilight,) = std.calib["TWILIGHT_CUBE"]
+    assert [os.path.basename(p) for p in twilight.raw["SKYFLAT"]] == [
+        f"n0_SKYFLAT_0{i}.fits" for i in (1, 2, 3)]
+    assert red["muse_scibasic@SYNTH_A/exp1[1]"].calib["TWILIGHT_CUBE"] == [twilight]
+    assert [os.path.basename(p) for p in twilight.calib["MASTER_BIAS"]] == [
+        f"n0_MASTER_BIAS-0{k}.fits" for k in (1, 2, 3)]
+    # every identical call is one step: 3 muse_bias per night that reduces biases
+    # (night 1; night 0's master stands in), flats of night 1 in both modes
+    count = {}
+    for s in red.steps:
+        count[s.recipe] = count.get(s.recipe, 0) + 1
+    assert count["muse_bias"] == 3 and count["muse_flat"] == 6 and count["muse_wavecal"] == 6
+    assert count["muse_illum"] == count["muse_twilight"] == 2
+    assert count["muse_standard"] == 1
+    idents = {(s.recipe, s.unit, repr(s.raw), repr(s.calib), repr(s.param)) for s in red.steps}
+    assert len(idents) == len(red.steps)
+    # SYNTH_B has no standard of its mode: the report says so, and no flux branch
+    assert "muse_scipost_flux@SYNTH_A/exp1" in {s.label for s in red.steps}
+    assert not any(s.name.endswith("_flux") and s.group == "SYNTH_B" for s in red.steps)
+    text = red.association_report()
+    assert "STD: none usable for IFU(s) 1-3: 1 STD frame(s), none usable: mode is " \
+           "'WFM-NOAO-N', not 'WFM-AO-N'" in text
+    assert "  STD: n1_STD_01.fits (+22.8 h)\n" in text
+    assert "  calibrations of the STD frames:\n    BIAS: n1_BIAS_01.fits" in text
+    assert "    calibrations of the SKYFLAT frames:\n      BIAS: not reduced, the " \
+           "archive MASTER_BIAS stands in" in text
+    assert {r["for"] for r in a.rows()} == {None, "STD", "STD/SKYFLAT", "SKYFLAT",
+                                            "LINGAIN_LAMP_ON"}
+
+
+def test_the_report_says_why_the_flux_branch_did_not_run(tmp_path):
+    """Issue 20.3: a STD without STD_FLUX_TABLE (muse_standard requires it [its man
+    page]): the flux branch is left out, and the report says why."""
+    synthetic.write_dataset(tmp_path, ifus=(1, 2, 3), headers_only=True, lingain=False)
+    for name in ("static/STD_FLUX_TABLE.fits", "n0_FLAT_broken.fits"):
+        (tmp_path / "raw" / name).unlink()
+    red = R.reduce(tmp_path, output_dir=tmp_path / "reduced", dry_run=True)
+    assert not any(s.recipe == "muse_standard" for s in red.steps)
+    assert red.association_report().count(
+        "note: flux calibration left out: no STD_FLUX_TABLE in the data (muse_standard "
+        "needs both)") == 2  # one per target
+    with pytest.raises(ValueError, match="flux=True, but no STD_FLUX_TABLE in the data"):
+        R.reduce(tmp_path, output_dir=tmp_path / "reduced", dry_run=True, flux=True)
+
+
+def _astrometry_wcs(path: pathlib.Path) -> pathlib.Path:
+    """muse_astrometry's product as the archive delivers it: its WCS in the primary
+    header, PRO CATG ASTROMETRY_WCS [MAN muse_astrometry]."""
+    from astropy.io import fits
+
     header = fits.Header()
     for key, value in {"INSTRUME": "MUSE", "HIERARCH ESO PRO CATG": "ASTROMETRY_WCS",
                        "CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN", "CRPIX1": 0.0,
                        "CRPIX2": 0.0, "CD1_1": -0.2 / 3600, "CD2_2": 0.2 / 3600,
                        "CD1_2": 0.0, "CD2_1": 0.0}.items():
         header[key] = value
-    wcs = tmp_path / "raw" / "static" / "ASTROMETRY_WCS.fits"
-    fits.PrimaryHDU(header=header).writeto(wcs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fits.PrimaryHDU(header=header).writeto(path)
+    return path
+
+
+def test_an_astrometric_solution_goes_to_the_exposures_cubes(tmp_path):
+    """Issue 20.3: an ASTROMETRY_WCS among the files goes to each exposure's
+    muse_scipost, whose cubes muse_exp_align and muse_exp_combine put together."""
+    synthetic.write_dataset(tmp_path, ifus=IFUS, headers_only=True, lingain=False)
+    wcs = _astrometry_wcs(tmp_path / "raw" / "static" / "ASTROMETRY_WCS.fits")
     red = R.reduce(tmp_path, output_dir=tmp_path / "reduced", dry_run=True)
     for target in ("SYNTH_A", "SYNTH_B"):
         for i in (1, 2, 3):
             assert red[f"muse_scipost@{target}/exp{i}"].calib["ASTROMETRY_WCS"] == [str(wcs)]
+
+
+def test_one_exposure_is_calibrated_with_an_astrometric_solution_when_present(tmp_path):
+    """Issue 20.3: a single exposure's cube takes the ASTROMETRY_WCS too, with
+    astrometry=true ("if false, skip any astrometric calibration, even if one was
+    passed" [MAN muse_scipost]); without one it keeps the linear WCS of the field
+    (astrometry=false, which the tests of star positions read)."""
+    from test_reduce import night
+
+    night(tmp_path / "raw", ifus=(1, 2, 3))
+    red = R.reduce(tmp_path / "raw", output_dir=tmp_path / "out", dry_run=True)
+    assert red["muse_scipost"].param["astrometry"] is False
+    assert "ASTROMETRY_WCS" not in red["muse_scipost"].calib
+    wcs = _astrometry_wcs(tmp_path / "raw" / "ASTROMETRY_WCS.fits")
+    red = R.reduce(tmp_path / "raw", output_dir=tmp_path / "out", dry_run=True)
+    for name in ("muse_scipost", "muse_scipost_flux"):
+        assert red[name].param["astrometry"] is True, name
+        assert red[name].calib["ASTROMETRY_WCS"] == [str(wcs)], name
 
 
 def test_a_single_exposure_keeps_the_plain_names(tmp_path):

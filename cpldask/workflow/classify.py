@@ -600,7 +600,8 @@ class Association:
     when: float | None = None  # the reference time (MJD): the exposures' mean
     parts: list["Association"] = dataclasses.field(default_factory=list, repr=False)
     #: for a tag whose rule has ``own_calibrations``: the calibrations chosen for its
-    #: frames (nearest to them, of their setup), e.g. the master bias of muse_lingain
+    #: frames (nearest to them, of their setup), e.g. the master bias of muse_lingain;
+    #: they may have ``own`` associations in turn (the twilight flats of a STD's)
     own: dict[str, "Association"] = dataclasses.field(default_factory=dict, repr=False)
 
     @property
@@ -658,8 +659,7 @@ class Association:
         out = []
         for exp in self.exposures:
             name = exp.science[0].name if len(exp.science) == 1 else None
-            subs = [(None, exp)] + list(exp.own.items())
-            for for_tag, a in subs:
+            for for_tag, a in [(None, exp), *_owned(exp)]:
                 for tag, by_unit in a.choices.items():
                     for unit, c in by_unit.items():
                         out.append({"exposure": name, "group": self.label, "for": for_tag,
@@ -704,12 +704,24 @@ class Association:
                 seen[same] = exp.science[0].name
             for tag, by_unit in exp.choices.items():
                 lines += _report_tag(tag, by_unit, unit_name)
-            for tag, sub in exp.own.items():
-                lines.append(f"  calibrations of the {tag} frames:")
+            for path, sub in _owned(exp):
+                pad = "  " * path.count("/")
+                lines.append(f"  {pad}calibrations of the {path.rpartition('/')[2]} frames:")
                 for sub_tag, by_unit in sub.choices.items():
-                    lines += ["  " + line for line in _report_tag(sub_tag, by_unit, unit_name)]
+                    lines += [f"  {pad}{line}"
+                              for line in _report_tag(sub_tag, by_unit, unit_name)]
+                lines += [f"    {pad}note: {n}" for n in sub.notes]
             lines += [f"  note: {n}" for n in exp.notes]
         return "\n".join(lines)
+
+
+def _owned(a: Association, path: str = ""):
+    """``(path, association)`` of every ``own`` association under ``a``, depth first;
+    the path names the tags from the top: ``"STD"``, ``"STD/SKYFLAT"``."""
+    for tag, sub in a.own.items():
+        here = f"{path}/{tag}" if path else tag
+        yield here, sub
+        yield from _owned(sub, here)
 
 
 def _report_tag(tag: str, by_unit: Mapping[Any, Choice], unit_name: str) -> list[str]:
@@ -795,7 +807,8 @@ def associate_groups(classification: Classification,
 
 def associate(classification: Classification, units: Iterable[int] | None = None,
               *, science: Iterable[Frame] | None = None, label: str = "",
-              calibrations: Iterable[str] | None = None) -> Association:
+              calibrations: Iterable[str] | None = None,
+              owners: Iterable[str] = ()) -> Association:
     """Choose, for each calibration tag and unit, the frames the reduction uses.
 
     The rules (``association`` section) say which header values must agree with the
@@ -821,6 +834,9 @@ def associate(classification: Classification, units: Iterable[int] | None = None
         Associate only these calibration tags (default: every tag of the rules). A
         tag whose rule names ``own_calibrations`` gets those associated to its own
         frames (``.own[tag]``), as ESO's rules associate each recipe's inputs.
+    owners : tags, optional
+        The tags whose own calibrations these are (for ``.own``: a tag is not
+        associated again inside its own calibrations).
 
     Raises
     ------
@@ -879,11 +895,12 @@ def associate(classification: Classification, units: Iterable[int] | None = None
                       ref_mjd if dated else None)
     for tag in tags:
         own = rules.calibration(tag).get("own_calibrations")
-        if own and tag in chosen and calibrations is None:
+        if own and tag in chosen and tag not in owners:
             frames = chosen[tag][units[0]]
             try:
                 out.own[tag] = associate(classification, units, science=frames,
-                                         label=label, calibrations=own)
+                                         label=label, calibrations=own,
+                                         owners=(*owners, tag))
             except ValueError as err:
                 out.notes.append(f"{tag}: its calibrations: {err}")
     if len(science) > 1 and calibrations is None:

@@ -11,11 +11,13 @@ chapter), with the tags of each recipe's ``esorex --man-page``. With a LINGAIN s
 muse_lingain per IFU beside it. Named by ``workflow.function`` in this package's
 rules.yaml.
 
-Each exposure gets the calibration chain of its own association; the plan makes an
-identical call once, so exposures (and groups) that share calibrations share the
-steps. An archive master calibration the association chose (MASTER_BIAS,
-MASTER_FLAT with TRACE_TABLE, WAVECAL_TABLE, MASTER_DARK, TWILIGHT_CUBE) is passed
-to the later steps in place of the step that would make it.
+Each exposure gets the calibration chain of its own association, and so do the
+standard star and the twilight flats (the calibrations associated to their own
+frames, the rules' ``own_calibrations``); the plan makes an identical call once, so
+exposures (and groups) that share calibrations share the steps. An archive master
+calibration the association chose (MASTER_BIAS, MASTER_FLAT with TRACE_TABLE,
+WAVECAL_TABLE, MASTER_DARK, TWILIGHT_CUBE) is passed to the later steps in place of
+the step that would make it.
 """
 
 from __future__ import annotations
@@ -64,8 +66,8 @@ def workflow(plan: Plan, assoc: Association, *, flux: bool | None = None) -> Non
     cfg = plan.settings
     static = {t: assoc.paths(t) for t in _STATIC}
     chains = [_calibrations(plan, exp, ifus, static) for exp in assoc.exposures]
-    # the steps for the group as a whole (muse_lsf, the flux branch, muse_lingain)
-    # take the first exposure's calibrations: no chain is made for them alone
+    # the steps for the group as a whole (muse_lsf, muse_lingain) take the first
+    # exposure's calibrations; the flux branch those of its STD frame
     first, group = assoc.exposures[0], chains[0]
     lingain(plan, first, ifus)
 
@@ -98,24 +100,31 @@ def workflow(plan: Plan, assoc: Association, *, flux: bool | None = None) -> Non
                                param={"nifu": k})
     sky = _sky(plan, assoc, static, lsf, ifus)
 
-    needed = ("STD", "STD_FLUX_TABLE", "EXTINCT_TABLE")
+    # the standard star: the one nearest to the first exposure, of its mode, reduced
+    # with the calibrations associated to the STD frame itself (its own chain; the
+    # steps it shares with the science's are one call in the plan)
+    standard_of = first.own.get("STD")
     if flux is None:
-        flux = len(ifus) >= int(cfg.get("flux_min_ifus", 3))
-        flux = flux and all(t in first for t in needed) and bool(lsf)
+        why_not = _no_flux(first, standard_of, ifus, lsf, int(cfg.get("flux_min_ifus", 3)))
+        flux = not why_not
+        if why_not and "STD" in first:
+            _note(first, "flux calibration left out: " + why_not)
     elif flux:
-        missing = [t for t in needed if t not in first] + (["ARC (muse_lsf)"] if not lsf else [])
-        if missing or not assoc.science:
-            raise ValueError(f"flux=True needs {', '.join(missing) or 'a science frame'}")
+        why_not = _no_flux(first, standard_of, ifus, lsf, 0)
+        if why_not or not assoc.science:
+            raise ValueError(f"flux=True, but {why_not or 'there is no science frame'}")
     if tag is None:
         return
-    # the astrometric solution, where the association has one, for the cubes of
-    # several exposures (one exposure's cube keeps the field's linear WCS)
-    astrometry = {"ASTROMETRY_WCS": static["ASTROMETRY_WCS"]} if len(frames) > 1 else {}
+    # the astrometric solution, where the association has one, for every cube (one
+    # exposure's cube without it keeps the field's linear WCS: astrometry=false)
+    astrometry = {"ASTROMETRY_WCS": static["ASTROMETRY_WCS"]} if static["ASTROMETRY_WCS"] \
+        else {}
     offsets = _cube(plan, tag, frames, ifus, sky, astrometry, "")
     if flux:
+        chain = _calibrations(plan, standard_of, ifus, static)
         std = {k: plan.call("muse_scibasic", {"STD": first.paths("STD", k),
-                                              "ILLUM": group.illum},
-                            unit=k, calib=group.basic(k, static), param={"nifu": k},
+                                              "ILLUM": chain.illum},
+                            unit=k, calib=chain.basic(k, static), param={"nifu": k},
                             name="muse_scibasic_std")
                for k in ifus}
         standard = plan.call("muse_standard", {"PIXTABLE_STD": [std[k] for k in ifus]},
@@ -124,6 +133,31 @@ def workflow(plan: Plan, assoc: Association, *, flux: bool | None = None) -> Non
         _cube(plan, tag, frames, ifus, sky,
               {"EXTINCT_TABLE": static["EXTINCT_TABLE"], "STD_RESPONSE": standard,
                "STD_TELLURIC": standard, **astrometry}, "_flux", offsets=offsets)
+
+
+def _no_flux(first: Association, standard_of: Association | None, ifus: tuple,
+             lsf: dict, min_ifus: int) -> str:
+    """Why the flux branch cannot run for the exposure ``first`` ('' when it can):
+    a STD frame, the STD's own calibrations, STD_FLUX_TABLE and EXTINCT_TABLE
+    (muse_standard requires both [its man page]), muse_lsf, and ``min_ifus`` IFUs."""
+    if "STD" not in first:
+        return "no STD frame of this exposure's setup"
+    missing = [t for t in ("STD_FLUX_TABLE", "EXTINCT_TABLE") if t not in first]
+    if missing:
+        return f"no {' or '.join(missing)} in the data (muse_standard needs both)"
+    if standard_of is None:
+        why = next((n for n in first.notes if n.startswith("STD: its calibrations")), "")
+        return f"the STD frame has no calibrations of its own ({why or 'none associated'})"
+    if not lsf:
+        return "no ARC frames for muse_lsf"
+    if len(ifus) < min_ifus:
+        return f"{len(ifus)} IFU(s), fewer than the rules' flux_min_ifus ({min_ifus})"
+    return ""
+
+
+def _note(a: Association, note: str) -> None:
+    if note not in a.notes:
+        a.notes.append(note)
 
 
 def _sky(plan: Plan, assoc: Association, static: dict, lsf: dict, ifus: tuple) -> dict:
@@ -152,9 +186,7 @@ def _sky(plan: Plan, assoc: Association, static: dict, lsf: dict, ifus: tuple) -
                    for t in r.get("needs", ()) if t not in have]
         note = (f"sky: skymethod={chosen['skymethod']}: {chosen.get('because', '')}"
                 + (f" (no {', '.join(sorted(set(missing)))})" if missing else ""))
-    notes = assoc.exposures[0].notes
-    if note not in notes:
-        notes.append(note)
+    _note(assoc.exposures[0], note)
     return {"param": {"skymethod": chosen["skymethod"]},
             "calib": {t: have[t] for t in chosen.get("needs", ())}}
 
@@ -170,8 +202,12 @@ def _cube(plan: Plan, tag: str, frames: list[dict], ifus: tuple, sky: dict,
     man pages]. Returns the muse_exp_align step (None for one exposure)."""
     calib = {**calib, **sky["calib"]}
     if len(frames) == 1:
+        # an ASTROMETRY_WCS is applied with astrometry=true only ("if false, skip any
+        # astrometric calibration, even if one was passed" [MAN muse_scipost])
+        param = {**sky["param"], **({"astrometry": True} if calib.get("ASTROMETRY_WCS")
+                                    else {})}
         plan.call("muse_scipost", {f"PIXTABLE_{tag}": [frames[0][k] for k in ifus]},
-                  calib=calib, param=sky["param"], name="muse_scipost" + suffix)
+                  calib=calib, param=param, name="muse_scipost" + suffix)
         return None
     # exposures are aligned on the sky: muse_exp_align needs each image's celestial
     # WCS, which astrometry=false leaves out. Without an ASTROMETRY_WCS (optional
@@ -213,19 +249,24 @@ def _calibrations(plan: Plan, a: Association, ifus: tuple, static: dict) -> _Cha
     twilight = a.paths("TWILIGHT_CUBE") or None
     needs = plan.settings.get("twilight_needs_ifu")
     if twilight is None and "SKYFLAT" in a and (needs is None or needs in ifus):
+        # calibrated with those associated to the twilight flats themselves (the
+        # rules' own_calibrations; else the exposure's): the same flats give the
+        # same step whichever exposure or standard star they are chosen for
+        sub = a.own.get("SKYFLAT")
+        t = _calibrations(plan, sub, ifus, static) if sub is not None else \
+            _Chain(bias, dark, flat, trace, wavecal, illum, None)
         twilight = plan.call(
-            "muse_twilight", {"SKYFLAT": a.paths("SKYFLAT"), "ILLUM": illum},
-            calib={"MASTER_BIAS": [bias[k] for k in ifus],
-                   "MASTER_DARK": [dark[k] for k in ifus if k in dark],
-                   "MASTER_FLAT": [flat[k] for k in ifus],
-                   "TRACE_TABLE": [trace[k] for k in ifus],
-                   "WAVECAL_TABLE": [wavecal[k] for k in ifus],
+            "muse_twilight", {"SKYFLAT": a.paths("SKYFLAT"), "ILLUM": t.illum},
+            calib={"MASTER_BIAS": [t.bias[k] for k in ifus],
+                   "MASTER_DARK": [t.dark[k] for k in ifus if k in t.dark],
+                   "MASTER_FLAT": [t.flat[k] for k in ifus],
+                   "TRACE_TABLE": [t.trace[k] for k in ifus],
+                   "WAVECAL_TABLE": [t.wavecal[k] for k in ifus],
                    "GEOMETRY_TABLE": static["GEOMETRY_TABLE"]})
     elif twilight is None and "SKYFLAT" in a:
         note = (f"muse_twilight left out: it needs IFU {needs} among the reduced IFUs "
                 f"(pipeline 2.8.7); no TWILIGHT_CUBE correction")
-        if note not in a.notes:
-            a.notes.append(note)
+        _note(a, note)
     return _Chain(bias, dark, flat, trace, wavecal, illum, twilight)
 
 
