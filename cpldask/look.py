@@ -390,6 +390,19 @@ def pyplot():
     return plt
 
 
+def _save(fig, png: str | os.PathLike | None):
+    """Save ``fig`` to ``png`` (its folder made) and close it; without ``png``,
+    return the figure (a notebook shows it)."""
+    if png is None:
+        return fig
+    fig.tight_layout()
+    png = pathlib.Path(png)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png)
+    pyplot().close(fig)
+    return png
+
+
 def plot_white_light(image: np.ndarray, png: str | os.PathLike | None = None, *,
                      sources: Sequence[Source] = (), radius: float = RADIUS,
                      marks: Sequence[tuple[float, float, str]] = (),
@@ -434,14 +447,7 @@ def plot_white_light(image: np.ndarray, png: str | os.PathLike | None = None, *,
     if finite.size:  # asinh crowds automatic ticks at the top: sky level and peak
         bar.set_ticks([med, hi])
         bar.ax.set_yticklabels([f"{med:.4g}", f"{hi:.4g}"], fontsize=7)
-    if png is None:
-        return fig
-    fig.tight_layout()
-    png = pathlib.Path(png)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png)
-    plt.close(fig)
-    return png
+    return _save(fig, png)
 
 
 def plot_spectra(spec: Mapping[str, Any], png: str | os.PathLike | None = None, *,
@@ -462,15 +468,7 @@ def plot_spectra(spec: Mapping[str, Any], png: str | os.PathLike | None = None, 
     ax.legend(fontsize=7)
     ax.grid(lw=0.3)
     ax.tick_params(labelsize=7)
-    if png is None:
-        return ax.figure
-    fig = ax.figure
-    fig.tight_layout()
-    png = pathlib.Path(png)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png)
-    plt.close(fig)
-    return png
+    return _save(ax.figure, png)
 
 
 # ---------------------------------------------------------------------------------
