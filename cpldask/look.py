@@ -451,24 +451,38 @@ def plot_white_light(image: np.ndarray, png: str | os.PathLike | None = None, *,
 
 
 def plot_spectra(spec: Mapping[str, Any], png: str | os.PathLike | None = None, *,
-                 label: str = "brightest source", ax=None):
-    """Draw the spectra of :func:`spectra`: the source, the sky scaled to its
-    aperture, and their difference."""
+                 label: str = "brightest source"):
+    """Draw the spectra of :func:`spectra`: above, the source, the sky scaled to its
+    aperture and their difference; below, the sky alone on its own scale (its lines,
+    or what is left of them after the sky subtraction), its strongest line marked.
+    With ``png``, save it and return its path; else return the figure."""
     plt = pyplot()
-    if ax is None:
-        _, ax = plt.subplots(figsize=(10, 3.4), dpi=100)
-    wave = spec["wave"]
-    ax.plot(wave, spec["object"], lw=0.6, color="tab:blue", label=f"{label} ({spec['npix']} px)")
-    if spec["sky"] is not None:
-        ax.plot(wave, spec["sky"], lw=0.6, color="tab:orange",
-                label=f"sky (median of {spec['nsky']} px) x {spec['npix']} px")
-        ax.plot(wave, spec["object"] - spec["sky"], lw=0.6, color="k", label="difference")
-    ax.set_xlabel(f"wavelength [{spec['unit']}]" if spec["unit"] else "wavelength")
-    ax.set_ylabel(f"sum [{spec['bunit']}]" if spec["bunit"] else "sum")
-    ax.legend(fontsize=7)
-    ax.grid(lw=0.3)
-    ax.tick_params(labelsize=7)
-    return _save(ax.figure, png)
+    sky = spec["sky"]
+    fig, axes = plt.subplots(2 if sky is not None else 1, 1, sharex=True, squeeze=False,
+                             figsize=(10, 5.0 if sky is not None else 3.4), dpi=100,
+                             height_ratios=(3, 2) if sky is not None else None)
+    wave, top = spec["wave"], axes[0, 0]
+    top.plot(wave, spec["object"], lw=0.6, color="tab:blue",
+             label=f"{label} ({spec['npix']} px)")
+    ylabel = f"sum [{spec['bunit']}]" if spec["bunit"] else "sum"
+    if sky is not None:
+        what = f"sky (median of {spec['nsky']} px) x {spec['npix']} px"
+        top.plot(wave, sky, lw=0.6, color="tab:orange", label=what)
+        top.plot(wave, spec["object"] - sky, lw=0.6, color="k", label="difference")
+        bottom = axes[1, 0]
+        bottom.plot(wave, sky, lw=0.6, color="tab:orange", label=what)
+        if np.isfinite(sky).any():
+            i = int(np.nanargmax(sky))
+            bottom.annotate(f"{wave[i]:.1f}", (wave[i], sky[i]), xytext=(4, -2),
+                            textcoords="offset points", fontsize=7, va="top")
+        bottom.set_ylabel(ylabel)
+    top.set_ylabel(ylabel)
+    axes[-1, 0].set_xlabel(f"wavelength [{spec['unit']}]" if spec["unit"] else "wavelength")
+    for ax in axes[:, 0]:
+        ax.legend(fontsize=7, loc="upper right")
+        ax.grid(lw=0.3)
+        ax.tick_params(labelsize=7)
+    return _save(fig, png)
 
 
 # ---------------------------------------------------------------------------------
@@ -499,7 +513,8 @@ def look(product: str | os.PathLike, out_dir: str | os.PathLike, *,
     level, noise = _robust(box3(white))
     paths = {"white_light": plot_white_light(
         white, out / "white_light.png", sources=sources, radius=radius, marks=marks,
-        title=f"{target}: white light, {len(sources)} sources above {nsigma:g} sigma",
+        title=f"{target}: white light, {_count(len(sources), 'source')} above "
+              f"{nsigma:g} sigma",
         bunit=str(header.get("BUNIT", "")).strip())}
     with open(out / "sources.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -518,6 +533,10 @@ def look(product: str | os.PathLike, out_dir: str | os.PathLike, *,
     paths["qc"] = out / "qc.txt"
     return Look(target, sources, list(qc), paths, {"level": level, "noise": noise},
                 time.perf_counter() - t0)
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
 
 
 def _ndim(path) -> int:

@@ -597,8 +597,7 @@ def _spectra(cube: pathlib.Path, fov: Product | None) -> dict | None:
     ax.tick_params(labelsize=7)
     fig.tight_layout()
     image = _png(fig)
-    fig, ax = plt.subplots(figsize=(11, 3.4), dpi=90)
-    look.plot_spectra(spec, ax=ax, label="brightest source")
+    fig = look.plot_spectra(spec, label="brightest source")
     fig.tight_layout()
     return {"image": image, "spectrum": _png(fig), "star": (round(x0), round(y0)),
             "npix": spec["npix"], "nsky": spec["nsky"]}

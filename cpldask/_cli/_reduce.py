@@ -66,7 +66,14 @@ def reduce(args: argparse.Namespace, out: Console, err: Console) -> int:
             for tag, path in final.items():
                 shown = f"{label}: {tag}" if len(finals) > 1 else tag
                 out.print(f"{shown}: {path}", markup=False, highlight=False, soft_wrap=True)
-        _print_looks(look.look_reduction(red), out, full=False)
+        # after the last recipe: reading the finals and the run records, ~2 s a target
+        try:
+            looks = look.look_reduction(red)
+        except (OSError, ValueError) as exc:  # the products are made: say so, go on
+            err.print(f"cpldask: no look at the targets: {exc}", markup=False,
+                      highlight=False, soft_wrap=True)
+        else:
+            _print_looks(looks, out, full=False)
     return code
 
 
@@ -77,7 +84,8 @@ def _print_looks(looks: dict, out: Console, *, full: bool = True) -> None:
         out.print(text, markup=False, highlight=False, soft_wrap=True)
 
     for target, seen in looks.items():
-        say(f"look at {target}: {len(seen.sources)} sources, "
+        n = len(seen.sources)
+        say(f"look at {target}: {n} source{'' if n == 1 else 's'}, "
             f"{seen.paths['white_light'].parent}/ ({seen.seconds:.1f} s)")
         if full:
             say(look.format_sources(seen.sources))
