@@ -18,8 +18,9 @@ How sources are found: the image is smoothed with a 3 x 3 box (a hot pixel is no
 source), its sky level and noise are the median and the robust sigma (1.4826 x the
 median absolute deviation) of the smoothed image, and a source is a pixel that is the
 maximum of its neighbourhood (``separation`` pixels each way), more than
-``nsigma`` robust sigmas above the sky and not sharper than a star (its 3 x 3 mean
-at least :data:`SHARPNESS` of its brightest pixel: a hot pixel is none). Its position is the flux-weighted centroid of
+``nsigma`` robust sigmas above the sky, not sharper than a star (its 3 x 3 mean
+at least :data:`SHARPNESS` of its brightest pixel: a hot pixel is none) and inside
+the field (its 3 x 3 pixels finite: not on the image's edge). Its position is the flux-weighted centroid of
 the sky-subtracted image within ``radius`` pixels of that maximum, its flux the
 sum over that circle. Sources are ranked by flux, brightest first.
 """
@@ -191,7 +192,12 @@ def find_sources(image: np.ndarray, *, nsigma: float = NSIGMA, radius: float = R
     # a source is not sharper than the PSF: the 3 x 3 mean of a Gaussian of FWHM 2
     # pixels is 0.44 of its peak, of one hot pixel (a cosmic ray left) 1/9
     sharp = box3_max(image) - sky
-    peaks = np.argwhere((filled >= local) & (filled > sky + nsigma * noise)
+    # and it is inside the field: its 3 x 3 pixels finite (the resampled cube's first
+    # and last columns are brighter stripes, by 2 counts in muse_scipost's cubes)
+    inside = np.pad(np.isfinite(image), 1, constant_values=False)
+    inside = np.all([inside[dy:dy + image.shape[0], dx:dx + image.shape[1]]
+                     for dy in range(3) for dx in range(3)], axis=0)
+    peaks = np.argwhere((filled >= local) & (filled > sky + nsigma * noise) & inside
                         & (filled - sky > SHARPNESS * sharp))
     yy, xx = np.indices(image.shape)
     level, _ = _robust(image)
