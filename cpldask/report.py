@@ -22,7 +22,8 @@ What it shows, each picture a PNG inside the page (no network needed to view it)
 * the QC keywords of each step compared across IFUs and exposures, outliers marked
   (:func:`outliers`);
 * the white-light image and two spectra of each DATACUBE_FINAL: summed over a
-  circle around the brightest spot, and the sky over the same area;
+  circle around the brightest source, and the sky over the same area
+  (:mod:`cpldask.look` finds them);
 * the log tail of failed calls. A failed call leaves nothing in the output
   directory (its private call directory is removed, nothing is installed), so these
   come from the caller: :meth:`cpldask.workflow.Reduction.report` passes the
