@@ -22,7 +22,8 @@ What it shows, each picture a PNG inside the page (no network needed to view it)
 * the QC keywords of each step compared across IFUs and exposures, outliers marked
   (:func:`outliers`);
 * the white-light image and two spectra of each DATACUBE_FINAL: summed over a
-  circle around the brightest spot, and the sky over the same area;
+  circle around the brightest source, and the sky over the same area
+  (:mod:`cpldask.look` finds them);
 * the log tail of failed calls. A failed call leaves nothing in the output
   directory (its private call directory is removed, nothing is installed), so these
   come from the caller: :meth:`cpldask.workflow.Reduction.report` passes the
@@ -33,7 +34,6 @@ What it shows, each picture a PNG inside the page (no network needed to view it)
 from __future__ import annotations
 
 import base64
-import contextlib
 import dataclasses
 import datetime
 import fcntl
@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__, _fitsheader
+from .look import pyplot as _pyplot
 
 __all__ = ["write_report", "collect", "outliers", "IMAGES", "Step", "Product"]
 
@@ -339,15 +340,6 @@ def _mark(values: list[_Value]) -> None:
 # ---------------------------------------------------------------------------------
 # Pictures
 # ---------------------------------------------------------------------------------
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _png(fig) -> str:
     """A figure as a ``data:`` URI (the page needs no other file)."""
     plt = _pyplot()
@@ -569,106 +561,47 @@ def _natural(text: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
 
 
-#: the sky spectrum is the median of at most this many pixels (evenly spread): for a
-#: 24-IFU cube, 3681 planes of 2000 pixels are 59 MB, all its sky pixels 1.3 GB
-SKY_PIXELS = 2000
-
-
 def _spectra(cube: pathlib.Path, fov: Product | None) -> dict | None:
     """The white-light image of a DATACUBE_FINAL (its IMAGE_FOV, or the cube's mean
     over wavelength) with the regions marked, and the spectra summed over them: a
-    circle of 3 pixels around the brightest spot of the smoothed image, and the sky
-    (the median spectrum of the pixels outside 3 radii of it that are fainter than
-    the image's median) over as many pixels."""
-    import warnings
+    circle of :data:`cpldask.look.RADIUS` pixels around the brightest source, and the
+    sky (the median spectrum of the source-free pixels) over as many pixels
+    (:mod:`cpldask.look` finds them, for ``cpldask demo`` too)."""
+    from . import look
 
-    from astropy.io import fits
-
-    with fits.open(cube, memmap=True) as hdul, warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels and planes
-        hdu = hdul["DATA"] if "DATA" in hdul else next(h for h in hdul if h.data is not None)
-        header, data = hdu.header, hdu.data
-        white = None
-        if fov is not None:
-            with contextlib.suppress(KeyError, OSError):
-                white = np.asarray(fits.getdata(fov.path, "DATA"), dtype=float)
-        if white is None or white.shape != data.shape[1:]:
-            white = _mean_over_wavelength(data)
-        finite = np.isfinite(white)
-        if not finite.any():
-            return None
-        y0, x0 = np.unravel_index(np.nanargmax(_box3(white)), white.shape)
-        yy, xx = np.indices(white.shape)
-        r2 = (yy - y0) ** 2 + (xx - x0) ** 2
-        radius = 3.0
-        star = (r2 <= radius ** 2) & finite
-        sky = (r2 > (3 * radius) ** 2) & finite & (white < np.nanmedian(white))
-        obj = np.nansum(np.asarray(data[:, star], dtype=float), axis=1)
-        sky_spec = None
-        if sky.any():
-            ys, xs = np.nonzero(sky)
-            pick = np.linspace(0, len(ys) - 1, min(len(ys), SKY_PIXELS)).astype(int)
-            sky_spec = np.nanmedian(np.asarray(data[:, ys[pick], xs[pick]], dtype=float),
-                                    axis=1) * star.sum()
-        nsky = int(min(sky.sum(), SKY_PIXELS))
-    n = data.shape[0]
-    step = header.get("CD3_3", header.get("CDELT3", 1.0))
-    wave = header.get("CRVAL3", 0.0) + (np.arange(n) + 1 - header.get("CRPIX3", 1.0)) * step
-    unit = str(header.get("CUNIT3", "")).strip()
-    bunit = str(header.get("BUNIT", "")).strip()
+    white, _ = look.white_light(cube, fov.path if fov is not None else None)
+    finite = np.isfinite(white)
+    if not finite.any():
+        return None
+    sources = look.find_sources(white)
+    x0, y0 = look.brightest(white, sources)
+    radius = look.RADIUS
+    star = look.aperture(white.shape, x0, y0, radius) & finite
+    sky = look.sky_pixels(white, sources, radius=radius, centre=(x0, y0))
+    spec = look.spectra(cube, star, sky)
     plt = _pyplot()
     ny, nx = white.shape
     lo, hi = _zscale(white)
     fig, ax = plt.subplots(figsize=(11, min(6.0, max(1.8, 11 * ny / nx + 0.9))), dpi=90)
     ax.imshow(np.ma.masked_invalid(white), origin="lower", cmap="gray", vmin=lo, vmax=hi,
-              interpolation="nearest", aspect="equal")
+              interpolation="nearest", aspect="equal",
+              extent=(0.5, nx + 0.5, 0.5, ny + 0.5))
     ax.add_patch(plt.Circle((x0, y0), radius, fill=False, ec="cyan", lw=1.0))
     if sky.any():  # the sky pixels tinted orange
         tint = np.zeros((*sky.shape, 4))
         tint[sky] = (1.0, 0.55, 0.0, 0.35)
-        ax.imshow(tint, origin="lower", interpolation="nearest", aspect="equal")
-    ax.set_title(f"white light, zscale [{lo:.4g}, {hi:.4g}]; cyan: brightest spot "
-                 f"(x={x0 + 1}, y={y0 + 1}, r={radius:g} px), orange: sky", fontsize=8)
+        ax.imshow(tint, origin="lower", interpolation="nearest", aspect="equal",
+                  extent=(0.5, nx + 0.5, 0.5, ny + 0.5))
+    ax.set_title(f"white light, zscale [{lo:.4g}, {hi:.4g}]; cyan: brightest source "
+                 f"(x={x0:.1f}, y={y0:.1f}, r={radius:g} px) of {len(sources)}, "
+                 f"orange: sky", fontsize=8)
     ax.tick_params(labelsize=7)
     fig.tight_layout()
     image = _png(fig)
-    fig, ax = plt.subplots(figsize=(11, 3.4), dpi=90)
-    ax.plot(wave, obj, lw=0.6, color="tab:blue", label=f"brightest spot ({star.sum()} px)")
-    if sky_spec is not None:
-        ax.plot(wave, sky_spec, lw=0.6, color="tab:orange",
-                label=f"sky (median of {nsky} px) x {star.sum()} px")
-        ax.plot(wave, obj - sky_spec, lw=0.6, color="k", label="difference")
-    ax.set_xlabel(f"wavelength [{unit}]" if unit else "wavelength")
-    ax.set_ylabel(f"sum [{bunit}]" if bunit else "sum")
-    ax.legend(fontsize=7)
-    ax.grid(lw=0.3)
-    ax.tick_params(labelsize=7)
+    fig = look.plot_spectra(spec, label="brightest source")
     fig.tight_layout()
-    return {"image": image, "spectrum": _png(fig), "star": (int(x0) + 1, int(y0) + 1),
-            "npix": int(star.sum()), "nsky": nsky}
-
-
-def _mean_over_wavelength(data) -> np.ndarray:
-    """A cube's mean over its first axis (NaN ignored), 100 planes at a time: a
-    24-IFU cube is 1.3 GB, which nanmean would copy whole."""
-    total = np.zeros(data.shape[1:])
-    count = np.zeros(data.shape[1:])
-    for i in range(0, data.shape[0], 100):
-        chunk = np.asarray(data[i:i + 100], dtype=float)
-        good = np.isfinite(chunk)
-        total += np.where(good, chunk, 0.0).sum(axis=0)
-        count += good.sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / count, np.nan)
-
-
-def _box3(image: np.ndarray) -> np.ndarray:
-    """The mean over 3 x 3 pixels (NaN ignored): a single hot pixel is not the
-    brightest spot."""
-    padded = np.pad(image, 1, constant_values=np.nan)
-    stack = [padded[dy:dy + image.shape[0], dx:dx + image.shape[1]]
-             for dy in range(3) for dx in range(3)]
-    return np.nanmean(stack, axis=0)
+    return {"image": image, "spectrum": _png(fig), "star": (round(x0), round(y0)),
+            "npix": spec["npix"], "nsky": spec["nsky"]}
 
 
 # ---------------------------------------------------------------------------------

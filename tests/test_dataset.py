@@ -577,3 +577,10 @@ def test_an_interrupted_reduction_goes_on_where_it_stopped(real_dataset, tmp_pat
         on_disk = {p.name for p in pathlib.Path(step.output_dir).glob("*.fits")}
         assert on_disk == {os.path.basename(p) for p, _, _ in after[step.label][1:]}, step.label
     assert f"DATACUBE_FINAL: {out / 'muse_exp_combine'}" in stdout, stdout[-2000:]
+    # issue 20.4: when it finished it looked at each target (sources, spectra, QC)
+    targets = [a.label for a in plan.associations]
+    assert stdout.count("look at ") == len(targets), stdout[-2000:]
+    for folder in (out / "look").iterdir():
+        assert {p.name for p in folder.iterdir()} >= {"white_light.png", "spectrum.png",
+                                                     "sources.csv", "qc.txt"}, folder
+    assert len(list((out / "look").iterdir())) == len(targets)

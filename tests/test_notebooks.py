@@ -148,6 +148,9 @@ def test_muse_cascade_notebook(kernel_env):
         assert step in text
     assert "finished" in text and "DATACUBE_FINAL" in text
     assert "ESO QC BIAS MASTER1 RON" in text  # QC header values are shown
+    # the look at the target (issue 20.4): its sources, the compact QC table per step
+    assert "sources found: " in text and "rank        x" in text, text
+    assert "step                       IFU  #QC  QC keywords" in text
     # the plan, dask.visualize, master bias and flat, white light, spectrum
     assert _images(nb) >= 5
 

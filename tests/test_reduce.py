@@ -456,6 +456,51 @@ def test_white_light_png_marks_the_star(demo_run, tmp_path):
 @pytest.mark.requires_cpl
 @pytest.mark.muse
 @pytest.mark.slow
+def test_look_at_the_demo_finds_the_star_the_sky_line_and_every_steps_qc(demo_run):
+    """Issue 20.4: what the demo shows a user, per target (cpldask.look): the star
+    found where synthetic put it, the sky's strongest line ([OI] 5577, synthetic's
+    _SKY_LINES) where it is in the sky spectrum (after skymethod=model, what is left
+    of it: still the strongest), and the QC keywords of every step of the run."""
+    from cpldask import look
+
+    red, _, work = demo_run
+    assert list(red.looks) == list(red.finals) and len(red.looks) == 1
+    target, seen = next(iter(red.looks.items()))
+    folder = work / "reduced" / "look" / target
+    assert seen.paths == {"white_light": folder / "white_light.png",
+                          "spectrum": folder / "spectrum.png",
+                          "sources": folder / "sources.csv", "qc": folder / "qc.txt"}
+    assert all(p.stat().st_size > 0 for p in seen.paths.values())
+    # the one star, where it was put (~0.03 pixel in the demo's cube), and nothing else
+    header = fits.getheader(red.final["IMAGE_FOV"], "DATA")
+    ex, ey = synthetic.star_pixel(header, (1, 2))
+    assert len(seen.sources) == 1, look.format_sources(seen.sources)
+    star = seen.sources[0]
+    assert abs(star.x - ex) < 0.5 and abs(star.y - ey) < 0.5, (star, (ex, ey))
+    # the spectra, as look() drew them
+    white, _ = look.white_light(red.final["DATACUBE_FINAL"], red.final["IMAGE_FOV"])
+    sky = look.sky_pixels(white, seen.sources, centre=(star.x, star.y))
+    spec = look.spectra(red.final["DATACUBE_FINAL"],
+                        look.aperture(white.shape, star.x, star.y), sky)
+    assert sky.sum() > 0.8 * white.size  # a single star leaves most of the field
+    assert abs(spec["wave"][np.nanargmax(spec["sky"])] - 5577.338) < 2 * header.get(
+        "CD3_3", 1.25), spec["wave"][np.nanargmax(spec["sky"])]
+    # the star's spectrum is the star: well above the sky's residual everywhere
+    assert np.nanmedian(spec["object"] - spec["sky"]) > 20 * np.nanmax(np.abs(spec["sky"]))
+    # every step of the run in the QC table, with its products' QC keywords
+    assert [r["step"] for r in seen.qc] == [s.label for s in red.steps]
+    for row, s in zip(seen.qc, red.steps):
+        keys = {k for p in s.result.record.products for k in p.header if k.startswith("ESO QC")}
+        assert set(row["qc"]) == keys, s.label
+    assert seen.qc[0]["qc"] and "ESO QC BIAS MASTER1 RON" in \
+        next(r["qc"] for r in seen.qc if r["step"] == "muse_bias[1]")
+    text = seen.paths["qc"].read_text()
+    assert all(s.label in text for s in red.steps) and "QC BIAS MASTER1 RON = " in text
+
+
+@pytest.mark.requires_cpl
+@pytest.mark.muse
+@pytest.mark.slow
 def test_rerun_is_served_from_the_cache(demo_run):
     """Issue 10: re-running the cascade with unchanged inputs starts no recipe and
     takes < 5 % of the first run; the recipe processes are counted by watching

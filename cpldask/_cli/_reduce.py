@@ -13,7 +13,7 @@ import pathlib
 
 from rich.console import Console
 
-from .. import workflow
+from .. import look, workflow
 from ..instruments.muse import demo as muse_demo
 from . import _demo
 from ._batch import Job, cluster, monitor
@@ -66,7 +66,32 @@ def reduce(args: argparse.Namespace, out: Console, err: Console) -> int:
             for tag, path in final.items():
                 shown = f"{label}: {tag}" if len(finals) > 1 else tag
                 out.print(f"{shown}: {path}", markup=False, highlight=False, soft_wrap=True)
+        # after the last recipe: reading the finals and the run records, ~2 s a target
+        try:
+            looks = look.look_reduction(red)
+        except (OSError, ValueError) as exc:  # the products are made: say so, go on
+            err.print(f"cpldask: no look at the targets: {exc}", markup=False,
+                      highlight=False, soft_wrap=True)
+        else:
+            _print_looks(looks, out, full=False)
     return code
+
+
+def _print_looks(looks: dict, out: Console, *, full: bool = True) -> None:
+    """Per target: where its look went; with ``full``, its sources and the compact
+    QC table of its steps too (``cpldask demo``)."""
+    def say(text: str) -> None:
+        out.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    for target, seen in looks.items():
+        n = len(seen.sources)
+        say(f"look at {target}: {n} source{'' if n == 1 else 's'}, "
+            f"{seen.paths['white_light'].parent}/ ({seen.seconds:.1f} s)")
+        if full:
+            say(look.format_sources(seen.sources))
+            for name, path in seen.paths.items():
+                say(f"  {name}: {path}")
+            say(look.format_qc(seen.qc))
 
 
 def demo(args: argparse.Namespace, out: Console, err: Console) -> int:
@@ -87,4 +112,5 @@ def demo(args: argparse.Namespace, out: Console, err: Console) -> int:
             out.print(f"{tag}: {path}", markup=False, highlight=False, soft_wrap=True)
         out.print(f"white-light image: {red.png}", markup=False, highlight=False,
                   soft_wrap=True)
+        _print_looks(look.look_reduction(red), out)
     return code
