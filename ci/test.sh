@@ -13,7 +13,8 @@ cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 extra=()
 if [ "${CI:-}" = "true" ]; then
-  extra+=(--cpldask-no-skip)
+  # the slowest tests in the log: the whole run should stay under ~40 min
+  extra+=(--cpldask-no-skip --durations=25)
 fi
 venvs=0
 if [ $# -eq 0 ]; then
