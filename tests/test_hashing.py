@@ -91,6 +91,7 @@ def _installed(tmp_path, name: str, data: bytes, since: float, out):
     return got.path
 
 
+@pytest.mark.requires_python_cpl  # cpldask.worker.install raises python-cpl's errors
 def test_a_product_installed_again_with_the_same_bytes_is_not_copied(tmp_path):
     """A lost result recomputed from the cache installs the bytes it installed before
     into the same output_dir: it points at that file again, with no numbered copy
