@@ -22,8 +22,11 @@ import helpers  # noqa: F401  (sets CPLDASK_TEST_SESSION before any process star
 
 import ast
 import importlib.util
+import os
 import pathlib
+import subprocess
 import sys
+import time
 
 import pytest
 
@@ -106,6 +109,30 @@ def pytest_terminal_summary(terminalreporter, config):
         terminalreporter.write_line(
             "without python-cpl, not collected (marked requires_cpl or requires_python_cpl "
             f"as a whole): {', '.join(left_out)}")
+    started = config.stash.get(_SLURM_START, None)
+    if started is not None:
+        terminalreporter.write_line(f"ci/slurm-start.sh took {started:.1f} s")
+
+
+_SLURM_START = pytest.StashKey[float]()
+
+
+@pytest.fixture(scope="session")
+def slurm(request):
+    """A running single-node SLURM (tests marked ``slurm``): started here by
+    ci/slurm-start.sh (and stopped at the end of the session) unless it already ran."""
+    if os.geteuid() != 0:
+        pytest.skip("ci/slurm-start.sh needs root")
+    t = time.monotonic()
+    out = subprocess.run(["bash", str(HERE.parent / "ci" / "slurm-start.sh")],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    request.config.stash[_SLURM_START] = time.monotonic() - t
+    started = "already running" not in out.stdout
+    yield
+    if started:
+        subprocess.run(["bash", str(HERE.parent / "ci" / "slurm-stop.sh")], timeout=120,
+                       capture_output=True)
 
 
 @pytest.fixture(scope="session")

@@ -294,18 +294,19 @@ _ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 # -- workers that share no disk (tests/test_nofs.py, bench/transfer.py) -------------------
-def _namespace_script(private: pathlib.Path, visible: list[str], command: list[str]) -> str:
-    """The shell run by ``unshare``: ``/tmp`` becomes ``private``, the ``visible``
-    directories are bound back read-only (through a staging tmpfs on /mnt, since the
-    new /tmp hides the old one), then the worker is exec'd."""
-    lines = ["set -e", "mount -t tmpfs -o size=1m cpldask-stage /mnt"]
+def _namespace_script(visible: list[str]) -> str:
+    """The shell run by ``unshare`` as ``sh -c SCRIPT sh PRIVATE COMMAND...``: ``/tmp``
+    becomes the directory PRIVATE, the ``visible`` directories are bound back read-only
+    (through a staging tmpfs on /mnt, since the new /tmp hides the old one), then
+    COMMAND is exec'd."""
+    lines = ["set -e", 'private=$1; shift', "mount -t tmpfs -o size=1m cpldask-stage /mnt"]
     for i, d in enumerate(visible):
         lines += [f"mkdir -p /mnt/v{i}", f"mount --bind {shlex.quote(d)} /mnt/v{i}"]
-    lines.append(f"mount --bind {shlex.quote(str(private))} /tmp")
+    lines.append('mount --bind "$private" /tmp')
     for i, d in enumerate(visible):
         lines += [f"mkdir -p {shlex.quote(d)}", f"mount --bind /mnt/v{i} {shlex.quote(d)}",
                   f"mount -o remount,bind,ro {shlex.quote(d)}"]
-    lines.append("exec " + " ".join(map(shlex.quote, command)))
+    lines.append('exec "$@"')
     return "\n".join(lines)
 
 
@@ -317,6 +318,20 @@ def _under_tmp(*paths) -> list[str]:
     return [p for p in found if not any(p != q and p.startswith(q + os.sep) for q in found)]
 
 
+def isolating_command(visible: list[str]) -> list[str]:
+    """The command prefix that runs ``PRIVATE COMMAND...`` (appended to it) in a mount
+    namespace of its own, whose ``/tmp`` is the directory PRIVATE and in which only the
+    ``visible`` directories under /tmp can be seen (read-only) besides it.
+
+    The checkout and the Python environment are visible too, wherever they are: a CI
+    clone or its venvs under /tmp would be hidden by the private /tmp (the worker's
+    exec failed)."""
+    visible = sorted({*visible, *_under_tmp(_ROOT, sys.prefix, sys.base_prefix,
+                                            os.path.dirname(os.path.realpath(sys.executable)))})
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+            _namespace_script(visible), "sh"]
+
+
 @contextlib.contextmanager
 def isolated_cluster(base: pathlib.Path, visible: list[str], *, n: int = 2,
                      threads: int = 1):
@@ -326,10 +341,6 @@ def isolated_cluster(base: pathlib.Path, visible: list[str], *, n: int = 2,
     ``(client, [worker addresses], [private dirs as the test process sees them])``."""
     import distributed
 
-    # the checkout and the Python environment, wherever they are: a CI clone or its
-    # venvs under /tmp would be hidden by the private /tmp (the worker's exec failed)
-    visible = sorted({*visible, *_under_tmp(_ROOT, sys.prefix, sys.base_prefix,
-                                            os.path.dirname(os.path.realpath(sys.executable)))})
     cluster = distributed.LocalCluster(n_workers=0, processes=False, protocol="tcp://",
                                        host="127.0.0.1", dashboard_address=":0")
     procs, privates = [], []
@@ -348,15 +359,12 @@ def isolated_cluster(base: pathlib.Path, visible: list[str], *, n: int = 2,
                        "--host", "127.0.0.1"]
             with open(base / f"node{i}.log", "wb") as log:
                 procs.append(subprocess.Popen(
-                    ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                     _namespace_script(private, visible, command)],
+                    [*isolating_command(visible), str(private), *command],
                     env=env, stdin=subprocess.DEVNULL, start_new_session=True,
                     stdout=log, stderr=subprocess.STDOUT))
         with distributed.Client(cluster, set_as_default=False) as client:
             client.wait_for_workers(n, timeout=120)
-            workers = sorted(client.scheduler_info()["workers"],
-                             key=lambda a: client.scheduler_info()["workers"][a]["name"])
-            yield client, workers, privates
+            yield client, _by_name(client), privates
     finally:
         for p in procs:
             p.terminate()
@@ -366,3 +374,53 @@ def isolated_cluster(base: pathlib.Path, visible: list[str], *, n: int = 2,
             except subprocess.TimeoutExpired:
                 p.kill()
         cluster.close()
+
+
+def _by_name(client) -> list[str]:
+    """The addresses of the client's workers, sorted by worker name."""
+    workers = client.scheduler_info()["workers"]
+    return sorted(workers, key=lambda a: str(workers[a]["name"]))
+
+
+def squeue() -> list[str]:
+    """Job ids in the SLURM queue (all of them: the tests' SLURM is theirs alone)."""
+    out = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True,
+                         check=True, timeout=30).stdout
+    return sorted(out.split())
+
+
+@contextlib.contextmanager
+def isolated_slurm_cluster(base: pathlib.Path, visible: list[str], *, n: int = 2,
+                           memory_per_slot: str = "4 GiB", walltime: str = "01:00:00"):
+    """:func:`isolated_cluster` with SLURM jobs as the workers: a cpldask SLURM cluster
+    of ``n`` one-slot jobs whose worker each runs in a mount namespace of its own
+    (:func:`isolating_command`), with a private ``/tmp`` made for the job
+    (``base/job-<id>-XXXXXX``). What dask-jobqueue's job script runs as its Python
+    (its ``python=`` option, as a site whose nodes need a wrapper would set
+    ``jobqueue.slurm.python``) is a shell script written here: it makes the directory,
+    then execs ``unshare ... python -m distributed.cli.dask_worker ...``. Yields
+    ``(client, [worker addresses], [private dirs])``; ``client.cluster.job_ids()``
+    names each worker's job. The client is not made the default one."""
+    import cpldask.cluster
+
+    wrapper = base / "isolated-python.sh"
+    wrapper.write_text("\n".join([
+        "#!/bin/sh",
+        "# run by a SLURM job as: sh isolated-python.sh -m distributed.cli.dask_worker ...",
+        "set -e",
+        f"private=$(mktemp -d {shlex.quote(str(base))}/job-${{SLURM_JOB_ID:-none}}-XXXXXX)",
+        f"exec {shlex.join(isolating_command(visible))} \"$private\" "
+        f"{shlex.quote(sys.executable)} \"$@\"", ""]))
+    assert squeue() == [], "the SLURM queue must start empty"
+    # the jobs inherit this environment (sbatch's --export=ALL): PYTHONPATH names the
+    # checkout whose cpldask the tasks import
+    cluster = cpldask.cluster.slurm(
+        slots=n, minimum_slots=n, adapt=False, memory_per_slot=memory_per_slot,
+        walltime=walltime, python=f"sh {shlex.quote(str(wrapper))}",
+        log_directory=str(base / "slurm-logs"), set_as_default=False)
+    try:
+        cluster.client.wait_for_workers(n, timeout=180)
+        yield cluster.client, _by_name(cluster.client), sorted(base.glob("job-*"))
+    finally:
+        cluster.close()
+        wait_until(lambda: squeue() == [], 60, "the jobs to leave the queue")

@@ -44,6 +44,20 @@ def test_job_script_maps_recipe_slots_onto_a_job():
     assert "--interface lo" in worker  # nothing listens beyond this machine by default
 
 
+def test_a_site_wrapper_runs_each_jobs_worker():
+    """dask-jobqueue's ``python`` (argument or ``jobqueue.slurm.python``) is what the job
+    script runs the worker with: a wrapper (a container, a mount namespace as
+    tests/test_nofs.py's SLURM cascade uses) gets ``-m distributed.cli.dask_worker
+    ...`` as its arguments, after cpldask's own exports."""
+    wrapper = "sh /opt/site/in-container.sh"
+    with dask.config.set({"jobqueue.slurm.python": wrapper}):
+        script = cpldask.cluster.job_script("slurm", cores_per_slot=2)
+    assert cpldask.cluster.job_script("slurm", cores_per_slot=2, python=wrapper) == script
+    lines = script.strip().splitlines()
+    assert lines[-1].startswith(f"{wrapper} -m distributed.cli.dask_worker tcp://")
+    assert lines.index("export OMP_NUM_THREADS=2") < len(lines) - 1
+
+
 def test_walltime_forms_and_lifetime():
     ws = cpldask.cluster.walltime_seconds
     assert ws("00:10:00") == ws("10") == ws("10:00") == ws("10 minutes") == 600

@@ -28,7 +28,7 @@ from astropy.io import fits
 
 import cpldask as cpl
 from cpldask import _hashing
-from helpers import isolated_cluster
+from helpers import isolated_cluster, isolated_slurm_cluster
 
 #: (no skip without root or unshare: a skipped test is a failure in CI; the fixture
 #: says what is missing instead)
@@ -128,14 +128,28 @@ def test_no_copy_on_a_shared_filesystem(client, any_fits):
     assert os.stat(used[0]).st_ino == up.record.products[0].identity[1]
 
 
+#: where the cascade runs: two local workers, or two SLURM jobs (the CI SLURM of
+#: ci/slurm-start.sh), each worker in a mount namespace of its own. One of them in CI,
+#: not both (each takes minutes): SLURM replaces the local pair once it has passed
+#: twice there (issue 21.5); then CASCADE_ON = [SLURM_JOBS]
+SLURM_JOBS = pytest.param("slurm", marks=pytest.mark.slurm)
+CASCADE_ON = ["local"]
+
+
 @pytest.mark.muse
 @pytest.mark.slow
-def test_the_two_ifu_cascade_across_isolated_workers(demo_run, tmp_path_factory):
+@pytest.mark.timeout(1800)  # (with the session's demo_run, when this test makes it)
+@pytest.mark.parametrize("where", CASCADE_ON)
+def test_the_two_ifu_cascade_across_isolated_workers(where, demo_run, tmp_path_factory,
+                                                     request):
     """The session's 2-IFU MUSE cascade (bias, dark, flat, wavecal, lsf, twilight,
     scibasic, scipost: 15 real recipe calls), again, on two workers that share no
     disk: only the raw frames are seen by both. Every upstream product a call needs
     from the other worker is fetched from it; the cube the client gets equals the
-    shared-filesystem one in DATA and STAT."""
+    shared-filesystem one in DATA and STAT.
+
+    ``slurm``: the workers are two SLURM jobs, each in a mount namespace of its own
+    with a private /tmp made for its job."""
     import json
     import time
 
@@ -143,7 +157,20 @@ def test_the_two_ifu_cascade_across_isolated_workers(demo_run, tmp_path_factory)
 
     red, _, work = demo_run
     base = tmp_path_factory.mktemp("nofs-cascade")
-    with isolated_cluster(base, [str(work / "raw")]) as (client, workers, privates):
+    if where == "slurm":
+        request.getfixturevalue("slurm")
+        isolated = isolated_slurm_cluster(base, [str(work / "raw")])
+    else:
+        isolated = isolated_cluster(base, [str(work / "raw")])
+    with isolated as (client, workers, privates):
+        spaces = client.run(lambda: os.readlink("/proc/self/ns/mnt"))
+        assert len({*spaces.values(), os.readlink("/proc/self/ns/mnt")}) == 3
+        jobs = {}
+        if where == "slurm":
+            jobs = client.cluster.job_ids()
+            assert set(jobs) == set(workers) and len(set(jobs.values())) == 2  # one each
+            # each job's private /tmp is named by its job
+            assert sorted(p.name.split("-")[1] for p in privates) == sorted(jobs.values())
         with client.as_current():
             start = time.monotonic()
             again = R.reduce(work / "raw", ifus=(1, 2), output_dir=base / "reduced",
@@ -174,7 +201,7 @@ def test_the_two_ifu_cascade_across_isolated_workers(demo_run, tmp_path_factory)
         for ext in ("DATA", "STAT", "DQ"):
             np.testing.assert_array_equal(a[ext].data, b[ext].data, err_msg=ext)
     numbers = {
-        "cascade_s": took, "calls": len(records),
+        "cascade_s": took, "calls": len(records), "jobs": sorted(jobs.values()),
         "worker_fetches": len(fetched),
         "worker_fetch_mb": sum(f["bytes"] for f in fetched) / 1e6,
         "worker_fetch_s": sum(f["seconds"] for f in fetched),

@@ -5,7 +5,7 @@ as a user's "Restart & Run All" would, and its outputs are checked for what it
 promises to show (images, rich results, SLURM job ids). The kernel gets a temporary
 directory of its own (``TMPDIR``: the notebooks' data and the work directory) and an
 empty product cache, so every recipe really runs. The scaling-out notebook needs
-SLURM: it is started here with ci/slurm-start.sh, as tests/test_slurm.py does.
+SLURM: the session's ``slurm`` fixture (conftest.py) starts it with ci/slurm-start.sh.
 
 Set ``CPLDASK_EXECUTED_NOTEBOOKS=DIR`` to keep the executed notebooks (with outputs)
 in DIR, e.g. to look at them or to render docs/quickstart.png (docs/notebooks.md).
@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import subprocess
 import time
 
 import pytest
@@ -153,22 +152,6 @@ def test_muse_cascade_notebook(kernel_env):
     assert "step                       IFU  #QC  QC keywords" in text
     # the plan, dask.visualize, master bias and flat, white light, spectrum
     assert _images(nb) >= 5
-
-
-@pytest.fixture(scope="module")
-def slurm():
-    """A running single-node SLURM: started here (and stopped at the end) unless it
-    already ran."""
-    if os.geteuid() != 0:
-        pytest.skip("ci/slurm-start.sh needs root")
-    out = subprocess.run(["bash", str(ROOT / "ci" / "slurm-start.sh")], capture_output=True,
-                         text=True, timeout=600)
-    assert out.returncode == 0, out.stdout + out.stderr
-    started = "already running" not in out.stdout
-    yield
-    if started:
-        subprocess.run(["bash", str(ROOT / "ci" / "slurm-stop.sh")], timeout=120,
-                       capture_output=True)
 
 
 @pytest.mark.requires_cpl

@@ -29,7 +29,7 @@ from astropy.io import fits
 import cpldask as cpl
 import cpldask.cluster
 from cpldask import _transfer
-from helpers import recipe_pids, wait_until
+from helpers import recipe_pids, squeue, wait_until
 
 #: every test here runs recipes (most muse_bias); job scripts: test_jobqueue.py
 pytestmark = pytest.mark.requires_cpl
@@ -113,13 +113,6 @@ def test_a_product_of_a_worker_that_left_says_so(bias_result):
 
 
 # -- real SLURM ---------------------------------------------------------------------------
-def squeue() -> list[str]:
-    """Job ids in the SLURM queue (all of them: this SLURM is ours alone)."""
-    out = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True,
-                         check=True, timeout=30).stdout
-    return sorted(out.split())
-
-
 def _job_of(pid: int) -> str | None:
     """The SLURM job a process belongs to (slurmd puts SLURM_JOB_ID in its env)."""
     try:
@@ -129,24 +122,6 @@ def _job_of(pid: int) -> str | None:
         return None
     job = env.get(b"SLURM_JOB_ID")
     return job.decode() if job else None
-
-
-@pytest.fixture(scope="session")
-def slurm():
-    """A running single-node SLURM: started here (and stopped at the end) unless it
-    already ran."""
-    if os.geteuid() != 0:
-        pytest.skip("ci/slurm-start.sh needs root")
-    t = time.monotonic()
-    out = subprocess.run(["bash", str(ROOT / "ci" / "slurm-start.sh")], capture_output=True,
-                         text=True, timeout=600)
-    assert out.returncode == 0, out.stdout + out.stderr
-    TIMINGS["slurm start"] = time.monotonic() - t
-    started = "already running" not in out.stdout
-    yield
-    if started:
-        subprocess.run(["bash", str(ROOT / "ci" / "slurm-stop.sh")], timeout=120,
-                       capture_output=True)
 
 
 @pytest.fixture(scope="session", autouse=True)
