@@ -40,7 +40,7 @@ import dask.utils
 import distributed
 from distributed.deploy.spec import SpecCluster
 
-from . import _config, _dashboard
+from . import _compat, _config, _dashboard
 from ._compat import SubprocessNanny
 from .worker.forkserver import WarmUp
 
@@ -434,9 +434,9 @@ def expected_duration(client: distributed.Client, provenance: dict) -> float | N
     """The expected wall time (s) of a call (its client-side provenance) from earlier
     runs of the same recipe, parameters and inputs (the product cache's records, read
     once per client: :class:`cpldask._estimate.History`), on a cluster whose workers'
-    jobs end (a cpldask batch cluster with a lifetime); else None, and nothing read."""
-    layout = getattr(getattr(client, "cluster", None), "layout", None) or {}
-    if not layout.get("lifetime"):
+    jobs end (a cpldask batch cluster with a lifetime, or a scheduler that gives its
+    workers cpldask's job-end plugin); else None, and nothing read."""
+    if not _jobs_end(client):
         return None
     from ._estimate import Features, History
 
@@ -446,6 +446,31 @@ def expected_duration(client: distributed.Client, provenance: dict) -> float | N
             history = _histories[client] = History.from_disk(
                 cache_dir=_config.cache_dir())
     return history.expected(Features.of(provenance))
+
+
+_ending: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # client -> bool
+
+
+def _jobs_end(client: distributed.Client) -> bool:
+    """Whether the workers of ``client``'s cluster may have jobs that end. Known from
+    the cluster object when this process made it; a client that joined a running
+    scheduler (``cpldask cluster start``'s scheduler file, an address) has none, so
+    it asks the scheduler once whether it gives its workers the
+    :class:`~cpldask.worker.jobend.JobEnd` plugin (which cpldask's batch clusters
+    register), so that such clients send expected durations too."""
+    layout = getattr(getattr(client, "cluster", None), "layout", None)
+    if layout is not None:
+        return bool(layout.get("lifetime"))
+    with _lock:
+        if client not in _ending:
+            from .worker.jobend import JobEnd
+
+            try:
+                _ending[client] = bool(client.run_on_scheduler(
+                    _compat.has_worker_plugin, name=JobEnd.name))
+            except Exception:  # (an older scheduler: then durations are not sent)
+                _ending[client] = False
+        return _ending[client]
 
 
 def learn_duration(client: distributed.Client, result) -> None:

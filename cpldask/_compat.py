@@ -249,3 +249,11 @@ async def retire_this_worker(worker, *, close: bool, reason: str) -> None:
     await worker.scheduler.retire_workers(workers=[worker.address], close_workers=close,
                                           remove=close,
                                           stimulus_id=f"{reason}-{time.time()}")
+
+
+def has_worker_plugin(dask_scheduler, *, name: str) -> bool:
+    """Whether the scheduler gives its workers the plugin registered as ``name``
+    (run on the scheduler by ``Client.run_on_scheduler``). ``Scheduler.worker_plugins``
+    is the dict, name to pickled plugin, from which every joining worker gets its
+    plugins (distributed 2023.x to 2026.8); not public API."""
+    return name in getattr(dask_scheduler, "worker_plugins", {})

@@ -84,10 +84,11 @@ def test_a_worker_whose_job_ends_drains_instead_of_killing_its_recipe(test_recip
 
 def test_a_call_that_would_not_finish_in_time_goes_to_another_worker(test_recipe,
                                                                       any_fits):
-    with _cluster(None) as cluster, _start(cluster) as client:
+    with _cluster(None, lifetime=False) as cluster, _start(cluster) as client:
         staying = _addresses(client)["staying"]
-        # an earlier run teaches the client how long this call takes (~15 s)
-        first = test_recipe(any_fits, param={"sleep": 15.0, "value": 2.0})
+        # an earlier run, recorded in the product cache, says how long this call
+        # takes (~15 s)
+        first = test_recipe(any_fits, param={"sleep": 15.0, "value": 2.0}, cache=True)
         assert first.record.end - first.record.start > 15
         # a worker whose job ends in 14 s joins; by the time it is there, less time
         # is left than the call takes, however fast it started (0.5-6 s here)
@@ -101,14 +102,20 @@ def test_a_call_that_would_not_finish_in_time_goes_to_another_worker(test_recipe
         ending = _addresses(client)["ending"]
         left = end - time.time()
         assert 0 < left < 15
-        # offered to the ending worker first, which hands it back and leaves early
-        with dask.annotate(workers=[ending], allow_other_workers=True):
+        # offered to the ending worker first, which hands it back and leaves early;
+        # the call comes from a client that joined the running scheduler, as after
+        # `cpldask cluster start` (no cluster object here: the scheduler's job-end
+        # plugin tells it that jobs end, the product cache how long the call takes)
+        with distributed.Client(cluster.scheduler_address, set_as_default=False) as joined, \
+                joined.as_current(), \
+                dask.annotate(workers=[ending], allow_other_workers=True):
+            assert joined.cluster is None
             again = test_recipe(any_fits, param={"sleep": 15.0, "value": 2.0},
                                 cache=False, threaded=True)
-        wait_until(lambda: ending not in _addresses(client).values(), 30,
-                   "the ending worker to leave")
-        left_at = time.time()
-        assert again.record.worker == staying
+            wait_until(lambda: ending not in _addresses(client).values(), 30,
+                       "the ending worker to leave")
+            left_at = time.time()
+            assert again.record.worker == staying
         assert left_at < end, "it left before its job's end: it drained at once"
 
 
