@@ -449,6 +449,64 @@ def test_dry_run_prints_the_report_and_draws_the_graph(dataset, capsys):
     assert f"graph: {graph}" in text and graph.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_parameters_for_a_step_the_reduction_does_not_make_are_refused(dataset):
+    """A misspelt step (or one of a branch the data leave out) would silently get
+    nothing: build_graph names the reduction's steps instead."""
+    red = R.reduce(dataset, output_dir=dataset / "p", dry_run=True,
+                   params={"muse_scipost": {"skymethod": "simple"}})
+    assert {s.param["skymethod"] for s in red.steps if s.name == "muse_scipost"} == \
+        {"simple"}
+    assert all(s.param["save"] == "cube,individual" for s in red.steps
+               if s.name == "muse_scipost")  # the rules' other parameters stay
+    with pytest.raises(ValueError, match=r"parameters for 'muse_scipots': no such step in "
+                       r"this reduction; its steps: muse_bias, muse_exp_align, .*muse_scipost,"):
+        R.reduce(dataset, output_dir=dataset / "p", dry_run=True,
+                 params={"muse_scipots": {"skymethod": "simple"}})
+
+
+@pytest.mark.requires_python_cpl
+def test_step_params_of_the_command_line():
+    from cpldask._cli._inputs import UsageError
+    from cpldask._cli._reduce import step_params
+
+    assert step_params(["muse_scipost.skymethod=simple", "muse_scipost.crsigma=10",
+                        "muse_bias.combine=median"]) == {
+        "muse_scipost": {"skymethod": "simple", "crsigma": "10"},
+        "muse_bias": {"combine": "median"}}
+    for bad in ("skymethod=simple", ".skymethod=simple", "muse_scipost.=x",
+                "muse_scipost.skymethod"):
+        with pytest.raises(UsageError, match="expects"):
+            step_params([bad])
+
+
+@pytest.mark.requires_cpl
+@pytest.mark.muse
+def test_a_bad_parameter_stops_the_reduction_before_anything_is_submitted(dataset,
+                                                                            capsys):
+    """``cpldask reduce --param``: a misspelt parameter or a bad value is an error
+    naming the step and the valid names, in a dry run as in a real one (which submits
+    nothing then), and ``--no-flux`` leaves the flux branch out."""
+    from cpldask._cli import handle_args
+
+    out = dataset / "cli-params"
+    base = ["reduce", str(dataset), "--dry-run", "--output-dir", str(out)]
+    assert handle_args([*base, "--param", "muse_scipost.skymethd=simple"]) == 2
+    err = capsys.readouterr().err
+    assert "muse_scipost@SYNTH_A/exp1: muse_scipost has no parameter 'skymethd'. Did you " \
+           "mean skymethod?" in " ".join(err.split())
+    assert handle_args([*base, "--param", "muse_scipost.crsigma=many"]) == 2
+    assert "'many' is not a valid value for parameter 'crsigma'" in \
+        " ".join(capsys.readouterr().err.split())
+    red = R.reduce(dataset, output_dir=out, dry_run=True,
+                   params={"muse_scipost": {"crsigma": "many"}})
+    with pytest.raises(ValueError, match="crsigma"):
+        red.submit()
+    assert red.submitted_at is None and all(s.result is None for s in red.steps)
+    assert handle_args([*base, "--param", "muse_scipost.skymethod=simple", "--no-flux"]) == 0
+    text = capsys.readouterr().out
+    assert "muse_standard" not in text and "muse_scipost@SYNTH_A/exp1" in text
+
+
 # ---------------------------------------------------------------------------------
 # The same data set with pixels, reduced for real, interrupted and run again
 # ---------------------------------------------------------------------------------

@@ -144,6 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default="reduced", metavar="DIR",
                    help="where products go, one folder per step and unit (default: "
                         "./reduced)")
+    p.add_argument("--param", action="append", default=[], metavar="STEP.NAME=VALUE",
+                   help="set a recipe parameter of every call of a step, e.g. "
+                        "muse_scipost.skymethod=simple (repeatable; over the "
+                        "instrument rules' parameters)")
+    p.add_argument("--flux", action=argparse.BooleanOptionalAction, default=None,
+                   help="force the flux-calibration branch on (stops with the reason "
+                        "if the data cannot have it) or off (default: on when the data "
+                        "hold what it needs)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the classified frames, the association report (chosen "
                         "and rejected calibrations, with reasons) and the steps, draw "

@@ -17,7 +17,7 @@ from .. import look, workflow
 from ..instruments.muse import demo as muse_demo
 from . import _demo
 from ._batch import Job, cluster, monitor
-from ._inputs import UsageError
+from ._inputs import UsageError, split_assignment
 
 __all__ = ["reduce", "demo"]
 
@@ -31,23 +31,48 @@ def _ifus(text: str | None):
         raise UsageError(f"--ifus {text!r}: {err}") from err
 
 
+def step_params(assignments: list[str]) -> dict[str, dict[str, str]]:
+    """``--param`` of ``cpldask reduce``: ``['muse_scipost.skymethod=simple']`` →
+    ``{'muse_scipost': {'skymethod': 'simple'}}``. The values stay text: the recipe's
+    parameter turns them into its type (python-cpl's rule) and checks them, for every
+    step, before anything is submitted (:meth:`~cpldask.workflow.Reduction.check_params`).
+
+    Examples
+    --------
+    >>> step_params(["muse_scipost.skymethod=simple", "muse_bias.combine=median"])
+    {'muse_scipost': {'skymethod': 'simple'}, 'muse_bias': {'combine': 'median'}}
+    """
+    params: dict[str, dict[str, str]] = {}
+    for item in assignments:
+        name, text = split_assignment(item, "--param")
+        step, dot, par = name.partition(".")  # (a parameter's own name may hold dots)
+        if not dot or not step or not par:
+            raise UsageError(f"--param of cpldask reduce expects STEP.NAME=VALUE "
+                             f"(e.g. muse_scipost.skymethod=simple), not {item!r}")
+        params.setdefault(step, {})[par] = text
+    return params
+
+
 def _follow(red, title: str, out: Console, err: Console) -> int:
     jobs = [Job(step.label, step.result) for step in red.steps]
     return monitor(jobs, title=title, out=out, err=err, label_header="step")
 
 
 def reduce(args: argparse.Namespace, out: Console, err: Console) -> int:
-    """``cpldask reduce RAW [--instrument I] [--units 1-24] [--output-dir D] [--dry-run]
-    [--graph F] [--report F]``."""
+    """``cpldask reduce RAW [--instrument I] [--units 1-24] [--output-dir D]
+    [--param STEP.NAME=VALUE] [--flux|--no-flux] [--dry-run] [--graph F] [--report F]``."""
     units = args.units if args.ifus is None else _ifus(args.ifus)
     options = {"units": units, "rules": args.instrument, "recipe_path": args.recipe_path,
-               "output_dir": args.output_dir, "graph": args.graph}
+               "output_dir": args.output_dir, "graph": args.graph, "flux": args.flux,
+               "params": step_params(args.param)}
     try:
         if args.dry_run:
             # a dry run always draws the graph: beside the products it would make
             if options["graph"] is None:
                 options["graph"] = pathlib.Path(args.output_dir) / "graph.png"
             red = workflow.reduce(args.raw, dry_run=True, **options)
+            if options["params"]:  # what the real run would refuse, the dry run does
+                red.check_params(recipe_path=args.recipe_path)
             out.print(red.describe(), markup=False, highlight=False, soft_wrap=True)
             out.print(f"graph: {options['graph']}", markup=False, highlight=False,
                       soft_wrap=True)

@@ -430,17 +430,9 @@ class Reduction:
 
         if self.submitted_at is not None:
             raise RuntimeError("this reduction was already submitted")
+        recipes = self.check_params(recipe_path=recipe_path)  # before anything runs
         self.submitted_at = time.time()
-        for i, step in enumerate(self.steps):
-            # one Recipe per recipe and needs (steps of one recipe may need more)
-            which = (step.recipe, repr(sorted(step.resources.items())))
-            recipe = self._recipes.get(which)
-            if recipe is None:
-                recipe = Recipe(step.recipe, threaded=True, path=recipe_path)
-                recipe.needs = dict(step.resources)
-                self._recipes[which] = recipe
-                # calibrations the rules' workflow.optional_calibrations lets go
-                recipe.optional_calib |= set(step.optional_calib)
+        for i, (step, recipe) in enumerate(zip(self.steps, recipes)):
             raw = {tag: [self._input(v) for v in values] for tag, values in step.raw.items()}
             calib = {tag: [self._input(v) for v in values]
                      for tag, values in step.calib.items()}
@@ -452,6 +444,45 @@ class Reduction:
                                      cache=cache, env=step.env or None)
             step.result.add_done_callback(self._on_done(step, progress))
         return self
+
+    def check_params(self, *, recipe_path: Iterable[str] | str | None = None) -> list:
+        """Check every step's recipe parameters against its recipe, as the call would,
+        so that a misspelt name or a bad value stops the reduction before any step is
+        submitted; returns the :class:`~cpldask.Recipe` of each step.
+
+        Raises
+        ------
+        ValueError
+            Naming the step: an unknown parameter (with the valid ones) or a value out
+            of the parameter's type, range or choices.
+
+        Examples
+        --------
+        >>> red = build_graph(classify("raw/"),
+        ...                   params={"muse_scipost": {"skymethd": "simple"}})  # doctest: +SKIP
+        >>> red.check_params()                                    # doctest: +SKIP
+        Traceback (most recent call last):
+        ValueError: muse_scipost: muse_scipost has no parameter 'skymethd'. Did you mean skymethod? ...
+        """
+        from ..recipe import Recipe
+
+        recipes = []
+        for step in self.steps:
+            # one Recipe per recipe and needs (steps of one recipe may need more)
+            which = (step.recipe, repr(sorted(step.resources.items())))
+            recipe = self._recipes.get(which)
+            if recipe is None:
+                recipe = Recipe(step.recipe, threaded=True, path=recipe_path)
+                recipe.needs = dict(step.resources)
+                self._recipes[which] = recipe
+                # calibrations the rules' workflow.optional_calibrations lets go
+                recipe.optional_calib |= set(step.optional_calib)
+            try:
+                recipe.param._for_call(step.param)
+            except (KeyError, TypeError, ValueError) as err:
+                raise ValueError(f"{step.label}: {err}") from err
+            recipes.append(recipe)
+        return recipes
 
     def _input(self, value):
         if isinstance(value, Step):
@@ -648,6 +679,13 @@ def build_graph(classification: Classification, units: Iterable[int] | None = No
         plan.begin_group(assoc.label, assoc.science)
         workflow(plan, assoc, flux=flux)
     plan.finish()
+    # parameters for a step this reduction does not make would be silently dropped
+    # (a misspelt step, or a branch the data leave out, e.g. the flux branch)
+    names = sorted({step.name for step in plan.steps})
+    unknown = sorted(set(params or {}) - set(names))
+    if unknown:
+        raise ValueError(f"parameters for {', '.join(map(repr, unknown))}: no such step "
+                         f"in this reduction; its steps: {', '.join(names)}")
     return Reduction(classification, associations, plan)
 
 
