@@ -16,9 +16,9 @@ scipost) are run three ways on 2 cores:
   non-critical call. One worker with both slots picks the most urgent ready call
   whenever a slot frees (full run; ``--set cascade.variants=...`` to choose);
 * ``cpldask 2 OpenMP threads``: as ``cpldask``, with ``cpldask.omp-num-threads=2``:
-  each recipe process gets both cores' OpenMP threads (python-cpl's default) instead
-  of ``cores // slots = 1``: 4 threads on 2 cores while two calls run, both cores for
-  a call that runs alone (the graph's tail). Not in the default variants;
+  each recipe process gets two OpenMP threads instead of ``cores // slots = 1``: 4
+  threads on 2 cores while two calls run, both cores for a call that runs alone (the
+  graph's tail). Not in the default variants (not run yet);
 * ``python-cpl serial``: the same calls one after another with python-cpl
   (:func:`run_sequential`);
 * ``python-cpl threaded``: a hand-written python-cpl script: the calls in the plan's
@@ -28,12 +28,13 @@ scipost) are run three ways on 2 cores:
 
 The lower bound of the wall on 2 cores is ``max(critical path, total / 2)``, from the
 durations of the calls in the serial run (longest path through the graph, and all the
-work spread perfectly over both cores). The serial calls run with python-cpl's
-default of one OpenMP thread per core, so where a recipe's OpenMP scales, "total / 2"
-of their durations counts its cores twice and is no bound at all; the bound of a run's
-own call durations (one OpenMP thread each for ``cpldask``) is the one reported
-against issue 20.5's target. The notes give the OpenMP speed-up seen: the sum of
-``cpldask``'s call durations over the sum of the serial ones.
+work spread perfectly over both cores). Every variant's recipes run with one OpenMP
+thread (bench/run.py sets ``OMP_NUM_THREADS=1`` for python-cpl; cpldask gives
+``cores // slots = 1``), so the serial durations are those of one core. The bound of
+a run's own call durations is reported too (on a busy machine the serial run's, taken
+at another moment, are a bound of another load), and the notes compare the sum of
+``cpldask``'s call durations with the serial run's (what running two at once costs
+each call).
 
 ``--set cascade.data=targets`` runs the same on the two-target data set of
 issue 19 instead (:func:`targets`: 2 IFUs, two nights, 2 x 3 dithered exposures
@@ -158,7 +159,7 @@ def run(ctx: common.Context) -> dict:
         for n, total in sums.items():
             notes.append(f"{what}: {n}: call durations sum to {total:.0f} s, "
                          f"{total / serial_sum:.2f}x the serial run's {serial_sum:.0f} s "
-                         f"(python-cpl's default OpenMP threads)")
+                         f"(one OpenMP thread each)")
     return common.result("cascade", {"ifus": counts, "reps": reps, "slots": SLOTS}, rows,
                          notes=notes, extra=extra)
 
