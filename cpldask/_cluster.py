@@ -458,9 +458,9 @@ def _jobs_end(client: distributed.Client) -> bool:
     it asks the scheduler once whether it gives its workers the
     :class:`~cpldask.worker.jobend.JobEnd` plugin (which cpldask's batch clusters
     register), so that such clients send expected durations too."""
-    layout = getattr(getattr(client, "cluster", None), "layout", None)
-    if layout is not None:
-        return bool(layout.get("lifetime"))
+    cluster = getattr(client, "cluster", None)
+    if cluster is not None:  # (the embedded cluster's has no layout: no jobs, no ask)
+        return bool((getattr(cluster, "layout", None) or {}).get("lifetime"))
     with _lock:
         if client not in _ending:
             from .worker.jobend import JobEnd
